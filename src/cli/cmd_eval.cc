@@ -1,0 +1,117 @@
+// tinylora eval: held-out loss and perplexity of a model on text or token ids.
+// Every token after the first is predicted once: windows of --context tokens overlap by one,
+// and each window runs through the model in pieces that extend its KV cache.
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "cli/common.h"
+#include "model/llama.h"
+#include "model/tokenizer.h"
+#include "util/error.h"
+#include "util/file.h"
+
+namespace tinylora {
+
+namespace {
+
+constexpr int kPiece = 256;  // tokens per forward call within a window
+
+struct EvalOptions {
+  std::string model, data, token_ids;
+  int context = 0;
+  int threads = 0;
+};
+
+// -log softmax(logits)[target], in double.
+double TokenLoss(const float* logits, int vocab, int target) {
+  float mx = logits[0];
+  for (int i = 1; i < vocab; ++i) mx = std::max(mx, logits[i]);
+  double sum = 0;
+  for (int i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(logits[i]) - mx);
+  return std::log(sum) + mx - logits[target];
+}
+
+void RunEval(const EvalOptions& o) {
+  SetThreads(o.threads);
+  auto weights = ModelWeights::Load(o.model);
+  const LlamaConfig& c = weights->config;
+  std::vector<int> ids;
+  std::string source;
+  if (!o.token_ids.empty()) {
+    source = o.token_ids;
+    ids = ParseIds(ReadTextFile(o.token_ids), o.token_ids);
+  } else {
+    source = o.data;
+    const std::string tok_path = JoinPath(o.model, "tokenizer.model");
+    if (!FileExists(tok_path)) Fail(o.model + ": no tokenizer.model; give --token-ids instead of --data");
+    Tokenizer tok(tok_path);
+    ids = tok.Encode(ReadTextFile(o.data), /*add_bos=*/true);
+  }
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] >= c.vocab) {
+      Fail(source + ": token " + std::to_string(i + 1) + " has id " + std::to_string(ids[i]) +
+           ", outside the vocabulary (size " + std::to_string(c.vocab) + ")");
+    }
+  }
+  if (ids.size() < 2) Fail(source + ": needs at least 2 tokens to score, has " + std::to_string(ids.size()));
+  const int context = o.context > 0 ? o.context : c.max_pos;
+  if (context < 2) Fail("--context: must be at least 2");
+  if (context > c.max_pos) {
+    Fail("--context " + std::to_string(context) + " is longer than the model's " + std::to_string(c.max_pos));
+  }
+
+  LlamaModel model(*weights);
+  KvCache cache(c, 1, context);
+  Batch batch;
+  std::vector<float> logits;
+  double total_loss = 0;
+  int64_t scored = 0;
+  const double t0 = Seconds();
+  const int64_t n = static_cast<int64_t>(ids.size());
+  for (int64_t start = 0; start + 1 < n; start += context - 1) {
+    const int64_t len = std::min<int64_t>(context, n - start);
+    cache.length[0] = 0;
+    for (int64_t p0 = 0; p0 < len; p0 += kPiece) {
+      const int64_t m = std::min<int64_t>(kPiece, len - p0);
+      batch.Clear();
+      for (int64_t i = 0; i < m; ++i) {
+        batch.Add(ids[static_cast<size_t>(start + p0 + i)], 0, static_cast<int>(p0 + i), p0 + i + 1 < len);
+      }
+      model.Forward(batch, cache, &logits);
+      const int64_t rows = static_cast<int64_t>(logits.size()) / c.vocab;
+      for (int64_t r = 0; r < rows; ++r) {
+        total_loss += TokenLoss(&logits[static_cast<size_t>(r * c.vocab)], c.vocab,
+                                ids[static_cast<size_t>(start + p0 + r + 1)]);
+        ++scored;
+      }
+    }
+    std::fprintf(stderr, "\reval: %lld/%lld tokens", static_cast<long long>(scored), static_cast<long long>(n - 1));
+  }
+  const double seconds = Seconds() - t0;
+  std::fprintf(stderr, "\reval: %lld tokens in %.1f s (%.1f tokens/s)\n", static_cast<long long>(scored), seconds,
+               scored / seconds);
+  const double loss = total_loss / static_cast<double>(scored);
+  std::cout << nlohmann::json{{"tokens", scored}, {"loss", loss}, {"ppl", std::exp(loss)}}.dump() << "\n";
+}
+
+}  // namespace
+
+void AddEvalCommand(CLI::App& app) {
+  auto o = std::make_shared<EvalOptions>();
+  CLI::App* cmd = app.add_subcommand("eval", "held-out loss and perplexity");
+  cmd->add_option("--model", o->model, "model directory")->required();
+  auto* d = cmd->add_option("--data", o->data, "a text file (tokenised as one document, BOS added)");
+  auto* t = cmd->add_option("--token-ids", o->token_ids, "a file of whitespace-separated token ids (no BOS added)");
+  d->excludes(t);
+  cmd->add_option("--context", o->context, "window length in tokens (default: the model's context)")
+      ->check(CLI::NonNegativeNumber);
+  AddThreadsOption(cmd, &o->threads);
+  cmd->callback([o]() {
+    if (o->data.empty() && o->token_ids.empty()) Fail("eval: give --data FILE or --token-ids FILE");
+    RunEval(*o);
+  });
+}
+
+}  // namespace tinylora

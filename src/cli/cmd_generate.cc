@@ -1,0 +1,113 @@
+// tinylora generate: prefill a prompt, then decode token by token with the KV cache,
+// streaming text (or ids) to stdout and speeds to stderr.
+#include <cstdio>
+#include <iostream>
+#include <memory>
+
+#include "cli/common.h"
+#include "model/llama.h"
+#include "model/sampler.h"
+#include "model/tokenizer.h"
+#include "util/error.h"
+#include "util/file.h"
+
+namespace tinylora {
+
+namespace {
+
+struct GenerateOptions {
+  std::string model, prompt, prompt_ids;
+  int max_new_tokens = 64;
+  bool greedy = false;
+  SamplerOptions sampler{false, 0.8f, 40, 0.95f, 0};
+  int threads = 0;
+};
+
+void RunGenerate(const GenerateOptions& o) {
+  SetThreads(o.threads);
+  auto weights = ModelWeights::Load(o.model);
+  const LlamaConfig& c = weights->config;
+  std::unique_ptr<Tokenizer> tok;
+  std::vector<int> prompt;
+  if (!o.prompt_ids.empty()) {
+    prompt = ParseIds(o.prompt_ids, "--prompt-ids");
+  } else {
+    const std::string tok_path = JoinPath(o.model, "tokenizer.model");
+    if (!FileExists(tok_path)) Fail(o.model + ": no tokenizer.model; give the prompt as --prompt-ids");
+    tok = std::make_unique<Tokenizer>(tok_path);
+    if (o.prompt.empty()) Fail("--prompt: the prompt is empty");
+    prompt = tok->Encode(o.prompt, /*add_bos=*/true);
+  }
+  if (prompt.empty()) Fail("--prompt-ids: the prompt is empty");
+  for (int id : prompt) {
+    if (id >= c.vocab) {
+      Fail("--prompt-ids: token id " + std::to_string(id) + " is outside the vocabulary (size " +
+           std::to_string(c.vocab) + ")");
+    }
+  }
+  const int context = c.max_pos;
+  if (static_cast<int>(prompt.size()) >= context) {
+    Fail("the prompt has " + std::to_string(prompt.size()) + " tokens; the model's context is " +
+         std::to_string(context));
+  }
+  const int capacity = std::min<int>(context, static_cast<int>(prompt.size()) + o.max_new_tokens);
+
+  LlamaModel model(*weights);
+  KvCache cache(c, 1, capacity);
+  SamplerOptions so = o.sampler;
+  so.greedy = o.greedy;
+  Sampler sampler(so);
+  TextStreamer streamer(*tok);
+  if (tok) streamer.Prime(prompt);
+
+  Batch batch;
+  for (size_t i = 0; i < prompt.size(); ++i) batch.Add(prompt[i], 0, static_cast<int>(i), i + 1 == prompt.size());
+  std::vector<float> logits;
+  const double t0 = Seconds();
+  model.Forward(batch, cache, &logits);
+  const double t1 = Seconds();
+  int pos = static_cast<int>(prompt.size());  // where the next token goes
+  int generated = 0;
+  while (generated < o.max_new_tokens) {
+    const int next = sampler.Sample(logits.data(), c.vocab);
+    ++generated;
+    if (next == c.eos_id) break;
+    std::cout << (tok ? streamer.Push(next) : (generated > 1 ? " " : "") + std::to_string(next));
+    std::cout.flush();
+    if (generated == o.max_new_tokens || pos >= capacity) break;
+    batch.Clear();
+    batch.Add(next, 0, pos++, true);
+    model.Forward(batch, cache, &logits);
+  }
+  const double t2 = Seconds();
+  std::cout << "\n";
+  std::fprintf(stderr, "prompt %zu tokens, %.1f tokens/s; generated %d tokens, %.2f tokens/s\n", prompt.size(),
+               prompt.size() / (t1 - t0), generated, generated > 1 ? (generated - 1) / (t2 - t1) : 0.0);
+}
+
+}  // namespace
+
+void AddGenerateCommand(CLI::App& app) {
+  auto o = std::make_shared<GenerateOptions>();
+  CLI::App* cmd = app.add_subcommand("generate", "generate text from a prompt, streaming");
+  cmd->add_option("--model", o->model, "model directory")->required();
+  auto* p = cmd->add_option("--prompt", o->prompt, "prompt text (tokenised, BOS added)");
+  auto* pi = cmd->add_option("--prompt-ids", o->prompt_ids, "prompt as token ids, e.g. \"1 2 3\"");
+  p->excludes(pi);
+  cmd->add_option("--max-new-tokens", o->max_new_tokens, "tokens to generate")->check(CLI::NonNegativeNumber);
+  auto* g = cmd->add_flag("--greedy", o->greedy, "always take the most likely token");
+  cmd->add_option("--temperature", o->sampler.temperature, "sampling temperature")
+      ->check(CLI::PositiveNumber)
+      ->excludes(g);
+  cmd->add_option("--top-p", o->sampler.top_p, "nucleus sampling mass (1 = off)")->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--top-k", o->sampler.top_k, "keep the k most likely tokens (0 = off)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--seed", o->sampler.seed, "sampling seed");
+  AddThreadsOption(cmd, &o->threads);
+  cmd->callback([o]() {
+    if (o->prompt.empty() && o->prompt_ids.empty()) Fail("generate: the prompt is empty (--prompt or --prompt-ids)");
+    RunGenerate(*o);
+  });
+}
+
+}  // namespace tinylora

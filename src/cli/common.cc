@@ -1,0 +1,50 @@
+#include "cli/common.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <cctype>
+#include <algorithm>
+
+#include "util/error.h"
+
+extern "C" void openblas_set_num_threads(int);
+
+namespace tinylora {
+
+std::vector<int> ParseIds(const std::string& text, const std::string& what) {
+  std::vector<int> ids;
+  const char* p = text.c_str();
+  while (*p != '\0') {
+    if (std::isspace(static_cast<unsigned char>(*p))) {
+      ++p;
+      continue;
+    }
+    char* end = nullptr;
+    errno = 0;
+    long v = std::strtol(p, &end, 10);
+    if (end == p || errno != 0 || v < 0 || v > (1L << 30) ||
+        (*end != '\0' && !std::isspace(static_cast<unsigned char>(*end)))) {
+      std::string token(p, std::min<size_t>(std::strcspn(p, " \t\r\n"), 32));
+      Fail(what + ": '" + token + "' (token " + std::to_string(ids.size() + 1) + ") is not a token id");
+    }
+    ids.push_back(static_cast<int>(v));
+    p = end;
+  }
+  return ids;
+}
+
+void SetThreads(int n) {
+  if (n <= 0) n = omp_get_num_procs();
+  omp_set_num_threads(n);
+  openblas_set_num_threads(n);
+}
+
+void AddThreadsOption(CLI::App* cmd, int* threads) {
+  cmd->add_option("--threads", *threads, "threads for compute (0 = all cores)")->check(CLI::NonNegativeNumber);
+}
+
+}  // namespace tinylora

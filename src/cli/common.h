@@ -1,0 +1,29 @@
+// Pieces shared by the subcommands: option groups, id lists, thread setup, timing.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace tinylora {
+
+// Whitespace-separated token ids; `what` names the flag or file in errors.
+std::vector<int> ParseIds(const std::string& text, const std::string& what);
+
+// Sets OpenMP and OpenBLAS threads (0 = all cores).
+void SetThreads(int n);
+void AddThreadsOption(CLI::App* cmd, int* threads);
+
+inline double Seconds() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+// Subcommands, one file each.
+void AddInitCommand(CLI::App& app);
+void AddGenerateCommand(CLI::App& app);
+void AddEvalCommand(CLI::App& app);
+void AddInspectCommand(CLI::App& app);
+
+}  // namespace tinylora

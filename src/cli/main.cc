@@ -1,0 +1,59 @@
+// tinylora: one binary, one subcommand per job (DESIGN.md §3).
+// Exit codes: 0 ok, 1 runtime failure, 2 bad usage or input; errors are one `error:` line.
+#include <cstdio>
+#include <exception>
+#include <iostream>
+#include <new>
+
+#include "cli/common.h"
+#include "util/error.h"
+
+int main(int argc, char** argv) {
+  using namespace tinylora;
+  CLI::App app{"tinylora: tree-routed LoRA for small Llama-family models"};
+  app.require_subcommand(1);
+  app.fallthrough(false);
+  AddInitCommand(app);
+  AddGenerateCommand(app);
+  AddEvalCommand(app);
+  AddInspectCommand(app);
+  std::string help_topic;
+  CLI::App* help = app.add_subcommand("help", "show the help of a command");
+  help->add_option("command", help_topic, "the command to document");
+  help->callback([&]() {
+    if (help_topic.empty()) {
+      std::cout << app.help();
+      return;
+    }
+    CLI::App* sub = nullptr;
+    try {
+      sub = app.get_subcommand(help_topic);
+    } catch (const CLI::OptionNotFound&) {
+      Fail("unknown command '" + help_topic + "'");
+    }
+    std::cout << sub->help();
+  });
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    std::cout << app.help();
+    return 0;
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);
+    std::string what = e.what();
+    if (argc < 2) what = "no command given; try 'tinylora help'";
+    std::fprintf(stderr, "error: %s\n", what.c_str());
+    return 2;
+  } catch (const Error& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return static_cast<int>(e.code());
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "error: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,144 @@
+#include "model/llama.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include "ops/matmul.h"
+#include "util/error.h"
+#include "util/half.h"
+
+namespace tinylora {
+
+KvCache::KvCache(const LlamaConfig& c, int n_seqs, int capacity)
+    : length(static_cast<size_t>(n_seqs), 0), n_seqs_(n_seqs), capacity_(capacity), kv_dim_(c.kv_dim()) {
+  const size_t n = static_cast<size_t>(c.n_layers) * n_seqs * capacity * kv_dim_;
+  k_.assign(n, 0.0f);
+  v_.assign(n, 0.0f);
+}
+
+LlamaModel::LlamaModel(const ModelWeights& w)
+    : w_(w), rope_(w.config.head_dim, w.config.max_pos, w.config.rope_theta) {}
+
+std::vector<LlamaModel::Run> LlamaModel::Validate(const Batch& b, const KvCache& cache) const {
+  const int64_t T = b.size();
+  if (T == 0) Fail("empty batch: nothing to run");
+  if (static_cast<int64_t>(b.seq.size()) != T || static_cast<int64_t>(b.pos.size()) != T ||
+      static_cast<int64_t>(b.want_logits.size()) != T) {
+    Fail("batch arrays differ in length");
+  }
+  std::vector<Run> runs;
+  std::vector<uint8_t> seen(static_cast<size_t>(cache.n_seqs()), 0);
+  for (int64_t i = 0; i < T; ++i) {
+    if (b.tokens[i] < 0 || b.tokens[i] >= w_.config.vocab) {
+      Fail("token id " + std::to_string(b.tokens[i]) + " is outside the vocabulary (size " +
+           std::to_string(w_.config.vocab) + ")");
+    }
+    const int s = b.seq[i];
+    if (s < 0 || s >= cache.n_seqs()) Fail("sequence " + std::to_string(s) + " has no cache slot");
+    const int64_t limit = std::min(cache.capacity(), w_.config.max_pos);
+    if (b.pos[i] < 0 || b.pos[i] >= limit) {
+      Fail("position " + std::to_string(b.pos[i]) + " is past the context length (" + std::to_string(limit) + ")");
+    }
+    if (!runs.empty() && runs.back().seq == s) {
+      Run& r = runs.back();
+      if (b.pos[i] != r.p0 + r.n) Fail("sequence " + std::to_string(s) + " has non-consecutive positions");
+      ++r.n;
+      continue;
+    }
+    if (seen[static_cast<size_t>(s)]) Fail("sequence " + std::to_string(s) + " is split in the batch");
+    seen[static_cast<size_t>(s)] = 1;
+    if (b.pos[i] > cache.length[static_cast<size_t>(s)]) {
+      Fail("sequence " + std::to_string(s) + " starts at position " + std::to_string(b.pos[i]) + " but only " +
+           std::to_string(cache.length[static_cast<size_t>(s)]) + " are cached");
+    }
+    runs.push_back({s, i, 1, b.pos[i]});
+  }
+  return runs;
+}
+
+namespace {
+void Resize(std::vector<float>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+}
+void AddInPlace(float* x, const float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+}
+}  // namespace
+
+void LlamaModel::Forward(const Batch& batch, KvCache& cache, std::vector<float>* logits) {
+  const std::vector<Run> runs = Validate(batch, cache);
+  const LlamaConfig& c = w_.config;
+  const int64_t T = batch.size(), C = c.hidden, F = c.intermediate, Q = c.q_dim(), KV = c.kv_dim();
+  Resize(x_, T * C);
+  Resize(xn_, T * C);
+  Resize(q_, T * Q);
+  Resize(k_, T * KV);
+  Resize(v_, T * KV);
+  Resize(att_, T * Q);
+  Resize(h1_, T * std::max(F, C));
+  Resize(h2_, T * F);
+  int64_t longest = 0;
+  for (const Run& r : runs) longest = std::max(longest, r.n * (r.p0 + r.n));
+  const int threads = omp_get_max_threads();
+  Resize(scratch_, longest * threads);
+
+  // x (T, C) = embedding rows
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t id = batch.tokens[t];
+    if (w_.embed.dtype == DType::kBF16) {
+      for (int64_t i = 0; i < C; ++i) x_[t * C + i] = Bf16ToF32(w_.embed.bf16()[id * C + i]);
+    } else {
+      std::memcpy(&x_[t * C], w_.embed.f32() + id * C, sizeof(float) * C);
+    }
+  }
+
+  const AttentionShape shape{c.n_heads, c.n_kv_heads, c.head_dim};
+  for (int layer = 0; layer < c.n_layers; ++layer) {
+    const LayerWeights& L = w_.layers[static_cast<size_t>(layer)];
+    // attention block
+    RmsNorm(x_.data(), L.attn_norm.f32(), T, C, c.rms_eps, xn_.data());
+    MatMul(L.wq, xn_.data(), T, q_.data());  // q (T, NH*HD)
+    MatMul(L.wk, xn_.data(), T, k_.data());  // k (T, KVH*HD)
+    MatMul(L.wv, xn_.data(), T, v_.data());  // v (T, KVH*HD)
+    Rope(q_.data(), batch.pos.data(), T, c.n_heads, rope_);
+    Rope(k_.data(), batch.pos.data(), T, c.n_kv_heads, rope_);
+    for (int64_t t = 0; t < T; ++t) {
+      const size_t p = static_cast<size_t>(batch.pos[t]) * KV;
+      std::memcpy(cache.K(layer, batch.seq[t]) + p, &k_[t * KV], sizeof(float) * KV);
+      std::memcpy(cache.V(layer, batch.seq[t]) + p, &v_[t * KV], sizeof(float) * KV);
+    }
+    const int64_t tasks = static_cast<int64_t>(runs.size()) * c.n_heads;
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const Run& r = runs[static_cast<size_t>(task / c.n_heads)];
+      const int head = static_cast<int>(task % c.n_heads);
+      AttentionHead(shape, head, &q_[r.begin * Q], Q, cache.K(layer, r.seq), cache.V(layer, r.seq), KV, r.n, r.p0,
+                    &att_[r.begin * Q], Q, &scratch_[static_cast<size_t>(omp_get_thread_num() * longest)]);
+    }
+    MatMul(L.wo, att_.data(), T, h1_.data());  // (T, C)
+    AddInPlace(x_.data(), h1_.data(), T * C);
+    // MLP block
+    RmsNorm(x_.data(), L.mlp_norm.f32(), T, C, c.rms_eps, xn_.data());
+    MatMul(L.w_gate, xn_.data(), T, h1_.data());  // gate (T, F)
+    MatMul(L.w_up, xn_.data(), T, h2_.data());    // up (T, F)
+    SwiGlu(h1_.data(), h2_.data(), T * F, h1_.data());
+    MatMul(L.w_down, h1_.data(), T, h2_.data());  // (T, C)
+    AddInPlace(x_.data(), h2_.data(), T * C);
+  }
+  for (const Run& r : runs) cache.length[static_cast<size_t>(r.seq)] = static_cast<int>(r.p0 + r.n);
+
+  // logits for the requested rows only
+  int64_t n_out = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    if (batch.want_logits[t]) std::memcpy(&xn_[n_out++ * C], &x_[t * C], sizeof(float) * C);
+  }
+  logits->resize(static_cast<size_t>(n_out * c.vocab));
+  if (n_out == 0) return;
+  RmsNorm(xn_.data(), w_.final_norm.f32(), n_out, C, c.rms_eps, xn_.data());
+  MatMul(w_.lm_head, xn_.data(), n_out, logits->data());
+}
+
+}  // namespace tinylora

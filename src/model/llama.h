@@ -1,0 +1,72 @@
+// The Llama forward pass over a ragged batch of several sequences, with a KV cache.
+// Legend: T = tokens in the batch, C = hidden, F = intermediate, V = vocab,
+//         NH / KVH = query / key-value heads, HD = head dim, S = sequences, P = cache capacity.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "model/weights.h"
+#include "ops/ops.h"
+
+namespace tinylora {
+
+// The tokens of one forward call, as llama.cpp's llama_batch: token i of sequence seq[i] at
+// position pos[i]. A sequence's tokens are consecutive in the batch with consecutive positions,
+// the first at most its cached length (earlier cache entries are kept, later ones replaced).
+struct Batch {
+  std::vector<int32_t> tokens, seq, pos;
+  std::vector<uint8_t> want_logits;  // 1: return this token's logits
+  void Add(int32_t token, int32_t seq_id, int32_t position, bool logits) {
+    tokens.push_back(token);
+    seq.push_back(seq_id);
+    pos.push_back(position);
+    want_logits.push_back(logits ? 1 : 0);
+  }
+  int64_t size() const { return static_cast<int64_t>(tokens.size()); }
+  void Clear() { tokens.clear(), seq.clear(), pos.clear(), want_logits.clear(); }
+};
+
+// Keys and values of every layer for S sequences of up to P positions, f32.
+class KvCache {
+ public:
+  KvCache(const LlamaConfig& c, int n_seqs, int capacity);
+  float* K(int layer, int seq) { return k_.data() + Offset(layer, seq); }  // (P, KVH*HD)
+  float* V(int layer, int seq) { return v_.data() + Offset(layer, seq); }  // (P, KVH*HD)
+  int n_seqs() const { return n_seqs_; }
+  int capacity() const { return capacity_; }
+  std::vector<int> length;  // (S) positions cached per sequence
+
+ private:
+  size_t Offset(int layer, int seq) const {
+    return (static_cast<size_t>(layer) * n_seqs_ + seq) * capacity_ * kv_dim_;
+  }
+  int n_seqs_, capacity_, kv_dim_;
+  std::vector<float> k_, v_;  // (L, S, P, KVH*HD)
+};
+
+class LlamaModel {
+ public:
+  explicit LlamaModel(const ModelWeights& w);
+  const LlamaConfig& config() const { return w_.config; }
+  const ModelWeights& weights() const { return w_; }
+
+  // Runs the batch through the model, updating the cache. logits: (n, V) for the tokens with
+  // want_logits, in batch order. Bad token ids, sequences or positions: Error (exit 2).
+  void Forward(const Batch& batch, KvCache& cache, std::vector<float>* logits);
+
+ private:
+  struct Run {  // consecutive batch tokens [begin, begin+n) of one sequence
+    int seq;
+    int64_t begin, n, p0;
+  };
+  std::vector<Run> Validate(const Batch& batch, const KvCache& cache) const;
+
+  const ModelWeights& w_;
+  RopeTable rope_;
+  // Activations, grown to the largest batch seen and reused.
+  std::vector<float> x_, xn_, q_, k_, v_, att_, h1_, h2_, scratch_;
+};
+
+}  // namespace tinylora

@@ -1,0 +1,167 @@
+#include "model/weights.h"
+
+#include <cstring>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "util/error.h"
+#include "util/file.h"
+#include "util/half.h"
+
+namespace tinylora {
+
+std::vector<TensorSpec> ModelTensorSpecs(const LlamaConfig& c) {
+  const int64_t C = c.hidden, F = c.intermediate, V = c.vocab, Q = c.q_dim(), KV = c.kv_dim();
+  std::vector<TensorSpec> s;
+  s.push_back({"model.embed_tokens.weight", {V, C}, false});
+  for (int i = 0; i < c.n_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    s.push_back({p + "input_layernorm.weight", {C}, true});
+    s.push_back({p + "self_attn.q_proj.weight", {Q, C}, false});
+    s.push_back({p + "self_attn.k_proj.weight", {KV, C}, false});
+    s.push_back({p + "self_attn.v_proj.weight", {KV, C}, false});
+    s.push_back({p + "self_attn.o_proj.weight", {C, Q}, false});
+    s.push_back({p + "post_attention_layernorm.weight", {C}, true});
+    s.push_back({p + "mlp.gate_proj.weight", {F, C}, false});
+    s.push_back({p + "mlp.up_proj.weight", {F, C}, false});
+    s.push_back({p + "mlp.down_proj.weight", {C, F}, false});
+  }
+  s.push_back({"model.norm.weight", {C}, true});
+  if (!c.tie_embeddings) s.push_back({"lm_head.weight", {V, C}, false});
+  return s;
+}
+
+namespace {
+std::string ShapeText(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+}  // namespace
+
+class WeightLoader {
+ public:
+  explicit WeightLoader(ModelWeights* m) : m_(m) {}
+
+  void OpenFiles() {
+    const std::string index_path = JoinPath(m_->dir, "model.safetensors.index.json");
+    const std::string single_path = JoinPath(m_->dir, "model.safetensors");
+    if (FileExists(index_path)) {
+      nlohmann::json j = nlohmann::json::parse(ReadTextFile(index_path), nullptr, false);
+      if (j.is_discarded() || !j.is_object()) Fail(index_path + ": not valid JSON");
+      auto wm = j.find("weight_map");
+      if (wm == j.end() || !wm->is_object()) Fail(index_path + ": missing 'weight_map'");
+      std::map<std::string, size_t> file_index;
+      for (auto it = wm->begin(); it != wm->end(); ++it) {
+        if (!it.value().is_string()) Fail(index_path + ": weight_map entry '" + it.key() + "' is not a file name");
+        const std::string file = it.value().get<std::string>();
+        if (file.empty() || file.find('/') != std::string::npos || file == "." || file == "..") {
+          Fail(index_path + ": weight_map names '" + file + "', which is not a file in the model directory");
+        }
+        auto f = file_index.find(file);
+        if (f == file_index.end()) {
+          m_->files_.push_back(std::make_unique<SafetensorsFile>(JoinPath(m_->dir, file)));
+          f = file_index.emplace(file, m_->files_.size() - 1).first;
+        }
+        where_[it.key()] = f->second;
+      }
+    } else if (FileExists(single_path)) {
+      m_->files_.push_back(std::make_unique<SafetensorsFile>(single_path));
+      for (const auto& t : m_->files_[0]->header().tensors) where_[t.name] = 0;
+    } else {
+      Fail(m_->dir + ": no model.safetensors or model.safetensors.index.json");
+    }
+  }
+
+  // Finds, checks and prepares one tensor. Norms become F32; matrices stay F32/BF16.
+  Tensor Get(const TensorSpec& spec) {
+    auto w = where_.find(spec.name);
+    const SafetensorsFile* file = w == where_.end() ? nullptr : m_->files_[w->second].get();
+    const TensorInfo* info = file ? file->Find(spec.name) : nullptr;
+    if (info == nullptr) {
+      Fail((file ? file->path() : m_->dir) + ": tensor '" + spec.name + "' is missing");
+    }
+    if (info->shape != spec.shape) {
+      Fail(file->path() + ": tensor '" + spec.name + "' has shape " + ShapeText(info->shape) +
+           " but config.json implies " + ShapeText(spec.shape));
+    }
+    if (info->dtype != DType::kF32 && info->dtype != DType::kF16 && info->dtype != DType::kBF16) {
+      Fail(file->path() + ": tensor '" + spec.name + "' has dtype " + DTypeName(info->dtype) +
+           "; only F32, F16 and BF16 are supported");
+    }
+    Tensor t;
+    t.rows = spec.shape.size() == 2 ? spec.shape[0] : 1;
+    t.cols = spec.shape.back();
+    const uint8_t* src = file->Data(*info);
+    const bool keep_dtype = !spec.is_norm && info->dtype != DType::kF16;
+    t.dtype = keep_dtype ? info->dtype : DType::kF32;
+    const bool aligned = reinterpret_cast<uintptr_t>(src) % DTypeSize(t.dtype) == 0;
+    if (keep_dtype && aligned) {
+      t.data = src;  // used in place from the map
+      return t;
+    }
+    std::vector<uint8_t>& buf = m_->owned_.emplace_back(static_cast<size_t>(t.numel()) * DTypeSize(t.dtype));
+    if (keep_dtype) {
+      std::memcpy(buf.data(), src, buf.size());
+    } else {
+      float* dst = reinterpret_cast<float*>(buf.data());
+      const int64_t n = t.numel();
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        float f;
+        switch (info->dtype) {
+          case DType::kF16:
+            std::memcpy(&h, src + 2 * i, 2);
+            dst[i] = F16ToF32(h);
+            break;
+          case DType::kBF16:
+            std::memcpy(&h, src + 2 * i, 2);
+            dst[i] = Bf16ToF32(h);
+            break;
+          default:
+            std::memcpy(&f, src + 4 * i, 4);
+            dst[i] = f;
+        }
+      }
+    }
+    file->file().Release(info->offset, info->nbytes);  // the original is not kept
+    t.data = buf.data();
+    return t;
+  }
+
+ private:
+  ModelWeights* m_;
+  std::map<std::string, size_t> where_;  // tensor name -> index in files_
+};
+
+std::unique_ptr<ModelWeights> ModelWeights::Load(const std::string& dir) {
+  if (!IsDirectory(dir)) Fail(dir + ": not a model directory");
+  auto m = std::make_unique<ModelWeights>();
+  m->dir = dir;
+  m->config = LoadConfig(JoinPath(dir, "config.json"));
+  WeightLoader loader(m.get());
+  loader.OpenFiles();
+  const LlamaConfig& c = m->config;
+  std::vector<TensorSpec> specs = ModelTensorSpecs(c);
+  size_t k = 0;
+  m->embed = loader.Get(specs[k++]);
+  m->layers.resize(static_cast<size_t>(c.n_layers));
+  for (auto& l : m->layers) {
+    for (Tensor* t : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.mlp_norm, &l.w_gate, &l.w_up, &l.w_down}) {
+      *t = loader.Get(specs[k++]);
+    }
+  }
+  m->final_norm = loader.Get(specs[k++]);
+  m->lm_head = c.tie_embeddings ? m->embed : loader.Get(specs[k++]);
+  return m;
+}
+
+int64_t ModelWeights::MatrixBytes() const {
+  int64_t total = lm_head.nbytes();
+  for (const auto& l : layers) {
+    for (const Tensor* t : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) total += t->nbytes();
+  }
+  return total;
+}
+
+}  // namespace tinylora

@@ -1,0 +1,58 @@
+// The base model's weights, loaded from a Hugging Face model directory:
+// config.json + model.safetensors (or shards listed in model.safetensors.index.json).
+// F32 and BF16 matrices are used in place from the memory map; F16 is widened to F32 once
+// (its mapped pages released); norm vectors are always F32.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "formats/safetensors.h"
+#include "model/config.h"
+#include "ops/tensor.h"
+
+namespace tinylora {
+
+struct LayerWeights {
+  Tensor attn_norm;  // (C)          input_layernorm
+  Tensor wq;         // (NH*HD, C)   q_proj
+  Tensor wk;         // (KVH*HD, C)  k_proj
+  Tensor wv;         // (KVH*HD, C)  v_proj
+  Tensor wo;         // (C, NH*HD)   o_proj
+  Tensor mlp_norm;   // (C)          post_attention_layernorm
+  Tensor w_gate;     // (F, C)       gate_proj
+  Tensor w_up;       // (F, C)       up_proj
+  Tensor w_down;     // (C, F)       down_proj
+};
+
+class ModelWeights {
+ public:
+  // Loads and validates a model directory; every problem is an Error naming the file/tensor.
+  static std::unique_ptr<ModelWeights> Load(const std::string& dir);
+
+  LlamaConfig config;
+  Tensor embed;       // (V, C)  model.embed_tokens
+  std::vector<LayerWeights> layers;
+  Tensor final_norm;  // (C)     model.norm
+  Tensor lm_head;     // (V, C)  lm_head, or embed when tied
+  std::string dir;
+
+  // Bytes of every matrix as held in memory (what one decode step reads), lm_head included once.
+  int64_t MatrixBytes() const;
+
+ private:
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::vector<std::vector<uint8_t>> owned_;  // tensors that had to be converted or realigned
+  friend class WeightLoader;
+};
+
+// The HF names of every tensor a config implies, in file order, with shapes; for init.
+struct TensorSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+  bool is_norm;
+};
+std::vector<TensorSpec> ModelTensorSpecs(const LlamaConfig& c);
+
+}  // namespace tinylora

@@ -1,0 +1,62 @@
+#include "ops/matmul.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace tinylora {
+
+namespace {
+constexpr int64_t kRowBlock = 16;     // rows of W per task of the streaming kernel
+constexpr int64_t kPanelRows = 256;   // rows of a BF16 W widened at a time for sgemm
+}  // namespace
+
+void MatMul(const Tensor& w, const float* x, int64_t T, float* y) {
+  const int64_t out = w.rows, in = w.cols;
+  if (T <= kMatVecMaxRows) {
+    const int64_t blocks = (out + kRowBlock - 1) / kRowBlock;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      MatVecRows(w, x, T, b * kRowBlock, std::min(out, (b + 1) * kRowBlock), y);
+    }
+    return;
+  }
+  if (w.dtype == DType::kF32) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), static_cast<int>(out),
+                static_cast<int>(in), 1.0f, x, static_cast<int>(in), w.f32(), static_cast<int>(in), 0.0f, y,
+                static_cast<int>(out));
+    return;
+  }
+  // BF16: widen a panel of rows of W to F32, then one sgemm writes those columns of y.
+  std::vector<float> panel(static_cast<size_t>(std::min(out, kPanelRows) * in));
+  for (int64_t r0 = 0; r0 < out; r0 += kPanelRows) {
+    const int64_t nr = std::min(kPanelRows, out - r0);
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < nr; ++r) WidenBf16(w.bf16() + (r0 + r) * in, in, panel.data() + r * in);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), static_cast<int>(nr),
+                static_cast<int>(in), 1.0f, x, static_cast<int>(in), panel.data(), static_cast<int>(in), 0.0f,
+                y + r0, static_cast<int>(out));
+  }
+}
+
+void MatMulReference(const Tensor& w, const float* x, int64_t T, float* y) {
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t o = 0; o < w.rows; ++o) {
+      double acc = 0;
+      for (int64_t i = 0; i < w.cols; ++i) {
+        float wi;
+        if (w.dtype == DType::kBF16) {
+          uint32_t bits = static_cast<uint32_t>(w.bf16()[o * w.cols + i]) << 16;
+          __builtin_memcpy(&wi, &bits, 4);
+        } else {
+          wi = w.f32()[o * w.cols + i];
+        }
+        acc += static_cast<double>(wi) * x[t * w.cols + i];
+      }
+      y[t * w.rows + o] = static_cast<float>(acc);
+    }
+  }
+}
+
+}  // namespace tinylora

@@ -1,0 +1,27 @@
+// y = x · Wᵀ, the one product every projection uses.
+//   x: (T, in) f32, row-major      W: (out, in) F32 or BF16      y: (T, out) f32
+// Few rows (decode) go to a Highway kernel that streams W once, parallel over output rows;
+// many rows (prefill) go to OpenBLAS sgemm (BF16 panels are widened to F32 first).
+#pragma once
+
+#include <cstdint>
+
+#include "ops/tensor.h"
+
+namespace tinylora {
+
+// Up to this many rows of x use the streaming kernel; more use sgemm.
+constexpr int kMatVecMaxRows = 8;
+
+void MatMul(const Tensor& w, const float* x, int64_t T, float* y);
+
+// Plain reference: double accumulation, no blocking. For tests.
+void MatMulReference(const Tensor& w, const float* x, int64_t T, float* y);
+
+// The streaming kernel on rows [row_begin, row_end) of W, any T (exposed for tests/bench).
+void MatVecRows(const Tensor& w, const float* x, int64_t T, int64_t row_begin, int64_t row_end, float* y);
+
+// BF16 -> F32 widening of n values (Highway).
+void WidenBf16(const uint16_t* src, int64_t n, float* dst);
+
+}  // namespace tinylora

@@ -1,0 +1,123 @@
+#include "ops/ops.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace tinylora {
+
+void RmsNorm(const float* x, const float* w, int64_t T, int64_t C, float eps, float* out) {
+#pragma omp parallel for schedule(static) if (T > 1)
+  for (int64_t t = 0; t < T; ++t) {
+    const float* xr = x + t * C;
+    float* yr = out + t * C;
+    double ss = 0;
+    for (int64_t i = 0; i < C; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+    const float scale = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(C) + eps));
+    for (int64_t i = 0; i < C; ++i) yr[i] = xr[i] * scale * w[i];
+  }
+}
+
+RopeTable::RopeTable(int hd, int mp, double theta) : head_dim(hd), max_pos(mp) {
+  const int half = hd / 2;
+  cos.resize(static_cast<size_t>(mp) * half);
+  sin.resize(static_cast<size_t>(mp) * half);
+  for (int p = 0; p < mp; ++p) {
+    for (int i = 0; i < half; ++i) {
+      const double inv_freq = std::pow(theta, -2.0 * i / hd);
+      const double a = p * inv_freq;
+      cos[static_cast<size_t>(p) * half + i] = static_cast<float>(std::cos(a));
+      sin[static_cast<size_t>(p) * half + i] = static_cast<float>(std::sin(a));
+    }
+  }
+}
+
+void Rope(float* x, const int32_t* pos, int64_t T, int n_heads, const RopeTable& table) {
+  const int hd = table.head_dim, half = hd / 2;
+  for (int64_t t = 0; t < T; ++t) {
+    const float* c = table.cos.data() + static_cast<size_t>(pos[t]) * half;
+    const float* s = table.sin.data() + static_cast<size_t>(pos[t]) * half;
+    for (int h = 0; h < n_heads; ++h) {
+      float* v = x + (t * n_heads + h) * hd;
+      for (int i = 0; i < half; ++i) {
+        const float a = v[i], b = v[i + half];
+        v[i] = a * c[i] - b * s[i];
+        v[i + half] = b * c[i] + a * s[i];
+      }
+    }
+  }
+}
+
+void SwiGlu(const float* gate, const float* up, int64_t n, float* out) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + std::exp(-g)) * up[i];
+  }
+}
+
+void Softmax(float* x, int64_t n) {
+  float mx = x[0];
+  for (int64_t i = 1; i < n; ++i) mx = std::max(mx, x[i]);
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - mx);
+    sum += x[i];
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+void AttentionHead(const AttentionShape& s, int head, const float* q, int64_t ldq, const float* k,
+                   const float* v, int64_t ldkv, int64_t n, int64_t p0, float* out, int64_t ldo,
+                   float* scratch) {
+  const int hd = s.head_dim;
+  const int kvh = head / (s.n_heads / s.n_kv_heads);
+  const int64_t len = p0 + n;  // keys visible to the last query
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  // scores (n, len) = scale * q_h (n, HD) · k_g (len, HD)ᵀ
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(len), hd, scale,
+              q + head * hd, static_cast<int>(ldq), k + kvh * hd, static_cast<int>(ldkv), 0.0f, scratch,
+              static_cast<int>(len));
+  // causal: query i (position p0+i) sees keys 0..p0+i
+  for (int64_t i = 0; i < n; ++i) {
+    float* row = scratch + i * len;
+    const int64_t visible = p0 + i + 1;
+    Softmax(row, visible);
+    for (int64_t j = visible; j < len; ++j) row[j] = 0.0f;
+  }
+  // out_h (n, HD) = probs (n, len) · v_g (len, HD)
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(n), hd, static_cast<int>(len), 1.0f,
+              scratch, static_cast<int>(len), v + kvh * hd, static_cast<int>(ldkv), 0.0f, out + head * hd,
+              static_cast<int>(ldo));
+}
+
+void AttentionReference(const AttentionShape& s, const float* q, int64_t ldq, const float* k, const float* v,
+                        int64_t ldkv, int64_t n, int64_t p0, float* out, int64_t ldo) {
+  const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
+  std::vector<double> p(static_cast<size_t>(p0 + n));
+  for (int64_t i = 0; i < n; ++i) {
+    for (int h = 0; h < s.n_heads; ++h) {
+      const int g = h / group;
+      const float* qi = q + i * ldq + h * hd;
+      const int64_t visible = p0 + i + 1;
+      double mx = -INFINITY;
+      for (int64_t j = 0; j < visible; ++j) {
+        double dot = 0;
+        for (int d = 0; d < hd; ++d) dot += static_cast<double>(qi[d]) * k[j * ldkv + g * hd + d];
+        p[j] = dot / std::sqrt(static_cast<double>(hd));
+        mx = std::max(mx, p[j]);
+      }
+      double sum = 0;
+      for (int64_t j = 0; j < visible; ++j) sum += (p[j] = std::exp(p[j] - mx));
+      for (int d = 0; d < hd; ++d) {
+        double acc = 0;
+        for (int64_t j = 0; j < visible; ++j) acc += p[j] * v[j * ldkv + g * hd + d];
+        out[i * ldo + h * hd + d] = static_cast<float>(acc / sum);
+      }
+    }
+  }
+}
+
+}  // namespace tinylora

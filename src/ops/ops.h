@@ -1,0 +1,46 @@
+// Element-wise and per-row ops of the Llama forward. Legend:
+//   T = tokens in the batch, C = hidden size, F = intermediate size,
+//   NH / KVH = query / key-value heads, HD = head dim, P = positions in a sequence's cache.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace tinylora {
+
+// out (T, C) = x / rms(x) * w, per row; out may alias x.
+void RmsNorm(const float* x, const float* w, int64_t T, int64_t C, float eps, float* out);
+
+// cos/sin of RoPE angles pos * theta^(-2i/HD), i < HD/2, for pos < max_pos; computed in double.
+struct RopeTable {
+  int head_dim = 0, max_pos = 0;
+  std::vector<float> cos, sin;  // (max_pos, HD/2)
+  RopeTable(int head_dim, int max_pos, double theta);
+};
+
+// Rotates each head of x (T, n_heads*HD) in HF's rotate-half layout: pairs (i, i + HD/2).
+void Rope(float* x, const int32_t* pos, int64_t T, int n_heads, const RopeTable& table);
+
+// out = silu(gate) * up, n values; out may alias gate.
+void SwiGlu(const float* gate, const float* up, int64_t n, float* out);
+
+// In-place softmax of n values; max subtracted first.
+void Softmax(float* x, int64_t n);
+
+// Causal attention of a run of n query tokens of one sequence at positions p0..p0+n-1, over
+// that sequence's cached keys/values at positions 0..p0+n-1.
+//   q   (n, NH*HD), row stride ldq           out (n, NH*HD), row stride ldo
+//   k,v (p0+n, KVH*HD), row stride ldkv      query head h uses kv head h / (NH/KVH)
+// `scratch` holds at least n * (p0+n) floats.
+struct AttentionShape {
+  int n_heads, n_kv_heads, head_dim;
+};
+void AttentionHead(const AttentionShape& s, int head, const float* q, int64_t ldq, const float* k,
+                   const float* v, int64_t ldkv, int64_t n, int64_t p0, float* out, int64_t ldo,
+                   float* scratch);
+
+// Plain reference of the same (per query, per key loops, double accumulation). For tests.
+void AttentionReference(const AttentionShape& s, const float* q, int64_t ldq, const float* k, const float* v,
+                        int64_t ldkv, int64_t n, int64_t p0, float* out, int64_t ldo);
+
+}  // namespace tinylora

@@ -1,0 +1,22 @@
+// A weight the engine computes with: row-major, F32 or BF16, not owning its bytes.
+// Vectors have rows = 1.
+#pragma once
+
+#include <cstdint>
+
+#include "formats/safetensors.h"
+
+namespace tinylora {
+
+struct Tensor {
+  DType dtype = DType::kF32;  // kF32 or kBF16
+  int64_t rows = 0, cols = 0;
+  const void* data = nullptr;
+
+  const float* f32() const { return static_cast<const float*>(data); }
+  const uint16_t* bf16() const { return static_cast<const uint16_t*>(data); }
+  int64_t numel() const { return rows * cols; }
+  int64_t nbytes() const { return numel() * static_cast<int64_t>(DTypeSize(dtype)); }
+};
+
+}  // namespace tinylora

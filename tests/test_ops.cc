@@ -1,0 +1,181 @@
+// Every kernel against its plain reference: matmul (both paths, F32 and BF16, every compiled
+// SIMD target, odd sizes, misaligned rows), attention, and the 16-bit float conversions.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <hwy/targets.h>
+#include <random>
+#include <vector>
+
+#include "ops/matmul.h"
+#include "ops/ops.h"
+#include "util/half.h"
+
+namespace tinylora {
+namespace {
+
+std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+float MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  float m = 0;
+  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+struct MatCase {
+  int64_t T, out, in;
+};
+const MatCase kMatCases[] = {{1, 1, 1},   {1, 17, 33},  {3, 40, 64},   {4, 31, 100}, {5, 64, 257},
+                             {8, 33, 16}, {9, 70, 130}, {33, 65, 129}, {64, 300, 96}};
+
+void CheckMatMul(DType dtype, int64_t misalign) {
+  for (const MatCase& mc : kMatCases) {
+    std::vector<float> wf = Random(static_cast<size_t>(mc.out * mc.in + misalign), 1, 0.5f);
+    std::vector<uint16_t> wb(wf.size());
+    for (size_t i = 0; i < wf.size(); ++i) wb[i] = F32ToBf16(wf[i]);
+    std::vector<float> x = Random(static_cast<size_t>(mc.T * mc.in), 2);
+    Tensor w{dtype, mc.out, mc.in,
+             dtype == DType::kBF16 ? static_cast<const void*>(wb.data() + misalign)
+                                   : static_cast<const void*>(wf.data() + misalign)};
+    std::vector<float> y(static_cast<size_t>(mc.T * mc.out)), ref(y.size()), rows(y.size());
+    MatMul(w, x.data(), mc.T, y.data());
+    MatMulReference(w, x.data(), mc.T, ref.data());
+    MatVecRows(w, x.data(), mc.T, 0, mc.out, rows.data());
+    const float tol = 1e-5f * std::sqrt(static_cast<float>(mc.in)) * 4;
+    EXPECT_LT(MaxAbsDiff(y, ref), tol) << "T=" << mc.T << " out=" << mc.out << " in=" << mc.in;
+    EXPECT_LT(MaxAbsDiff(rows, ref), tol) << "T=" << mc.T << " out=" << mc.out << " in=" << mc.in;
+  }
+}
+
+// Runs `body` once for every SIMD target compiled in and supported by this CPU.
+template <typename F>
+void ForEachTarget(F body) {
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    SCOPED_TRACE(hwy::TargetName(target));
+    body();
+  }
+  hwy::SetSupportedTargetsForTest(0);
+}
+
+TEST(MatMul, F32MatchesReferenceOnEveryTarget) {
+  ForEachTarget([] { CheckMatMul(DType::kF32, 0); });
+}
+TEST(MatMul, Bf16MatchesReferenceOnEveryTarget) {
+  ForEachTarget([] { CheckMatMul(DType::kBF16, 0); });
+}
+TEST(MatMul, MisalignedWeights) {
+  CheckMatMul(DType::kF32, 1);
+  CheckMatMul(DType::kBF16, 3);
+}
+
+TEST(MatMul, ReferenceIsAPlainProduct) {  // guards the reference itself
+  const float w[] = {1, 2, 3, 4, 5, 6};   // (2, 3)
+  const float x[] = {1, 0, -1};           // (1, 3)
+  float y[2];
+  MatMulReference(Tensor{DType::kF32, 2, 3, w}, x, 1, y);
+  EXPECT_FLOAT_EQ(y[0], -2.0f);
+  EXPECT_FLOAT_EQ(y[1], -2.0f);
+}
+
+TEST(WidenBf16, EveryTargetIsExact) {
+  std::vector<uint16_t> src(1000);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint16_t>(i * 65u + 7u) & 0x7f7f;
+  ForEachTarget([&] {
+    std::vector<float> dst(src.size());
+    WidenBf16(src.data(), static_cast<int64_t>(src.size()), dst.data());
+    for (size_t i = 0; i < src.size(); ++i) ASSERT_EQ(dst[i], Bf16ToF32(src[i])) << i;
+  });
+}
+
+struct AttnCase {
+  int nh, kvh, hd;
+  int64_t n, p0;
+};
+
+TEST(Attention, MatchesReference) {
+  const AttnCase cases[] = {{4, 2, 8, 1, 0}, {4, 2, 8, 7, 0}, {4, 4, 16, 5, 3}, {6, 1, 6, 1, 12}, {8, 2, 32, 40, 9}};
+  for (const AttnCase& ac : cases) {
+    const AttentionShape s{ac.nh, ac.kvh, ac.hd};
+    const int64_t len = ac.p0 + ac.n, ldq = ac.nh * ac.hd, ldkv = ac.kvh * ac.hd;
+    std::vector<float> q = Random(static_cast<size_t>(ac.n * ldq), 3);
+    std::vector<float> k = Random(static_cast<size_t>(len * ldkv), 4);
+    std::vector<float> v = Random(static_cast<size_t>(len * ldkv), 5);
+    std::vector<float> out(q.size()), ref(q.size()), scratch(static_cast<size_t>(ac.n * len));
+    for (int h = 0; h < ac.nh; ++h) {
+      AttentionHead(s, h, q.data(), ldq, k.data(), v.data(), ldkv, ac.n, ac.p0, out.data(), ldq, scratch.data());
+    }
+    AttentionReference(s, q.data(), ldq, k.data(), v.data(), ldkv, ac.n, ac.p0, ref.data(), ldq);
+    EXPECT_LT(MaxAbsDiff(out, ref), 1e-5f) << "nh=" << ac.nh << " n=" << ac.n << " p0=" << ac.p0;
+  }
+}
+
+TEST(Attention, FirstTokenCopiesItsValue) {  // one visible key: output = that value, any query
+  const AttentionShape s{2, 1, 4};
+  std::vector<float> q = Random(8, 6), k = Random(4, 7), v = Random(4, 8), out(8), scratch(1);
+  for (int h = 0; h < 2; ++h) AttentionHead(s, h, q.data(), 8, k.data(), v.data(), 4, 1, 0, out.data(), 8, scratch.data());
+  for (int i = 0; i < 8; ++i) EXPECT_FLOAT_EQ(out[static_cast<size_t>(i)], v[static_cast<size_t>(i % 4)]);
+}
+
+TEST(RmsNorm, UnitRmsTimesWeight) {
+  std::vector<float> x = Random(3 * 10, 9), w = Random(10, 10), y(x.size());
+  RmsNorm(x.data(), w.data(), 3, 10, 1e-6f, y.data());
+  for (int t = 0; t < 3; ++t) {
+    double ss = 0;
+    for (int i = 0; i < 10; ++i) ss += x[t * 10 + i] * x[t * 10 + i];
+    const double rms = std::sqrt(ss / 10 + 1e-6);
+    for (int i = 0; i < 10; ++i) EXPECT_NEAR(y[t * 10 + i], x[t * 10 + i] / rms * w[i], 1e-6);
+  }
+}
+
+TEST(Rope, RotatesPairsHalfApart) {
+  RopeTable table(4, 8, 10000.0);
+  std::vector<float> x = {1, 2, 3, 4};  // one head, HD 4: pairs (0,2), (1,3)
+  const int32_t pos = 3;
+  Rope(x.data(), &pos, 1, 1, table);
+  const double a0 = 3.0, a1 = 3.0 * std::pow(10000.0, -0.5);
+  EXPECT_NEAR(x[0], 1 * std::cos(a0) - 3 * std::sin(a0), 1e-6);
+  EXPECT_NEAR(x[2], 3 * std::cos(a0) + 1 * std::sin(a0), 1e-6);
+  EXPECT_NEAR(x[1], 2 * std::cos(a1) - 4 * std::sin(a1), 1e-6);
+  EXPECT_NEAR(x[3], 4 * std::cos(a1) + 2 * std::sin(a1), 1e-6);
+}
+
+TEST(SwiGlu, SiluTimesUp) {
+  const float g[] = {-2.0f, 0.0f, 3.0f}, u[] = {1.5f, 2.0f, -1.0f};
+  float y[3];
+  SwiGlu(g, u, 3, y);
+  for (int i = 0; i < 3; ++i) EXPECT_NEAR(y[i], g[i] / (1 + std::exp(-g[i])) * u[i], 1e-6);
+}
+
+TEST(Half, F16AllValuesMatchLdexp) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const uint32_t e = (h >> 10) & 31, m = h & 1023;
+    const float sign = (h & 0x8000) ? -1.0f : 1.0f;
+    const float f = F16ToF32(static_cast<uint16_t>(h));
+    if (e == 31) {
+      EXPECT_TRUE(m ? std::isnan(f) : std::isinf(f)) << h;
+      continue;
+    }
+    const double expect = e == 0 ? std::ldexp(m, -24) : std::ldexp(1024 + m, static_cast<int>(e) - 25);
+    ASSERT_EQ(f, sign * static_cast<float>(expect)) << h;
+  }
+}
+
+TEST(Half, Bf16RoundsToNearestEven) {
+  EXPECT_EQ(F32ToBf16(1.0f), 0x3f80);
+  EXPECT_EQ(Bf16ToF32(0x3f80), 1.0f);
+  // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1.0).
+  EXPECT_EQ(F32ToBf16(1.0f + std::ldexp(1.0f, -8)), 0x3f80);
+  EXPECT_EQ(F32ToBf16(1.0f + 3 * std::ldexp(1.0f, -8)), 0x3f82);
+  EXPECT_TRUE(std::isnan(Bf16ToF32(F32ToBf16(NAN))));
+}
+
+}  // namespace
+}  // namespace tinylora

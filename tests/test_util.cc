@@ -1,0 +1,93 @@
+#include "test_util.h"
+
+#include <fcntl.h>
+#include <sentencepiece_trainer.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+namespace tinylora::test {
+
+TempDir::TempDir() {
+  char tmpl[] = "/tmp/tinylora_test_XXXXXX";
+  if (::mkdtemp(tmpl) == nullptr) throw std::runtime_error("mkdtemp failed");
+  path_ = tmpl;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+namespace {
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+}  // namespace
+
+CliResult RunCli(const std::vector<std::string>& args) {
+  TempDir io;
+  const std::string out_path = io / "stdout", err_path = io / "stderr";
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(out, 1);
+    ::dup2(err, 2);
+    std::vector<char*> argv;
+    std::string bin = TINYLORA_BINARY;
+    argv.push_back(bin.data());
+    std::vector<std::string> copy = args;
+    for (auto& a : copy) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(bin.c_str(), argv.data());
+    ::_exit(127);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  CliResult r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = Slurp(out_path);
+  r.err = Slurp(err_path);
+  return r;
+}
+
+void WriteFile(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out << bytes;
+}
+
+std::string FixturePath(const std::string& name) { return std::string(TINYLORA_FIXTURES) + "/" + name; }
+
+std::string TrainTinyTokenizer(const std::string& dir, int vocab_size) {
+  const std::string text_path = dir + "/corpus.txt";
+  std::ostringstream text;
+  const char* words[] = {"the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "über", "café",
+                         "naïve", "model", "tree", "leaf", "router", "token", "adapter", "small", "fast"};
+  unsigned state = 12345;
+  for (int line = 0; line < 400; ++line) {
+    for (int w = 0; w < 12; ++w) {
+      state = state * 1103515245u + 12345u;
+      text << words[(state >> 16) % (sizeof(words) / sizeof(words[0]))] << (w == 11 ? "" : " ");
+    }
+    text << "\n";
+  }
+  WriteFile(text_path, text.str());
+  const std::string prefix = dir + "/tokenizer";
+  const auto status = sentencepiece::SentencePieceTrainer::Train(
+      "--input=" + text_path + " --model_prefix=" + prefix + " --vocab_size=" + std::to_string(vocab_size) +
+      " --model_type=bpe --byte_fallback=true --character_coverage=1.0 --minloglevel=2"
+      " --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=-1");
+  if (!status.ok()) throw std::runtime_error("tokenizer training failed: " + status.ToString());
+  return prefix + ".model";
+}
+
+}  // namespace tinylora::test
