@@ -41,7 +41,13 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);
     std::string what = e.what();
-    if (argc < 2) what = "no command given; try 'tinylora help'";
+    if (argc < 2) {
+      what = "no command given; try 'tinylora help'";
+    } else if (argv[1][0] != '-' && app.get_subcommands([&](const CLI::App* sub) {
+                                      return sub->get_name() == argv[1];
+                                    }).empty()) {
+      what = std::string("unknown command '") + argv[1] + "'; try 'tinylora help'";
+    }
     std::fprintf(stderr, "error: %s\n", what.c_str());
     return 2;
   } catch (const Error& e) {
