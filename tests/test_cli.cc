@@ -1,13 +1,13 @@
 // The binary as a user runs it: init → inspect → generate → eval, and bad input.
 #include <gtest/gtest.h>
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
-#include <functional>
-#include <sstream>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "test_util.h"
 #include "util/file.h"
@@ -34,14 +34,15 @@ void ExpectBadInput(const std::vector<std::string>& args, const std::string& nee
   for (const auto& a : args) cmd += a + " ";
   EXPECT_EQ(r.exit_code, 2) << cmd << "\n" << r.err;
   EXPECT_EQ(CountErrorLines(r.err), 1) << cmd << "\n" << r.err;
-  EXPECT_NE(r.err.find(needle), std::string::npos) << cmd << "\nexpected '" << needle << "' in: " << r.err;
+  EXPECT_NE(r.err.find(needle), std::string::npos)
+      << cmd << "\nexpected '" << needle << "' in: " << r.err;
 }
-
 
 // A copy of a fixture model directory that a test may damage.
 std::string CopyFixture(const test::TempDir& tmp, const std::string& name) {
   const std::string dst = tmp / name;
-  std::filesystem::copy(test::FixturePath("forward/" + name), dst, std::filesystem::copy_options::recursive);
+  std::filesystem::copy(test::FixturePath("forward/" + name), dst,
+                        std::filesystem::copy_options::recursive);
   return dst;
 }
 
@@ -58,7 +59,8 @@ void ReplaceHeader(const std::string& dir, const std::string& header) {
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(bytes[static_cast<size_t>(i)]);
   std::string out(8, '\0');
-  for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<char>(header.size() >> (8 * i));
+  for (int i = 0; i < 8; ++i)
+    out[static_cast<size_t>(i)] = static_cast<char>(header.size() >> (8 * i));
   test::WriteFile(path, out + header + bytes.substr(8 + n));
 }
 
@@ -69,8 +71,10 @@ nlohmann::json Header(const std::string& dir) {
   return nlohmann::json::parse(bytes.substr(8, n));
 }
 
-std::vector<std::vector<float>> ExpectedLogits(const std::string& name, size_t seq, std::vector<int>* ids) {
-  auto j = nlohmann::json::parse(ReadTextFile(test::FixturePath("forward/" + name + "/expected.json")));
+std::vector<std::vector<float>> ExpectedLogits(const std::string& name, size_t seq,
+                                               std::vector<int>* ids) {
+  auto j =
+      nlohmann::json::parse(ReadTextFile(test::FixturePath("forward/" + name + "/expected.json")));
   *ids = j["sequences"][seq]["input_ids"].get<std::vector<int>>();
   return j["sequences"][seq]["logits"].get<std::vector<std::vector<float>>>();
 }
@@ -86,8 +90,8 @@ TEST(Cli, GreedyGenerateFollowsReferenceLogits) {
   auto logits = ExpectedLogits("gqa", 2, &ids);
   const auto& last = logits.back();
   const int expected = static_cast<int>(std::max_element(last.begin(), last.end()) - last.begin());
-  test::CliResult r = RunCli({"generate", "--model", test::FixturePath("forward/gqa"), "--prompt-ids", Join(ids),
-                              "--greedy", "--max-new-tokens", "4"});
+  test::CliResult r = RunCli({"generate", "--model", test::FixturePath("forward/gqa"),
+                              "--prompt-ids", Join(ids), "--greedy", "--max-new-tokens", "4"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::vector<int> out;
   std::istringstream in(r.out);
@@ -109,14 +113,16 @@ TEST(Cli, EvalLossEqualsReferenceCrossEntropy) {
   loss /= static_cast<double>(ids.size() - 1);
   test::TempDir tmp;
   test::WriteFile(tmp / "ids.txt", Join(ids) + "\n");
-  test::CliResult r = RunCli({"eval", "--model", test::FixturePath("forward/gqa"), "--token-ids", tmp / "ids.txt"});
+  test::CliResult r =
+      RunCli({"eval", "--model", test::FixturePath("forward/gqa"), "--token-ids", tmp / "ids.txt"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["tokens"].get<int>(), static_cast<int>(ids.size()) - 1);
   EXPECT_NEAR(j["loss"].get<double>(), loss, 1e-4);
   EXPECT_NEAR(j["ppl"].get<double>(), std::exp(loss), 1e-3 * std::exp(loss));
   // Short windows still score every token after the first exactly once.
-  r = RunCli({"eval", "--model", test::FixturePath("forward/gqa"), "--token-ids", tmp / "ids.txt", "--context", "5"});
+  r = RunCli({"eval", "--model", test::FixturePath("forward/gqa"), "--token-ids", tmp / "ids.txt",
+              "--context", "5"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(nlohmann::json::parse(r.out)["tokens"].get<int>(), static_cast<int>(ids.size()) - 1);
 }
@@ -124,16 +130,27 @@ TEST(Cli, EvalLossEqualsReferenceCrossEntropy) {
 TEST(Cli, InitInspectGenerateEvalWithTokenizer) {
   test::TempDir tmp;
   const std::string tok = test::TrainTinyTokenizer(tmp.path(), 300);
-  test::CliResult r = RunCli({"init", "--preset", "tiny", "--out", tmp / "m", "--tokenizer", tok, "--seed", "7"});
+  test::CliResult r =
+      RunCli({"init", "--preset", "tiny", "--out", tmp / "m", "--tokenizer", tok, "--seed", "7"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   r = RunCli({"inspect", tmp / "m"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto info = nlohmann::json::parse(r.out);
-  EXPECT_EQ(info["config"]["vocab_size"].get<int>(), 300);  // the preset took the tokenizer's vocabulary
+  EXPECT_EQ(info["config"]["vocab_size"].get<int>(),
+            300);  // the preset took the tokenizer's vocabulary
   EXPECT_EQ(info["tokenizer"]["vocab"].get<int>(), 300);
   EXPECT_EQ(info["params_by_dtype"]["F32"].get<int64_t>(), info["params"].get<int64_t>());
-  const std::vector<std::string> gen = {"generate", "--model", tmp / "m", "--prompt", "the quick brown fox",
-                                        "--max-new-tokens", "12", "--seed", "3", "--temperature", "1.5"};
+  const std::vector<std::string> gen = {"generate",
+                                        "--model",
+                                        tmp / "m",
+                                        "--prompt",
+                                        "the quick brown fox",
+                                        "--max-new-tokens",
+                                        "12",
+                                        "--seed",
+                                        "3",
+                                        "--temperature",
+                                        "1.5"};
   test::CliResult a = RunCli(gen), b = RunCli(gen);
   ASSERT_EQ(a.exit_code, 0) << a.err;
   EXPECT_GT(a.out.size(), 1u);
@@ -150,22 +167,25 @@ TEST(Cli, InitInspectGenerateEvalWithTokenizer) {
 
 TEST(Cli, InitBf16FromConfigLoadsAsBf16) {
   test::TempDir tmp;
-  test::CliResult r = RunCli({"init", "--config", test::FixturePath("forward/gqa/config.json"), "--out", tmp / "m",
-                              "--dtype", "bf16"});
+  test::CliResult r = RunCli({"init", "--config", test::FixturePath("forward/gqa/config.json"),
+                              "--out", tmp / "m", "--dtype", "bf16"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   r = RunCli({"inspect", tmp / "m"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto info = nlohmann::json::parse(r.out);
   EXPECT_EQ(info["params_by_dtype"]["BF16"].get<int64_t>(), info["params"].get<int64_t>());
   EXPECT_EQ(info["config"]["torch_dtype"], "bfloat16");
-  r = RunCli({"generate", "--model", tmp / "m", "--prompt-ids", "1 5 9", "--greedy", "--max-new-tokens", "3"});
+  r = RunCli({"generate", "--model", tmp / "m", "--prompt-ids", "1 5 9", "--greedy",
+              "--max-new-tokens", "3"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 
 TEST(Cli, BadUsage) {
   ExpectBadInput({}, "no command");
   ExpectBadInput({"frobnicate"}, "frobnicate");
-  ExpectBadInput({"generate", "--model", test::FixturePath("forward/gqa"), "--prompt-ids", "1", "--bogus"}, "bogus");
+  ExpectBadInput(
+      {"generate", "--model", test::FixturePath("forward/gqa"), "--prompt-ids", "1", "--bogus"},
+      "bogus");
   ExpectBadInput({"generate", "--prompt-ids", "1 2"}, "--model");
   ExpectBadInput({"init", "--preset", "huge", "--out", "/tmp/x"}, "unknown preset 'huge'");
   ExpectBadInput({"help", "nope"}, "unknown command 'nope'");
@@ -176,23 +196,28 @@ TEST(Cli, BadUsage) {
 
 TEST(Cli, BadPromptsAndIds) {
   const std::string m = test::FixturePath("forward/gqa");
-  ExpectBadInput({"generate", "--model", m, "--prompt-ids", "1 101"}, "token id 101 is outside the vocabulary");
-  ExpectBadInput({"generate", "--model", m, "--prompt-ids", "1 x2"}, "'x2' (token 2) is not a token id");
+  ExpectBadInput({"generate", "--model", m, "--prompt-ids", "1 101"},
+                 "token id 101 is outside the vocabulary");
+  ExpectBadInput({"generate", "--model", m, "--prompt-ids", "1 x2"},
+                 "'x2' (token 2) is not a token id");
   ExpectBadInput({"generate", "--model", m, "--prompt-ids", "-3"}, "is not a token id");
   ExpectBadInput({"generate", "--model", m, "--prompt-ids", "  "}, "prompt is empty");
   ExpectBadInput({"generate", "--model", m, "--prompt", ""}, "prompt is empty");
   ExpectBadInput({"generate", "--model", m, "--prompt", "hello"}, "no tokenizer.model");
   std::string long_prompt;
   for (int i = 0; i < 64; ++i) long_prompt += "1 ";
-  ExpectBadInput({"generate", "--model", m, "--prompt-ids", long_prompt}, "the model's context is 64");
+  ExpectBadInput({"generate", "--model", m, "--prompt-ids", long_prompt},
+                 "the model's context is 64");
   test::TempDir tmp;
   test::WriteFile(tmp / "ids.txt", "1 2 3 999\n");
   ExpectBadInput({"eval", "--model", m, "--token-ids", tmp / "ids.txt"}, "token 4 has id 999");
   test::WriteFile(tmp / "one.txt", "5\n");
   ExpectBadInput({"eval", "--model", m, "--token-ids", tmp / "one.txt"}, "needs at least 2 tokens");
-  ExpectBadInput({"eval", "--model", m, "--token-ids", tmp / "missing.txt"}, "missing.txt: cannot open");
+  ExpectBadInput({"eval", "--model", m, "--token-ids", tmp / "missing.txt"},
+                 "missing.txt: cannot open");
   test::WriteFile(tmp / "ok.txt", "1 2 3\n");
-  ExpectBadInput({"eval", "--model", m, "--token-ids", tmp / "ok.txt", "--context", "65"}, "longer than the model");
+  ExpectBadInput({"eval", "--model", m, "--token-ids", tmp / "ok.txt", "--context", "65"},
+                 "longer than the model");
 }
 
 TEST(Cli, BadModelDirectories) {
@@ -211,12 +236,17 @@ TEST(Cli, BadModelDirectories) {
   d = CopyFixture(tmp, "gqa");
   EditConfig(d, [](nlohmann::json& j) { j.erase("num_hidden_layers"); });
   ExpectBadInput(gen(d), "missing key 'num_hidden_layers'");
-  EditConfig(d, [](nlohmann::json& j) { j["num_hidden_layers"] = 2, j["num_attention_heads"] = 5; });
+  EditConfig(d,
+             [](nlohmann::json& j) { j["num_hidden_layers"] = 2, j["num_attention_heads"] = 5; });
   ExpectBadInput(gen(d), "hidden_size 64 is not divisible by num_attention_heads 5");
-  EditConfig(d, [](nlohmann::json& j) { j["num_attention_heads"] = 4, j["num_key_value_heads"] = 3; });
+  EditConfig(d,
+             [](nlohmann::json& j) { j["num_attention_heads"] = 4, j["num_key_value_heads"] = 3; });
   ExpectBadInput(gen(d), "num_key_value_heads 3 does not divide num_attention_heads 4");
-  EditConfig(d, [](nlohmann::json& j) { j["num_key_value_heads"] = 2, j["intermediate_size"] = 95; });
-  ExpectBadInput(gen(d), "'model.layers.0.mlp.gate_proj.weight' has shape [96, 64] but config.json implies [95, 64]");
+  EditConfig(d,
+             [](nlohmann::json& j) { j["num_key_value_heads"] = 2, j["intermediate_size"] = 95; });
+  ExpectBadInput(
+      gen(d),
+      "'model.layers.0.mlp.gate_proj.weight' has shape [96, 64] but config.json implies [95, 64]");
   EditConfig(d, [](nlohmann::json& j) { j["intermediate_size"] = 96, j["num_hidden_layers"] = 3; });
   ExpectBadInput(gen(d), "tensor 'model.layers.2.input_layernorm.weight' is missing");
   EditConfig(d, [](nlohmann::json& j) { j["num_hidden_layers"] = 2; });
@@ -253,7 +283,8 @@ TEST(Cli, BadModelDirectories) {
   d = CopyFixture(tmp, "odd");
   std::filesystem::remove(d + "/model-00002-of-00002.safetensors");
   ExpectBadInput(gen(d), "model-00002-of-00002.safetensors: cannot open");
-  test::WriteFile(d + "/model.safetensors.index.json", R"({"weight_map": {"model.norm.weight": "../x"}})");
+  test::WriteFile(d + "/model.safetensors.index.json",
+                  R"({"weight_map": {"model.norm.weight": "../x"}})");
   ExpectBadInput(gen(d), "not a file in the model directory");
 }
 

@@ -58,7 +58,8 @@ TEST_P(Fixture, LogitsMatchPyTorchReference) {
   for (size_t s = 0; s < e.ids.size(); ++s) {
     std::vector<float> logits = RunOne(model, e.ids[s]);
     ASSERT_EQ(logits.size(), e.logits[s].size());
-    EXPECT_LE(MaxAbsDiff(logits.data(), e.logits[s].data(), logits.size()), 1e-4f) << "sequence " << s;
+    EXPECT_LE(MaxAbsDiff(logits.data(), e.logits[s].data(), logits.size()), 1e-4f)
+        << "sequence " << s;
   }
 }
 
@@ -71,14 +72,16 @@ TEST_P(Fixture, BatchedEqualsOneAtATime) {
   KvCache cache(model.config(), 3, 16);
   Batch b;
   for (size_t s = 0; s < e.ids.size(); ++s)
-    for (size_t i = 0; i < e.ids[s].size(); ++i) b.Add(e.ids[s][i], static_cast<int>(2 - s), static_cast<int>(i), true);
+    for (size_t i = 0; i < e.ids[s].size(); ++i)
+      b.Add(e.ids[s][i], static_cast<int>(2 - s), static_cast<int>(i), true);
   std::vector<float> logits;
   model.Forward(b, cache, &logits);
   const size_t V = static_cast<size_t>(model.config().vocab);
   size_t row = 0;
   for (size_t s = 0; s < e.ids.size(); ++s) {
     std::vector<float> single = RunOne(model, e.ids[s]);
-    EXPECT_LE(MaxAbsDiff(&logits[row * V], single.data(), single.size()), 1e-5f) << "sequence " << s;
+    EXPECT_LE(MaxAbsDiff(&logits[row * V], single.data(), single.size()), 1e-5f)
+        << "sequence " << s;
     row += e.ids[s].size();
   }
 }
@@ -92,14 +95,16 @@ TEST_P(Fixture, CachedDecodeEqualsRecomputation) {
   ids.resize(12);  // prompt of 12 (sgemm path), then 10 greedy steps (streaming path)
   KvCache cache(model.config(), 1, 32);
   Batch b;
-  for (size_t i = 0; i < ids.size(); ++i) b.Add(ids[i], 0, static_cast<int>(i), i + 1 == ids.size());
+  for (size_t i = 0; i < ids.size(); ++i)
+    b.Add(ids[i], 0, static_cast<int>(i), i + 1 == ids.size());
   std::vector<float> logits;
   model.Forward(b, cache, &logits);
   for (int step = 0; step < 10; ++step) {
     const std::vector<float> full = RunOne(model, ids);
     const float* last = &full[full.size() - static_cast<size_t>(V)];
     EXPECT_LE(MaxAbsDiff(logits.data(), last, static_cast<size_t>(V)), 1e-5f) << "step " << step;
-    const int next = static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    const int next =
+        static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin());
     EXPECT_EQ(next, static_cast<int>(std::max_element(last, last + V) - last)) << "step " << step;
     ids.push_back(next);
     b.Clear();

@@ -1,9 +1,9 @@
 // Every kernel against its plain reference: matmul (both paths, F32 and BF16, every compiled
 // SIMD target, odd sizes, misaligned rows), attention, and the 16-bit float conversions.
 #include <gtest/gtest.h>
+#include <hwy/targets.h>
 
 #include <cmath>
-#include <hwy/targets.h>
 #include <random>
 #include <vector>
 
@@ -101,7 +101,8 @@ struct AttnCase {
 };
 
 TEST(Attention, MatchesReference) {
-  const AttnCase cases[] = {{4, 2, 8, 1, 0}, {4, 2, 8, 7, 0}, {4, 4, 16, 5, 3}, {6, 1, 6, 1, 12}, {8, 2, 32, 40, 9}};
+  const AttnCase cases[] = {
+      {4, 2, 8, 1, 0}, {4, 2, 8, 7, 0}, {4, 4, 16, 5, 3}, {6, 1, 6, 1, 12}, {8, 2, 32, 40, 9}};
   for (const AttnCase& ac : cases) {
     const AttentionShape s{ac.nh, ac.kvh, ac.hd};
     const int64_t len = ac.p0 + ac.n, ldq = ac.nh * ac.hd, ldkv = ac.kvh * ac.hd;
@@ -110,7 +111,8 @@ TEST(Attention, MatchesReference) {
     std::vector<float> v = Random(static_cast<size_t>(len * ldkv), 5);
     std::vector<float> out(q.size()), ref(q.size()), scratch(static_cast<size_t>(ac.n * len));
     for (int h = 0; h < ac.nh; ++h) {
-      AttentionHead(s, h, q.data(), ldq, k.data(), v.data(), ldkv, ac.n, ac.p0, out.data(), ldq, scratch.data());
+      AttentionHead(s, h, q.data(), ldq, k.data(), v.data(), ldkv, ac.n, ac.p0, out.data(), ldq,
+                    scratch.data());
     }
     AttentionReference(s, q.data(), ldq, k.data(), v.data(), ldkv, ac.n, ac.p0, ref.data(), ldq);
     EXPECT_LT(MaxAbsDiff(out, ref), 1e-5f) << "nh=" << ac.nh << " n=" << ac.n << " p0=" << ac.p0;
@@ -120,8 +122,10 @@ TEST(Attention, MatchesReference) {
 TEST(Attention, FirstTokenCopiesItsValue) {  // one visible key: output = that value, any query
   const AttentionShape s{2, 1, 4};
   std::vector<float> q = Random(8, 6), k = Random(4, 7), v = Random(4, 8), out(8), scratch(1);
-  for (int h = 0; h < 2; ++h) AttentionHead(s, h, q.data(), 8, k.data(), v.data(), 4, 1, 0, out.data(), 8, scratch.data());
-  for (int i = 0; i < 8; ++i) EXPECT_FLOAT_EQ(out[static_cast<size_t>(i)], v[static_cast<size_t>(i % 4)]);
+  for (int h = 0; h < 2; ++h)
+    AttentionHead(s, h, q.data(), 8, k.data(), v.data(), 4, 1, 0, out.data(), 8, scratch.data());
+  for (int i = 0; i < 8; ++i)
+    EXPECT_FLOAT_EQ(out[static_cast<size_t>(i)], v[static_cast<size_t>(i % 4)]);
 }
 
 TEST(RmsNorm, UnitRmsTimesWeight) {
@@ -163,7 +167,8 @@ TEST(Half, F16AllValuesMatchLdexp) {
       EXPECT_TRUE(m ? std::isnan(f) : std::isinf(f)) << h;
       continue;
     }
-    const double expect = e == 0 ? std::ldexp(m, -24) : std::ldexp(1024 + m, static_cast<int>(e) - 25);
+    const double expect =
+        e == 0 ? std::ldexp(m, -24) : std::ldexp(1024 + m, static_cast<int>(e) - 25);
     ASSERT_EQ(f, sign * static_cast<float>(expect)) << h;
   }
 }

@@ -33,7 +33,9 @@ TEST(Safetensors, RoundTrip) {
   const float a[] = {1.5f, -2.0f, 3.25f, 0.0f, 7.0f, 8.0f};
   const uint16_t b[] = {0x3f80, 0x4000, 0x4040};
   WriteSafetensors(dir / "m.safetensors",
-                   {{"a", DType::kF32, {2, 3}, a}, {"b.weight", DType::kBF16, {3}, b}, {"empty", DType::kF32, {0}, a}},
+                   {{"a", DType::kF32, {2, 3}, a},
+                    {"b.weight", DType::kBF16, {3}, b},
+                    {"empty", DType::kF32, {0}, a}},
                    {{"format", "pt"}});
   SafetensorsFile f(dir / "m.safetensors");
   EXPECT_EQ(f.header().data_start % 8, 0u);
@@ -65,33 +67,42 @@ TEST(Safetensors, RefusesMalformedHeaders) {
   EXPECT_NE(ParseError(past).find("runs past the end"), std::string::npos);
   EXPECT_NE(ParseError(MakeFile("{not json", 0)).find("not valid JSON"), std::string::npos);
   EXPECT_NE(ParseError(MakeFile("[1, 2]", 0)).find("not a JSON object"), std::string::npos);
-  EXPECT_NE(ParseError(MakeFile(R"({"t": {"dtype": "Q7", "shape": [2], "data_offsets": [0, 8]}})", 8))
-                .find("unknown dtype 'Q7'"),
+  EXPECT_NE(
+      ParseError(MakeFile(R"({"t": {"dtype": "Q7", "shape": [2], "data_offsets": [0, 8]}})", 8))
+          .find("unknown dtype 'Q7'"),
+      std::string::npos);
+  EXPECT_NE(
+      ParseError(MakeFile(R"({"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 16]}})", 8))
+          .find("out of range"),
+      std::string::npos);
+  EXPECT_NE(
+      ParseError(MakeFile(R"({"t": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}})", 12))
+          .find("need 12"),
+      std::string::npos);
+  EXPECT_NE(
+      ParseError(MakeFile(R"({"t": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}})", 8))
+          .find("negative"),
+      std::string::npos);
+  EXPECT_NE(ParseError(MakeFile(R"({"t": {"dtype": "F32", "shape": [2]}})", 8))
+                .find("missing data_offsets"),
             std::string::npos);
-  EXPECT_NE(ParseError(MakeFile(R"({"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 16]}})", 8))
-                .find("out of range"),
-            std::string::npos);
-  EXPECT_NE(ParseError(MakeFile(R"({"t": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}})", 12))
-                .find("need 12"),
-            std::string::npos);
-  EXPECT_NE(ParseError(MakeFile(R"({"t": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}})", 8))
-                .find("negative"),
-            std::string::npos);
-  EXPECT_NE(ParseError(MakeFile(R"({"t": {"dtype": "F32", "shape": [2]}})", 8)).find("missing data_offsets"),
-            std::string::npos);
-  EXPECT_NE(ParseError(MakeFile(R"({"t": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}})", 8))
-                .find("out of range"),
-            std::string::npos);
+  EXPECT_NE(
+      ParseError(MakeFile(R"({"t": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}})", 8))
+          .find("out of range"),
+      std::string::npos);
   EXPECT_NE(ParseError(MakeFile(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
                                    "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})",
                                 12))
                 .find("overlap"),
             std::string::npos);
   // A shape whose byte count overflows 64 bits must not wrap around to a small number.
-  EXPECT_NE(ParseError(MakeFile(
-                R"({"t": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 0]}})", 8))
-                .find("larger than the file"),
-            std::string::npos);
+  EXPECT_NE(
+      ParseError(
+          MakeFile(
+              R"({"t": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 0]}})",
+              8))
+          .find("larger than the file"),
+      std::string::npos);
 }
 
 TEST(Safetensors, MissingFileNamesThePath) {

@@ -65,13 +65,16 @@ void WriteFile(const std::string& path, const std::string& bytes) {
   out << bytes;
 }
 
-std::string FixturePath(const std::string& name) { return std::string(TINYLORA_FIXTURES) + "/" + name; }
+std::string FixturePath(const std::string& name) {
+  return std::string(TINYLORA_FIXTURES) + "/" + name;
+}
 
 std::string TrainTinyTokenizer(const std::string& dir, int vocab_size) {
   const std::string text_path = dir + "/corpus.txt";
   std::ostringstream text;
-  const char* words[] = {"the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "über", "café",
-                         "naïve", "model", "tree", "leaf", "router", "token", "adapter", "small", "fast"};
+  const char* words[] = {"the",    "quick", "brown",   "fox",   "jumps", "over", "lazy",
+                         "dog",    "über",  "café",    "naïve", "model", "tree", "leaf",
+                         "router", "token", "adapter", "small", "fast"};
   unsigned state = 12345;
   for (int line = 0; line < 400; ++line) {
     for (int w = 0; w < 12; ++w) {
@@ -83,7 +86,8 @@ std::string TrainTinyTokenizer(const std::string& dir, int vocab_size) {
   WriteFile(text_path, text.str());
   const std::string prefix = dir + "/tokenizer";
   const auto status = sentencepiece::SentencePieceTrainer::Train(
-      "--input=" + text_path + " --model_prefix=" + prefix + " --vocab_size=" + std::to_string(vocab_size) +
+      "--input=" + text_path + " --model_prefix=" + prefix +
+      " --vocab_size=" + std::to_string(vocab_size) +
       " --model_type=bpe --byte_fallback=true --character_coverage=1.0 --minloglevel=2"
       " --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=-1");
   if (!status.ok()) throw std::runtime_error("tokenizer training failed: " + status.ToString());

@@ -45,7 +45,8 @@ void RunEval(const EvalOptions& o) {
   } else {
     source = o.data;
     const std::string tok_path = JoinPath(o.model, "tokenizer.model");
-    if (!FileExists(tok_path)) Fail(o.model + ": no tokenizer.model; give --token-ids instead of --data");
+    if (!FileExists(tok_path))
+      Fail(o.model + ": no tokenizer.model; give --token-ids instead of --data");
     Tokenizer tok(tok_path);
     ids = tok.Encode(ReadTextFile(o.data), /*add_bos=*/true);
   }
@@ -55,11 +56,13 @@ void RunEval(const EvalOptions& o) {
            ", outside the vocabulary (size " + std::to_string(c.vocab) + ")");
     }
   }
-  if (ids.size() < 2) Fail(source + ": needs at least 2 tokens to score, has " + std::to_string(ids.size()));
+  if (ids.size() < 2)
+    Fail(source + ": needs at least 2 tokens to score, has " + std::to_string(ids.size()));
   const int context = o.context > 0 ? o.context : c.max_pos;
   if (context < 2) Fail("--context: must be at least 2");
   if (context > c.max_pos) {
-    Fail("--context " + std::to_string(context) + " is longer than the model's " + std::to_string(c.max_pos));
+    Fail("--context " + std::to_string(context) + " is longer than the model's " +
+         std::to_string(c.max_pos));
   }
 
   LlamaModel model(*weights);
@@ -77,7 +80,8 @@ void RunEval(const EvalOptions& o) {
       const int64_t m = std::min<int64_t>(kPiece, len - p0);
       batch.Clear();
       for (int64_t i = 0; i < m; ++i) {
-        batch.Add(ids[static_cast<size_t>(start + p0 + i)], 0, static_cast<int>(p0 + i), p0 + i + 1 < len);
+        batch.Add(ids[static_cast<size_t>(start + p0 + i)], 0, static_cast<int>(p0 + i),
+                  p0 + i + 1 < len);
       }
       model.Forward(batch, cache, &logits);
       const int64_t rows = static_cast<int64_t>(logits.size()) / c.vocab;
@@ -87,13 +91,15 @@ void RunEval(const EvalOptions& o) {
         ++scored;
       }
     }
-    std::fprintf(stderr, "\reval: %lld/%lld tokens", static_cast<long long>(scored), static_cast<long long>(n - 1));
+    std::fprintf(stderr, "\reval: %lld/%lld tokens", static_cast<long long>(scored),
+                 static_cast<long long>(n - 1));
   }
   const double seconds = Seconds() - t0;
-  std::fprintf(stderr, "\reval: %lld tokens in %.1f s (%.1f tokens/s)\n", static_cast<long long>(scored), seconds,
-               scored / seconds);
+  std::fprintf(stderr, "\reval: %lld tokens in %.1f s (%.1f tokens/s)\n",
+               static_cast<long long>(scored), seconds, scored / seconds);
   const double loss = total_loss / static_cast<double>(scored);
-  std::cout << nlohmann::json{{"tokens", scored}, {"loss", loss}, {"ppl", std::exp(loss)}}.dump() << "\n";
+  std::cout << nlohmann::json{{"tokens", scored}, {"loss", loss}, {"ppl", std::exp(loss)}}.dump()
+            << "\n";
 }
 
 }  // namespace
@@ -102,8 +108,10 @@ void AddEvalCommand(CLI::App& app) {
   auto o = std::make_shared<EvalOptions>();
   CLI::App* cmd = app.add_subcommand("eval", "held-out loss and perplexity");
   cmd->add_option("--model", o->model, "model directory")->required();
-  auto* d = cmd->add_option("--data", o->data, "a text file (tokenised as one document, BOS added)");
-  auto* t = cmd->add_option("--token-ids", o->token_ids, "a file of whitespace-separated token ids (no BOS added)");
+  auto* d =
+      cmd->add_option("--data", o->data, "a text file (tokenised as one document, BOS added)");
+  auto* t = cmd->add_option("--token-ids", o->token_ids,
+                            "a file of whitespace-separated token ids (no BOS added)");
   d->excludes(t);
   cmd->add_option("--context", o->context, "window length in tokens (default: the model's context)")
       ->check(CLI::NonNegativeNumber);

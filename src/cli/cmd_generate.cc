@@ -33,7 +33,8 @@ void RunGenerate(const GenerateOptions& o) {
     prompt = ParseIds(o.prompt_ids, "--prompt-ids");
   } else {
     const std::string tok_path = JoinPath(o.model, "tokenizer.model");
-    if (!FileExists(tok_path)) Fail(o.model + ": no tokenizer.model; give the prompt as --prompt-ids");
+    if (!FileExists(tok_path))
+      Fail(o.model + ": no tokenizer.model; give the prompt as --prompt-ids");
     tok = std::make_unique<Tokenizer>(tok_path);
     if (o.prompt.empty()) Fail("--prompt: the prompt is empty");
     prompt = tok->Encode(o.prompt, /*add_bos=*/true);
@@ -57,11 +58,15 @@ void RunGenerate(const GenerateOptions& o) {
   SamplerOptions so = o.sampler;
   so.greedy = o.greedy;
   Sampler sampler(so);
-  TextStreamer streamer(*tok);
-  if (tok) streamer.Prime(prompt);
+  std::unique_ptr<TextStreamer> streamer;
+  if (tok) {
+    streamer = std::make_unique<TextStreamer>(*tok);
+    streamer->Prime(prompt);
+  }
 
   Batch batch;
-  for (size_t i = 0; i < prompt.size(); ++i) batch.Add(prompt[i], 0, static_cast<int>(i), i + 1 == prompt.size());
+  for (size_t i = 0; i < prompt.size(); ++i)
+    batch.Add(prompt[i], 0, static_cast<int>(i), i + 1 == prompt.size());
   std::vector<float> logits;
   const double t0 = Seconds();
   model.Forward(batch, cache, &logits);
@@ -72,7 +77,8 @@ void RunGenerate(const GenerateOptions& o) {
     const int next = sampler.Sample(logits.data(), c.vocab);
     ++generated;
     if (next == c.eos_id) break;
-    std::cout << (tok ? streamer.Push(next) : (generated > 1 ? " " : "") + std::to_string(next));
+    std::cout << (streamer ? streamer->Push(next)
+                           : (generated > 1 ? " " : "") + std::to_string(next));
     std::cout.flush();
     if (generated == o.max_new_tokens || pos >= capacity) break;
     batch.Clear();
@@ -81,8 +87,9 @@ void RunGenerate(const GenerateOptions& o) {
   }
   const double t2 = Seconds();
   std::cout << "\n";
-  std::fprintf(stderr, "prompt %zu tokens, %.1f tokens/s; generated %d tokens, %.2f tokens/s\n", prompt.size(),
-               prompt.size() / (t1 - t0), generated, generated > 1 ? (generated - 1) / (t2 - t1) : 0.0);
+  std::fprintf(stderr, "prompt %zu tokens, %.1f tokens/s; generated %d tokens, %.2f tokens/s\n",
+               prompt.size(), prompt.size() / (t1 - t0), generated,
+               generated > 1 ? (generated - 1) / (t2 - t1) : 0.0);
 }
 
 }  // namespace
@@ -94,18 +101,21 @@ void AddGenerateCommand(CLI::App& app) {
   auto* p = cmd->add_option("--prompt", o->prompt, "prompt text (tokenised, BOS added)");
   auto* pi = cmd->add_option("--prompt-ids", o->prompt_ids, "prompt as token ids, e.g. \"1 2 3\"");
   p->excludes(pi);
-  cmd->add_option("--max-new-tokens", o->max_new_tokens, "tokens to generate")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--max-new-tokens", o->max_new_tokens, "tokens to generate")
+      ->check(CLI::NonNegativeNumber);
   auto* g = cmd->add_flag("--greedy", o->greedy, "always take the most likely token");
   cmd->add_option("--temperature", o->sampler.temperature, "sampling temperature")
       ->check(CLI::PositiveNumber)
       ->excludes(g);
-  cmd->add_option("--top-p", o->sampler.top_p, "nucleus sampling mass (1 = off)")->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--top-p", o->sampler.top_p, "nucleus sampling mass (1 = off)")
+      ->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--top-k", o->sampler.top_k, "keep the k most likely tokens (0 = off)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--seed", o->sampler.seed, "sampling seed");
   AddThreadsOption(cmd, &o->threads);
   cmd->callback([o]() {
-    if (o->prompt.empty() && o->prompt_ids.empty()) Fail("generate: the prompt is empty (--prompt or --prompt-ids)");
+    if (o->prompt.empty() && o->prompt_ids.empty())
+      Fail("generate: the prompt is empty (--prompt or --prompt-ids)");
     RunGenerate(*o);
   });
 }

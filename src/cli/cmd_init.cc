@@ -48,11 +48,13 @@ void RunInit(const InitOptions& o) {
   SetThreads(o.threads);
   LlamaConfig c;
   if (!o.preset.empty()) {
-    if (!PresetConfig(o.preset, &c)) Fail("--preset: unknown preset '" + o.preset + "' (tiny, tinyllama)");
+    if (!PresetConfig(o.preset, &c))
+      Fail("--preset: unknown preset '" + o.preset + "' (tiny, tinyllama)");
   } else {
     c = LoadConfig(o.config_file);
   }
-  if (o.dtype != "f32" && o.dtype != "bf16") Fail("--dtype: expected f32 or bf16, got '" + o.dtype + "'");
+  if (o.dtype != "f32" && o.dtype != "bf16")
+    Fail("--dtype: expected f32 or bf16, got '" + o.dtype + "'");
   c.torch_dtype = o.dtype == "bf16" ? "bfloat16" : "float32";
   if (!o.tokenizer.empty()) {
     Tokenizer tok(o.tokenizer);
@@ -121,7 +123,8 @@ void AddInitCommand(CLI::App& app) {
   cmd->add_flag("--force", o->force, "overwrite a model already in --out");
   AddThreadsOption(cmd, &o->threads);
   cmd->callback([o]() {
-    if (o->config_file.empty() && o->preset.empty()) Fail("init: give --config FILE or --preset NAME");
+    if (o->config_file.empty() && o->preset.empty())
+      Fail("init: give --config FILE or --preset NAME");
     RunInit(*o);
   });
 }

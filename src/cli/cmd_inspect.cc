@@ -49,13 +49,14 @@ void InspectModel(const std::string& dir) {
     Tokenizer tok(JoinPath(dir, "tokenizer.model"));
     tokenizer = {{"vocab", tok.vocab_size()}, {"bos", tok.bos_id()}, {"eos", tok.eos_id()}};
   }
-  std::fprintf(stderr,
-               "\nllama model: %d layers, hidden %d, intermediate %d, heads %d (kv %d, dim %d), vocab %d, "
-               "context %d, %s head\n%lld parameters in %lld tensors, %.1f MB in %zu file(s)%s\n",
-               c.n_layers, c.hidden, c.intermediate, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab, c.max_pos,
-               c.tie_embeddings ? "tied" : "untied", static_cast<long long>(params),
-               static_cast<long long>(n_tensors), bytes / 1e6, files.size(),
-               tokenizer.is_null() ? ", no tokenizer" : "");
+  std::fprintf(
+      stderr,
+      "\nllama model: %d layers, hidden %d, intermediate %d, heads %d (kv %d, dim %d), vocab %d, "
+      "context %d, %s head\n%lld parameters in %lld tensors, %.1f MB in %zu file(s)%s\n",
+      c.n_layers, c.hidden, c.intermediate, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab, c.max_pos,
+      c.tie_embeddings ? "tied" : "untied", static_cast<long long>(params),
+      static_cast<long long>(n_tensors), bytes / 1e6, files.size(),
+      tokenizer.is_null() ? ", no tokenizer" : "");
   nlohmann::json out = {{"kind", "model"},
                         {"dir", dir},
                         {"config", nlohmann::json::parse(ConfigToJson(c))},

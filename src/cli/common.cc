@@ -3,11 +3,11 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <cctype>
-#include <algorithm>
 
 #include "util/error.h"
 
@@ -29,7 +29,8 @@ std::vector<int> ParseIds(const std::string& text, const std::string& what) {
     if (end == p || errno != 0 || v < 0 || v > (1L << 30) ||
         (*end != '\0' && !std::isspace(static_cast<unsigned char>(*end)))) {
       std::string token(p, std::min<size_t>(std::strcspn(p, " \t\r\n"), 32));
-      Fail(what + ": '" + token + "' (token " + std::to_string(ids.size() + 1) + ") is not a token id");
+      Fail(what + ": '" + token + "' (token " + std::to_string(ids.size() + 1) +
+           ") is not a token id");
     }
     ids.push_back(static_cast<int>(v));
     p = end;
@@ -44,7 +45,8 @@ void SetThreads(int n) {
 }
 
 void AddThreadsOption(CLI::App* cmd, int* threads) {
-  cmd->add_option("--threads", *threads, "threads for compute (0 = all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--threads", *threads, "threads for compute (0 = all cores)")
+      ->check(CLI::NonNegativeNumber);
 }
 
 }  // namespace tinylora

@@ -43,9 +43,9 @@ int main(int argc, char** argv) {
     std::string what = e.what();
     if (argc < 2) {
       what = "no command given; try 'tinylora help'";
-    } else if (argv[1][0] != '-' && app.get_subcommands([&](const CLI::App* sub) {
-                                      return sub->get_name() == argv[1];
-                                    }).empty()) {
+    } else if (argv[1][0] != '-' &&
+               app.get_subcommands([&](const CLI::App* sub) { return sub->get_name() == argv[1]; })
+                   .empty()) {
       what = std::string("unknown command '") + argv[1] + "'; try 'tinylora help'";
     }
     std::fprintf(stderr, "error: %s\n", what.c_str());

@@ -16,9 +16,9 @@ struct DTypeEntry {
   size_t size;
 };
 constexpr DTypeEntry kDTypes[] = {
-    {DType::kF32, "F32", 4}, {DType::kF16, "F16", 2}, {DType::kBF16, "BF16", 2},
-    {DType::kF64, "F64", 8}, {DType::kI64, "I64", 8}, {DType::kI32, "I32", 4},
-    {DType::kI16, "I16", 2}, {DType::kI8, "I8", 1},   {DType::kU8, "U8", 1},
+    {DType::kF32, "F32", 4},   {DType::kF16, "F16", 2}, {DType::kBF16, "BF16", 2},
+    {DType::kF64, "F64", 8},   {DType::kI64, "I64", 8}, {DType::kI32, "I32", 4},
+    {DType::kI16, "I16", 2},   {DType::kI8, "I8", 1},   {DType::kU8, "U8", 1},
     {DType::kBool, "BOOL", 1},
 };
 
@@ -60,8 +60,8 @@ SafetensorsHeader ParseSafetensors(const uint8_t* bytes, size_t size, const std:
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | bytes[i];
   if (header_len > size - 8) {
-    Fail(what + ": header length " + std::to_string(header_len) + " runs past the end of the file (" +
-         std::to_string(size) + " bytes)");
+    Fail(what + ": header length " + std::to_string(header_len) +
+         " runs past the end of the file (" + std::to_string(size) + " bytes)");
   }
   if (header_len > kMaxHeaderBytes) {
     Fail(what + ": header length " + std::to_string(header_len) + " is implausibly large");
@@ -80,7 +80,8 @@ SafetensorsHeader ParseSafetensors(const uint8_t* bytes, size_t size, const std:
     if (name == "__metadata__") {
       if (!v.is_object()) Fail(what + ": __metadata__ is not an object");
       for (auto m = v.begin(); m != v.end(); ++m) {
-        if (!m.value().is_string()) Fail(what + ": __metadata__ value '" + m.key() + "' is not a string");
+        if (!m.value().is_string())
+          Fail(what + ": __metadata__ value '" + m.key() + "' is not a string");
         h.metadata[m.key()] = m.value().get<std::string>();
       }
       continue;
@@ -92,7 +93,8 @@ SafetensorsHeader ParseSafetensors(const uint8_t* bytes, size_t size, const std:
     auto off = v.find("data_offsets");
     if (dt == v.end() || !dt->is_string()) Fail(where + ": missing dtype");
     if (sh == v.end() || !sh->is_array()) Fail(where + ": missing shape");
-    if (off == v.end() || !off->is_array() || off->size() != 2) Fail(where + ": missing data_offsets");
+    if (off == v.end() || !off->is_array() || off->size() != 2)
+      Fail(where + ": missing data_offsets");
     TensorInfo t;
     t.name = name;
     if (!ParseDType(dt->get<std::string>(), &t.dtype)) {
@@ -118,8 +120,8 @@ SafetensorsHeader ParseSafetensors(const uint8_t* bytes, size_t size, const std:
            "] out of range (data is " + std::to_string(data_size) + " bytes)");
     }
     if (end - begin != bytes_needed) {
-      Fail(where + ": data_offsets span " + std::to_string(end - begin) + " bytes but dtype and shape need " +
-           std::to_string(bytes_needed));
+      Fail(where + ": data_offsets span " + std::to_string(end - begin) +
+           " bytes but dtype and shape need " + std::to_string(bytes_needed));
     }
     t.offset = h.data_start + begin;
     t.nbytes = end - begin;
@@ -154,13 +156,15 @@ void WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>&
   for (const auto& t : tensors) {
     uint64_t n = DTypeSize(t.dtype);
     for (int64_t d : t.shape) n *= static_cast<uint64_t>(d);
-    j[t.name] = {{"dtype", DTypeName(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + n}}};
+    j[t.name] = {
+        {"dtype", DTypeName(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + n}}};
     offset += n;
   }
   std::string header = j.dump();
   while ((8 + header.size()) % 8 != 0) header.push_back(' ');
   uint8_t len[8];
-  for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(header.size()) >> (8 * i));
+  for (int i = 0; i < 8; ++i)
+    len[i] = static_cast<uint8_t>(static_cast<uint64_t>(header.size()) >> (8 * i));
   AtomicFileWriter w(path);
   w.Write(len, 8);
   w.Write(header.data(), header.size());

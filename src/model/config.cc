@@ -15,7 +15,8 @@ int64_t LlamaConfig::ParamCount() const {
 
 namespace {
 
-int GetInt(const nlohmann::json& j, const char* key, const std::string& what, bool required, int fallback) {
+int GetInt(const nlohmann::json& j, const char* key, const std::string& what, bool required,
+           int fallback) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) {
     if (required) Fail(what + ": missing key '" + key + "'");
@@ -23,7 +24,8 @@ int GetInt(const nlohmann::json& j, const char* key, const std::string& what, bo
   }
   if (!it->is_number_integer()) Fail(what + ": '" + key + "' must be an integer");
   int64_t v = it->get<int64_t>();
-  if (v <= 0 || v > (int64_t{1} << 30)) Fail(what + ": '" + key + "' = " + std::to_string(v) + " is out of range");
+  if (v <= 0 || v > (int64_t{1} << 30))
+    Fail(what + ": '" + key + "' = " + std::to_string(v) + " is out of range");
   return static_cast<int>(v);
 }
 
@@ -32,7 +34,8 @@ float GetFloat(const nlohmann::json& j, const char* key, const std::string& what
   if (it == j.end() || it->is_null()) return fallback;
   if (!it->is_number()) Fail(what + ": '" + key + "' must be a number");
   double v = it->get<double>();
-  if (!(v > 0) || v > 1e12) Fail(what + ": '" + key + "' = " + std::to_string(v) + " is out of range");
+  if (!(v > 0) || v > 1e12)
+    Fail(what + ": '" + key + "' = " + std::to_string(v) + " is out of range");
   return static_cast<float>(v);
 }
 
@@ -43,13 +46,15 @@ LlamaConfig ParseConfig(const std::string& json_text, const std::string& what) {
   if (j.is_discarded()) Fail(what + ": not valid JSON");
   if (!j.is_object()) Fail(what + ": not a JSON object");
   if (auto mt = j.find("model_type"); mt != j.end() && mt->is_string() && *mt != "llama") {
-    Fail(what + ": model_type '" + mt->get<std::string>() + "' is not supported (expected 'llama')");
+    Fail(what + ": model_type '" + mt->get<std::string>() +
+         "' is not supported (expected 'llama')");
   }
   if (auto rs = j.find("rope_scaling"); rs != j.end() && !rs->is_null()) {
     Fail(what + ": rope_scaling is not supported");
   }
   if (auto act = j.find("hidden_act"); act != j.end() && act->is_string() && *act != "silu") {
-    Fail(what + ": hidden_act '" + act->get<std::string>() + "' is not supported (expected 'silu')");
+    Fail(what + ": hidden_act '" + act->get<std::string>() +
+         "' is not supported (expected 'silu')");
   }
   LlamaConfig c;
   c.hidden = GetInt(j, "hidden_size", what, true, 0);
@@ -65,25 +70,30 @@ LlamaConfig ParseConfig(const std::string& json_text, const std::string& what) {
     if (!t->is_boolean()) Fail(what + ": 'tie_word_embeddings' must be true or false");
     c.tie_embeddings = t->get<bool>();
   }
-  if (auto b = j.find("bos_token_id"); b != j.end() && b->is_number_integer()) c.bos_id = b->get<int>();
-  if (auto e = j.find("eos_token_id"); e != j.end() && e->is_number_integer()) c.eos_id = e->get<int>();
-  if (auto d = j.find("torch_dtype"); d != j.end() && d->is_string()) c.torch_dtype = d->get<std::string>();
+  if (auto b = j.find("bos_token_id"); b != j.end() && b->is_number_integer())
+    c.bos_id = b->get<int>();
+  if (auto e = j.find("eos_token_id"); e != j.end() && e->is_number_integer())
+    c.eos_id = e->get<int>();
+  if (auto d = j.find("torch_dtype"); d != j.end() && d->is_string())
+    c.torch_dtype = d->get<std::string>();
 
   if (j.contains("head_dim") && !j["head_dim"].is_null()) {
     c.head_dim = GetInt(j, "head_dim", what, true, 0);
   } else {
     if (c.hidden % c.n_heads != 0) {
-      Fail(what + ": hidden_size " + std::to_string(c.hidden) + " is not divisible by num_attention_heads " +
-           std::to_string(c.n_heads));
+      Fail(what + ": hidden_size " + std::to_string(c.hidden) +
+           " is not divisible by num_attention_heads " + std::to_string(c.n_heads));
     }
     c.head_dim = c.hidden / c.n_heads;
   }
-  if (c.head_dim % 2 != 0) Fail(what + ": head dimension " + std::to_string(c.head_dim) + " must be even for RoPE");
+  if (c.head_dim % 2 != 0)
+    Fail(what + ": head dimension " + std::to_string(c.head_dim) + " must be even for RoPE");
   if (c.n_heads % c.n_kv_heads != 0) {
-    Fail(what + ": num_key_value_heads " + std::to_string(c.n_kv_heads) + " does not divide num_attention_heads " +
-         std::to_string(c.n_heads));
+    Fail(what + ": num_key_value_heads " + std::to_string(c.n_kv_heads) +
+         " does not divide num_attention_heads " + std::to_string(c.n_heads));
   }
-  if (c.bos_id >= c.vocab || c.eos_id >= c.vocab) Fail(what + ": bos/eos token id outside the vocabulary");
+  if (c.bos_id >= c.vocab || c.eos_id >= c.vocab)
+    Fail(what + ": bos/eos token id outside the vocabulary");
   return c;
 }
 

@@ -13,7 +13,10 @@
 namespace tinylora {
 
 KvCache::KvCache(const LlamaConfig& c, int n_seqs, int capacity)
-    : length(static_cast<size_t>(n_seqs), 0), n_seqs_(n_seqs), capacity_(capacity), kv_dim_(c.kv_dim()) {
+    : length(static_cast<size_t>(n_seqs), 0),
+      n_seqs_(n_seqs),
+      capacity_(capacity),
+      kv_dim_(c.kv_dim()) {
   const size_t n = static_cast<size_t>(c.n_layers) * n_seqs * capacity * kv_dim_;
   k_.assign(n, 0.0f);
   v_.assign(n, 0.0f);
@@ -40,19 +43,22 @@ std::vector<LlamaModel::Run> LlamaModel::Validate(const Batch& b, const KvCache&
     if (s < 0 || s >= cache.n_seqs()) Fail("sequence " + std::to_string(s) + " has no cache slot");
     const int64_t limit = std::min(cache.capacity(), w_.config.max_pos);
     if (b.pos[i] < 0 || b.pos[i] >= limit) {
-      Fail("position " + std::to_string(b.pos[i]) + " is past the context length (" + std::to_string(limit) + ")");
+      Fail("position " + std::to_string(b.pos[i]) + " is past the context length (" +
+           std::to_string(limit) + ")");
     }
     if (!runs.empty() && runs.back().seq == s) {
       Run& r = runs.back();
-      if (b.pos[i] != r.p0 + r.n) Fail("sequence " + std::to_string(s) + " has non-consecutive positions");
+      if (b.pos[i] != r.p0 + r.n)
+        Fail("sequence " + std::to_string(s) + " has non-consecutive positions");
       ++r.n;
       continue;
     }
-    if (seen[static_cast<size_t>(s)]) Fail("sequence " + std::to_string(s) + " is split in the batch");
+    if (seen[static_cast<size_t>(s)])
+      Fail("sequence " + std::to_string(s) + " is split in the batch");
     seen[static_cast<size_t>(s)] = 1;
     if (b.pos[i] > cache.length[static_cast<size_t>(s)]) {
-      Fail("sequence " + std::to_string(s) + " starts at position " + std::to_string(b.pos[i]) + " but only " +
-           std::to_string(cache.length[static_cast<size_t>(s)]) + " are cached");
+      Fail("sequence " + std::to_string(s) + " starts at position " + std::to_string(b.pos[i]) +
+           " but only " + std::to_string(cache.length[static_cast<size_t>(s)]) + " are cached");
     }
     runs.push_back({s, i, 1, b.pos[i]});
   }
@@ -115,8 +121,9 @@ void LlamaModel::Forward(const Batch& batch, KvCache& cache, std::vector<float>*
     for (int64_t task = 0; task < tasks; ++task) {
       const Run& r = runs[static_cast<size_t>(task / c.n_heads)];
       const int head = static_cast<int>(task % c.n_heads);
-      AttentionHead(shape, head, &q_[r.begin * Q], Q, cache.K(layer, r.seq), cache.V(layer, r.seq), KV, r.n, r.p0,
-                    &att_[r.begin * Q], Q, &scratch_[static_cast<size_t>(omp_get_thread_num() * longest)]);
+      AttentionHead(shape, head, &q_[r.begin * Q], Q, cache.K(layer, r.seq), cache.V(layer, r.seq),
+                    KV, r.n, r.p0, &att_[r.begin * Q], Q,
+                    &scratch_[static_cast<size_t>(omp_get_thread_num() * longest)]);
     }
     MatMul(L.wo, att_.data(), T, h1_.data());  // (T, C)
     AddInPlace(x_.data(), h1_.data(), T * C);

@@ -11,8 +11,8 @@ namespace tinylora {
 struct SamplerOptions {
   bool greedy = true;
   float temperature = 1.0f;
-  int top_k = 0;        // 0: no limit
-  float top_p = 1.0f;   // 1: no limit
+  int top_k = 0;       // 0: no limit
+  float top_p = 1.0f;  // 1: no limit
   uint64_t seed = 0;
 };
 

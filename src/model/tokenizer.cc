@@ -7,7 +7,8 @@
 
 namespace tinylora {
 
-Tokenizer::Tokenizer(const std::string& model_path) : sp_(new sentencepiece::SentencePieceProcessor()) {
+Tokenizer::Tokenizer(const std::string& model_path)
+    : sp_(new sentencepiece::SentencePieceProcessor()) {
   if (!FileExists(model_path)) Fail(model_path + ": tokenizer file not found");
   const auto status = sp_->Load(model_path);
   if (!status.ok()) Fail(model_path + ": not a SentencePiece model (" + status.ToString() + ")");
@@ -39,7 +40,8 @@ namespace {
 size_t CompleteUtf8Prefix(const std::string& s) {
   size_t n = s.size();
   size_t back = 0;
-  while (back < 4 && back < n && (static_cast<unsigned char>(s[n - 1 - back]) & 0xC0) == 0x80) ++back;
+  while (back < 4 && back < n && (static_cast<unsigned char>(s[n - 1 - back]) & 0xC0) == 0x80)
+    ++back;
   if (back == n) return n;
   const unsigned char lead = static_cast<unsigned char>(s[n - 1 - back]);
   size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;

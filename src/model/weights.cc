@@ -53,10 +53,12 @@ class WeightLoader {
       if (wm == j.end() || !wm->is_object()) Fail(index_path + ": missing 'weight_map'");
       std::map<std::string, size_t> file_index;
       for (auto it = wm->begin(); it != wm->end(); ++it) {
-        if (!it.value().is_string()) Fail(index_path + ": weight_map entry '" + it.key() + "' is not a file name");
+        if (!it.value().is_string())
+          Fail(index_path + ": weight_map entry '" + it.key() + "' is not a file name");
         const std::string file = it.value().get<std::string>();
         if (file.empty() || file.find('/') != std::string::npos || file == "." || file == "..") {
-          Fail(index_path + ": weight_map names '" + file + "', which is not a file in the model directory");
+          Fail(index_path + ": weight_map names '" + file +
+               "', which is not a file in the model directory");
         }
         auto f = file_index.find(file);
         if (f == file_index.end()) {
@@ -100,7 +102,8 @@ class WeightLoader {
       t.data = src;  // used in place from the map
       return t;
     }
-    std::vector<uint8_t>& buf = m_->owned_.emplace_back(static_cast<size_t>(t.numel()) * DTypeSize(t.dtype));
+    std::vector<uint8_t>& buf =
+        m_->owned_.emplace_back(static_cast<size_t>(t.numel()) * DTypeSize(t.dtype));
     if (keep_dtype) {
       std::memcpy(buf.data(), src, buf.size());
     } else {
@@ -147,7 +150,8 @@ std::unique_ptr<ModelWeights> ModelWeights::Load(const std::string& dir) {
   m->embed = loader.Get(specs[k++]);
   m->layers.resize(static_cast<size_t>(c.n_layers));
   for (auto& l : m->layers) {
-    for (Tensor* t : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.mlp_norm, &l.w_gate, &l.w_up, &l.w_down}) {
+    for (Tensor* t :
+         {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.mlp_norm, &l.w_gate, &l.w_up, &l.w_down}) {
       *t = loader.Get(specs[k++]);
     }
   }
@@ -159,7 +163,8 @@ std::unique_ptr<ModelWeights> ModelWeights::Load(const std::string& dir) {
 int64_t ModelWeights::MatrixBytes() const {
   int64_t total = lm_head.nbytes();
   for (const auto& l : layers) {
-    for (const Tensor* t : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) total += t->nbytes();
+    for (const Tensor* t : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down})
+      total += t->nbytes();
   }
   return total;
 }

@@ -32,7 +32,7 @@ class ModelWeights {
   static std::unique_ptr<ModelWeights> Load(const std::string& dir);
 
   LlamaConfig config;
-  Tensor embed;       // (V, C)  model.embed_tokens
+  Tensor embed;  // (V, C)  model.embed_tokens
   std::vector<LayerWeights> layers;
   Tensor final_norm;  // (C)     model.norm
   Tensor lm_head;     // (V, C)  lm_head, or embed when tied

@@ -8,8 +8,8 @@
 namespace tinylora {
 
 namespace {
-constexpr int64_t kRowBlock = 16;     // rows of W per task of the streaming kernel
-constexpr int64_t kPanelRows = 256;   // rows of a BF16 W widened at a time for sgemm
+constexpr int64_t kRowBlock = 16;    // rows of W per task of the streaming kernel
+constexpr int64_t kPanelRows = 256;  // rows of a BF16 W widened at a time for sgemm
 }  // namespace
 
 void MatMul(const Tensor& w, const float* x, int64_t T, float* y) {
@@ -24,8 +24,8 @@ void MatMul(const Tensor& w, const float* x, int64_t T, float* y) {
   }
   if (w.dtype == DType::kF32) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), static_cast<int>(out),
-                static_cast<int>(in), 1.0f, x, static_cast<int>(in), w.f32(), static_cast<int>(in), 0.0f, y,
-                static_cast<int>(out));
+                static_cast<int>(in), 1.0f, x, static_cast<int>(in), w.f32(), static_cast<int>(in),
+                0.0f, y, static_cast<int>(out));
     return;
   }
   // BF16: widen a panel of rows of W to F32, then one sgemm writes those columns of y.
@@ -35,8 +35,8 @@ void MatMul(const Tensor& w, const float* x, int64_t T, float* y) {
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < nr; ++r) WidenBf16(w.bf16() + (r0 + r) * in, in, panel.data() + r * in);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), static_cast<int>(nr),
-                static_cast<int>(in), 1.0f, x, static_cast<int>(in), panel.data(), static_cast<int>(in), 0.0f,
-                y + r0, static_cast<int>(out));
+                static_cast<int>(in), 1.0f, x, static_cast<int>(in), panel.data(),
+                static_cast<int>(in), 0.0f, y + r0, static_cast<int>(out));
   }
 }
 

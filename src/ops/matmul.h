@@ -19,7 +19,8 @@ void MatMul(const Tensor& w, const float* x, int64_t T, float* y);
 void MatMulReference(const Tensor& w, const float* x, int64_t T, float* y);
 
 // The streaming kernel on rows [row_begin, row_end) of W, any T (exposed for tests/bench).
-void MatVecRows(const Tensor& w, const float* x, int64_t T, int64_t row_begin, int64_t row_end, float* y);
+void MatVecRows(const Tensor& w, const float* x, int64_t T, int64_t row_begin, int64_t row_end,
+                float* y);
 
 // BF16 -> F32 widening of n values (Highway).
 void WidenBf16(const uint16_t* src, int64_t n, float* dst);

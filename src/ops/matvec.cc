@@ -84,8 +84,8 @@ HWY_INLINE void DotFour(const WT* w, const float* x, int64_t ldx, int64_t n, flo
 }
 
 template <typename WT>
-void MatVecRowsT(const WT* w, int64_t in, int64_t out_dim, const float* x, int64_t T, int64_t r0, int64_t r1,
-                 float* y) {
+void MatVecRowsT(const WT* w, int64_t in, int64_t out_dim, const float* x, int64_t T, int64_t r0,
+                 int64_t r1, float* y) {
   for (int64_t r = r0; r < r1; ++r) {
     const WT* wr = w + r * in;
     int64_t t = 0;
@@ -98,13 +98,13 @@ void MatVecRowsT(const WT* w, int64_t in, int64_t out_dim, const float* x, int64
   }
 }
 
-void MatVecF32(const float* w, int64_t in, int64_t out_dim, const float* x, int64_t T, int64_t r0, int64_t r1,
-               float* y) {
+void MatVecF32(const float* w, int64_t in, int64_t out_dim, const float* x, int64_t T, int64_t r0,
+               int64_t r1, float* y) {
   MatVecRowsT(w, in, out_dim, x, T, r0, r1, y);
 }
 
-void MatVecBf16(const uint16_t* w, int64_t in, int64_t out_dim, const float* x, int64_t T, int64_t r0, int64_t r1,
-                float* y) {
+void MatVecBf16(const uint16_t* w, int64_t in, int64_t out_dim, const float* x, int64_t T,
+                int64_t r0, int64_t r1, float* y) {
   MatVecRowsT(w, in, out_dim, x, T, r0, r1, y);
 }
 
@@ -127,7 +127,8 @@ HWY_EXPORT(MatVecF32);
 HWY_EXPORT(MatVecBf16);
 HWY_EXPORT(WidenBf16Impl);
 
-void MatVecRows(const Tensor& w, const float* x, int64_t T, int64_t row_begin, int64_t row_end, float* y) {
+void MatVecRows(const Tensor& w, const float* x, int64_t T, int64_t row_begin, int64_t row_end,
+                float* y) {
   if (w.dtype == DType::kBF16) {
     HWY_DYNAMIC_DISPATCH(MatVecBf16)(w.bf16(), w.cols, w.rows, x, T, row_begin, row_end, y);
   } else {
@@ -135,7 +136,9 @@ void MatVecRows(const Tensor& w, const float* x, int64_t T, int64_t row_begin, i
   }
 }
 
-void WidenBf16(const uint16_t* src, int64_t n, float* dst) { HWY_DYNAMIC_DISPATCH(WidenBf16Impl)(src, n, dst); }
+void WidenBf16(const uint16_t* src, int64_t n, float* dst) {
+  HWY_DYNAMIC_DISPATCH(WidenBf16Impl)(src, n, dst);
+}
 
 }  // namespace tinylora
 #endif  // HWY_ONCE

@@ -77,9 +77,9 @@ void AttentionHead(const AttentionShape& s, int head, const float* q, int64_t ld
   const int64_t len = p0 + n;  // keys visible to the last query
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   // scores (n, len) = scale * q_h (n, HD) · k_g (len, HD)ᵀ
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(len), hd, scale,
-              q + head * hd, static_cast<int>(ldq), k + kvh * hd, static_cast<int>(ldkv), 0.0f, scratch,
-              static_cast<int>(len));
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(len),
+              hd, scale, q + head * hd, static_cast<int>(ldq), k + kvh * hd, static_cast<int>(ldkv),
+              0.0f, scratch, static_cast<int>(len));
   // causal: query i (position p0+i) sees keys 0..p0+i
   for (int64_t i = 0; i < n; ++i) {
     float* row = scratch + i * len;
@@ -88,13 +88,14 @@ void AttentionHead(const AttentionShape& s, int head, const float* q, int64_t ld
     for (int64_t j = visible; j < len; ++j) row[j] = 0.0f;
   }
   // out_h (n, HD) = probs (n, len) · v_g (len, HD)
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(n), hd, static_cast<int>(len), 1.0f,
-              scratch, static_cast<int>(len), v + kvh * hd, static_cast<int>(ldkv), 0.0f, out + head * hd,
-              static_cast<int>(ldo));
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(n), hd,
+              static_cast<int>(len), 1.0f, scratch, static_cast<int>(len), v + kvh * hd,
+              static_cast<int>(ldkv), 0.0f, out + head * hd, static_cast<int>(ldo));
 }
 
-void AttentionReference(const AttentionShape& s, const float* q, int64_t ldq, const float* k, const float* v,
-                        int64_t ldkv, int64_t n, int64_t p0, float* out, int64_t ldo) {
+void AttentionReference(const AttentionShape& s, const float* q, int64_t ldq, const float* k,
+                        const float* v, int64_t ldkv, int64_t n, int64_t p0, float* out,
+                        int64_t ldo) {
   const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
   std::vector<double> p(static_cast<size_t>(p0 + n));
   for (int64_t i = 0; i < n; ++i) {

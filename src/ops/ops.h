@@ -40,7 +40,8 @@ void AttentionHead(const AttentionShape& s, int head, const float* q, int64_t ld
                    float* scratch);
 
 // Plain reference of the same (per query, per key loops, double accumulation). For tests.
-void AttentionReference(const AttentionShape& s, const float* q, int64_t ldq, const float* k, const float* v,
-                        int64_t ldkv, int64_t n, int64_t p0, float* out, int64_t ldo);
+void AttentionReference(const AttentionShape& s, const float* q, int64_t ldq, const float* k,
+                        const float* v, int64_t ldkv, int64_t n, int64_t p0, float* out,
+                        int64_t ldo);
 
 }  // namespace tinylora
