@@ -1,0 +1,147 @@
+// Prefill and decode speed of a model directory, as fractions of this machine's ceilings
+// measured in the same run (DESIGN.md §6):
+//   prefill: achieved GFLOP/s (matmuls + attention) / sgemm GFLOP/s at the model's shapes
+//   decode:  bytes of weights (+ KV cache) read per token × tokens/s / read bandwidth
+// Usage: bench_forward MODEL_DIR [--prefill T] [--decode N] [--threads N]
+// Table on stderr, one JSON line on stdout.
+#include <cblas.h>
+#include <omp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "ceilings.h"
+#include "model/llama.h"
+#include "util/error.h"
+
+extern "C" void openblas_set_num_threads(int);
+
+namespace tinylora {
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+int Main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr,
+                 "usage: bench_forward MODEL_DIR [--prefill T] [--decode N] [--threads N]\n");
+    return 2;
+  }
+  const std::string dir = argv[1];
+  int prefill = 512, decode = 32, threads = omp_get_num_procs();
+  for (int i = 2; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i];
+    const int v = std::atoi(argv[i + 1]);
+    if (flag == "--prefill")
+      prefill = v;
+    else if (flag == "--decode")
+      decode = v;
+    else if (flag == "--threads")
+      threads = v;
+    else {
+      std::fprintf(stderr, "error: unknown flag %s\n", flag.c_str());
+      return 2;
+    }
+  }
+  omp_set_num_threads(threads);
+  openblas_set_num_threads(threads);
+
+  auto w = ModelWeights::Load(dir);
+  const LlamaConfig& c = w->config;
+  prefill = std::min(prefill, c.max_pos - decode - 1);
+  LlamaModel model(*w);
+
+  // Ceilings at this model's shapes.
+  const int64_t C = c.hidden, F = c.intermediate, Q = c.q_dim(), KV = c.kv_dim(), T = prefill;
+  std::vector<bench::GemmShape> layer = {{T, Q, C}, {T, KV, C}, {T, KV, C}, {T, C, Q},
+                                         {T, F, C}, {T, F, C},  {T, C, F}};
+  std::vector<bench::GemmShape> shapes;
+  for (int l = 0; l < std::min(c.n_layers, 2); ++l)
+    shapes.insert(shapes.end(), layer.begin(), layer.end());
+  shapes.push_back({T, c.vocab, C});
+  const double sgemm = bench::SgemmGflops(shapes, 3);
+  const double read_bw = bench::ReadBandwidthGBs(int64_t{1} << 30, 5);
+  const double copy_bw = bench::CopyBandwidthGBs(int64_t{1} << 30, 5);
+
+  // Prefill: T tokens of one sequence, logits for the last only (as generate does).
+  KvCache cache(c, 1, prefill + decode + 1);
+  Batch b;
+  std::vector<float> logits;
+  for (int i = 0; i < prefill; ++i) b.Add((i * 7919 + 3) % c.vocab, 0, i, i + 1 == prefill);
+  model.Forward(b, cache, &logits);  // warm-up: pages of the map, arena growth
+  double prefill_s = 1e30;
+  for (int r = 0; r < 2; ++r) {
+    cache.length[0] = 0;
+    const double t0 = Now();
+    model.Forward(b, cache, &logits);
+    prefill_s = std::min(prefill_s, Now() - t0);
+  }
+  double mm_flops = 0;
+  for (const auto& l : w->layers) {
+    for (const Tensor* t : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) {
+      mm_flops += 2.0 * T * static_cast<double>(t->numel());
+    }
+  }
+  mm_flops += 2.0 * 1 * static_cast<double>(w->lm_head.numel());  // one row of logits
+  // attention: QKᵀ and PV over the causal triangle, every head
+  const double attn_flops = 2.0 * 2.0 * c.n_layers * c.n_heads * c.head_dim * (T * (T + 1) / 2.0);
+  const double prefill_gflops = (mm_flops + attn_flops) / prefill_s / 1e9;
+
+  // Decode: `decode` tokens one at a time after the prompt.
+  int pos = prefill;
+  double t0 = Now();
+  for (int i = 0; i < decode; ++i) {
+    b.Clear();
+    b.Add((i * 31 + 5) % c.vocab, 0, pos++, true);
+    model.Forward(b, cache, &logits);
+  }
+  const double decode_s = Now() - t0;
+  const double tok_s = decode / decode_s;
+  const double kv_bytes = 2.0 * c.n_layers * (prefill + decode / 2.0) * KV * sizeof(float);
+  const double bytes_per_token = static_cast<double>(w->MatrixBytes()) + kv_bytes;
+  const double decode_gbs = bytes_per_token * tok_s / 1e9;
+
+  std::fprintf(
+      stderr,
+      "model %s: %lld matrix bytes (%s), %d threads\n"
+      "ceilings: sgemm %.1f GFLOP/s at the model's shapes (T=%d), read %.1f GB/s, copy %.1f GB/s\n"
+      "prefill %d tokens: %.2f s, %.1f tokens/s, %.1f GFLOP/s = %.0f%% of sgemm\n"
+      "decode %d tokens: %.2f tokens/s, %.1f GB/s = %.0f%% of read bandwidth\n",
+      dir.c_str(), static_cast<long long>(w->MatrixBytes()), DTypeName(w->layers[0].wq.dtype),
+      threads, sgemm, prefill, read_bw, copy_bw, prefill, prefill_s, prefill / prefill_s,
+      prefill_gflops, 100 * prefill_gflops / sgemm, decode, tok_s, decode_gbs,
+      100 * decode_gbs / read_bw);
+  nlohmann::json j = {{"model", dir},
+                      {"dtype", DTypeName(w->layers[0].wq.dtype)},
+                      {"threads", threads},
+                      {"sgemm_gflops", sgemm},
+                      {"read_gbs", read_bw},
+                      {"copy_gbs", copy_bw},
+                      {"prefill_tokens", prefill},
+                      {"prefill_tokens_per_s", prefill / prefill_s},
+                      {"prefill_gflops", prefill_gflops},
+                      {"prefill_fraction_of_sgemm", prefill_gflops / sgemm},
+                      {"decode_tokens_per_s", tok_s},
+                      {"decode_gbs", decode_gbs},
+                      {"decode_fraction_of_bandwidth", decode_gbs / read_bw}};
+  std::cout << j.dump() << std::endl;
+  return 0;
+}
+
+}  // namespace
+}  // namespace tinylora
+
+int main(int argc, char** argv) {
+  try {
+    return tinylora::Main(argc, argv);
+  } catch (const tinylora::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return static_cast<int>(e.code());
+  }
+}

@@ -1,0 +1,95 @@
+#include "ceilings.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <vector>
+
+namespace tinylora::bench {
+
+namespace {
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+double SgemmGflops(const std::vector<GemmShape>& shapes, int reps) {
+  int64_t max_x = 0, max_w = 0, max_y = 0;
+  double flops = 0;
+  for (const auto& s : shapes) {
+    max_x = std::max(max_x, s.m * s.k);
+    max_w = std::max(max_w, s.n * s.k);
+    max_y = std::max(max_y, s.m * s.n);
+    flops += 2.0 * s.m * s.n * s.k;
+  }
+  std::vector<float> x(static_cast<size_t>(max_x), 0.5f), w(static_cast<size_t>(max_w), 0.25f),
+      y(static_cast<size_t>(max_y));
+  double best = 1e30;
+  for (int r = 0; r < reps + 1; ++r) {  // first pass warms up
+    const double t0 = Now();
+    for (const auto& s : shapes) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(s.m),
+                  static_cast<int>(s.n), static_cast<int>(s.k), 1.0f, x.data(),
+                  static_cast<int>(s.k), w.data(), static_cast<int>(s.k), 0.0f, y.data(),
+                  static_cast<int>(s.n));
+    }
+    if (r > 0) best = std::min(best, Now() - t0);
+  }
+  return flops / best / 1e9;
+}
+
+double ReadBandwidthGBs(int64_t bytes, int reps) {
+  // 64-byte vectors (GCC vector extension, lowered to this CPU's SIMD by -march=native) and
+  // four independent sums per thread, so the loop is bound by memory, not by an add chain.
+  typedef uint64_t V8 __attribute__((vector_size(64)));
+  const int64_t n = bytes / 64 / 4 * 4;
+  std::vector<V8> buf(static_cast<size_t>(n));
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) buf[static_cast<size_t>(i)] = V8{} + static_cast<uint64_t>(i & 7);
+  double best = 1e30;
+  uint64_t sink = 0;
+  for (int r = 0; r < reps; ++r) {
+    const double t0 = Now();
+    uint64_t total = 0;
+#pragma omp parallel reduction(+ : total)
+    {
+      const int64_t parts = omp_get_num_threads(), id = omp_get_thread_num();
+      const int64_t begin = n / 4 * id / parts * 4, end = n / 4 * (id + 1) / parts * 4;
+      V8 a0{}, a1{}, a2{}, a3{};
+      for (int64_t i = begin; i < end; i += 4) {
+        a0 += buf[static_cast<size_t>(i)];
+        a1 += buf[static_cast<size_t>(i + 1)];
+        a2 += buf[static_cast<size_t>(i + 2)];
+        a3 += buf[static_cast<size_t>(i + 3)];
+      }
+      const V8 a = a0 + a1 + a2 + a3;
+      for (int k = 0; k < 8; ++k) total += a[k];
+    }
+    best = std::min(best, Now() - t0);
+    sink += total;
+  }
+  if (sink == 1) return 0;  // keeps the reads
+  return static_cast<double>(n * 64) / best / 1e9;
+}
+
+double CopyBandwidthGBs(int64_t bytes, int reps) {
+  const int64_t n = bytes / 2;
+  std::vector<char> a(static_cast<size_t>(n), 1), b(static_cast<size_t>(n), 2);
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    const double t0 = Now();
+#pragma omp parallel
+    {
+      const int64_t parts = omp_get_num_threads(), id = omp_get_thread_num();
+      const int64_t begin = n * id / parts, end = n * (id + 1) / parts;
+      std::memcpy(b.data() + begin, a.data() + begin, static_cast<size_t>(end - begin));
+    }
+    best = std::min(best, Now() - t0);
+  }
+  return 2.0 * static_cast<double>(n) / best / 1e9;
+}
+
+}  // namespace tinylora::bench

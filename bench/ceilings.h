@@ -1,0 +1,22 @@
+// This machine's own ceilings, measured in the same run as a benchmark (DESIGN.md §6):
+// OpenBLAS sgemm GFLOP/s at given shapes and memory bandwidth with all threads reading.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace tinylora::bench {
+
+struct GemmShape {
+  int64_t m, n, k;  // (m, k) · (k, n), as y = x · Wᵀ with W (n, k)
+};
+
+// GFLOP/s of sgemm over the whole list of shapes (total flops / total time), best of `reps`.
+double SgemmGflops(const std::vector<GemmShape>& shapes, int reps);
+
+// GB/s of reading a buffer far larger than the caches, all threads, best of `reps`.
+double ReadBandwidthGBs(int64_t bytes, int reps);
+// GB/s of memcpy-style copy (bytes read + bytes written), all threads, best of `reps`.
+double CopyBandwidthGBs(int64_t bytes, int reps);
+
+}  // namespace tinylora::bench
