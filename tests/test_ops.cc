@@ -101,8 +101,8 @@ struct AttnCase {
 };
 
 TEST(Attention, MatchesReference) {
-  const AttnCase cases[] = {
-      {4, 2, 8, 1, 0}, {4, 2, 8, 7, 0}, {4, 4, 16, 5, 3}, {6, 1, 6, 1, 12}, {8, 2, 32, 40, 9}};
+  const AttnCase cases[] = {{4, 2, 8, 1, 0},  {4, 2, 8, 7, 0},   {4, 4, 16, 5, 3},
+                            {6, 1, 6, 1, 12}, {8, 2, 32, 40, 9}, {4, 2, 16, 150, 7}};
   for (const AttnCase& ac : cases) {
     const AttentionShape s{ac.nh, ac.kvh, ac.hd};
     const int64_t len = ac.p0 + ac.n, ldq = ac.nh * ac.hd, ldkv = ac.kvh * ac.hd;
@@ -151,11 +151,38 @@ TEST(Rope, RotatesPairsHalfApart) {
   EXPECT_NEAR(x[3], 4 * std::cos(a1) + 2 * std::sin(a1), 1e-6);
 }
 
-TEST(SwiGlu, SiluTimesUp) {
-  const float g[] = {-2.0f, 0.0f, 3.0f}, u[] = {1.5f, 2.0f, -1.0f};
-  float y[3];
-  SwiGlu(g, u, 3, y);
-  for (int i = 0; i < 3; ++i) EXPECT_NEAR(y[i], g[i] / (1 + std::exp(-g[i])) * u[i], 1e-6);
+TEST(SwiGlu, MatchesReferenceOnEveryTarget) {
+  std::vector<float> g = Random(1000, 11, 4.0f), u = Random(1000, 12);
+  g[0] = -200.0f, g[1] = 200.0f, g[2] = 0.0f;  // saturated and zero gates
+  std::vector<float> ref(g.size());
+  SwiGluReference(g.data(), u.data(), 1000, ref.data());
+  EXPECT_NEAR(ref[0], 0.0f, 1e-30f);
+  EXPECT_NEAR(ref[1], 200.0f * u[1], 1e-4f);
+  ForEachTarget([&] {
+    for (int64_t n : {1, 7, 16, 1000}) {
+      std::vector<float> y(static_cast<size_t>(n));
+      SwiGlu(g.data(), u.data(), n, y.data());
+      for (int64_t i = 0; i < n; ++i)
+        ASSERT_NEAR(y[i], ref[i], 1e-5f * (1 + std::fabs(ref[i]))) << i;
+    }
+  });
+}
+
+TEST(Softmax, MatchesReferenceOnEveryTarget) {
+  ForEachTarget([] {
+    for (int64_t n : {1, 3, 16, 17, 300}) {
+      std::vector<float> x = Random(static_cast<size_t>(n), 13, 5.0f), ref = x;
+      if (n > 2) x[1] = ref[1] = -1000.0f;  // far below the max: exactly 0
+      SoftmaxReference(ref.data(), n);
+      Softmax(x.data(), n);
+      double sum = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        ASSERT_NEAR(x[i], ref[i], 1e-6f) << "n=" << n << " i=" << i;
+        sum += x[i];
+      }
+      EXPECT_NEAR(sum, 1.0, 1e-5);
+    }
+  });
 }
 
 TEST(Half, F16AllValuesMatchLdexp) {

@@ -49,48 +49,47 @@ void Rope(float* x, const int32_t* pos, int64_t T, int n_heads, const RopeTable&
   }
 }
 
-void SwiGlu(const float* gate, const float* up, int64_t n, float* out) {
-#pragma omp parallel for schedule(static) if (n > 65536)
+void SwiGluReference(const float* gate, const float* up, int64_t n, float* out) {
   for (int64_t i = 0; i < n; ++i) {
-    const float g = gate[i];
-    out[i] = g / (1.0f + std::exp(-g)) * up[i];
+    const double g = gate[i];
+    out[i] = static_cast<float>(g / (1.0 + std::exp(-g)) * up[i]);
   }
 }
 
-void Softmax(float* x, int64_t n) {
-  float mx = x[0];
-  for (int64_t i = 1; i < n; ++i) mx = std::max(mx, x[i]);
+void SoftmaxReference(float* x, int64_t n) {
+  double mx = x[0];
+  for (int64_t i = 1; i < n; ++i) mx = std::max(mx, static_cast<double>(x[i]));
   double sum = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    x[i] = std::exp(x[i] - mx);
-    sum += x[i];
-  }
-  const float inv = static_cast<float>(1.0 / sum);
-  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(x[i] - mx);
+  for (int64_t i = 0; i < n; ++i) x[i] = static_cast<float>(std::exp(x[i] - mx) / sum);
 }
 
 void AttentionHead(const AttentionShape& s, int head, const float* q, int64_t ldq, const float* k,
                    const float* v, int64_t ldkv, int64_t n, int64_t p0, float* out, int64_t ldo,
                    float* scratch) {
+  constexpr int64_t kQueryBlock = 64;  // blocks of queries skip the keys none of them sees
   const int hd = s.head_dim;
   const int kvh = head / (s.n_heads / s.n_kv_heads);
-  const int64_t len = p0 + n;  // keys visible to the last query
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  // scores (n, len) = scale * q_h (n, HD) · k_g (len, HD)ᵀ
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(len),
-              hd, scale, q + head * hd, static_cast<int>(ldq), k + kvh * hd, static_cast<int>(ldkv),
-              0.0f, scratch, static_cast<int>(len));
-  // causal: query i (position p0+i) sees keys 0..p0+i
-  for (int64_t i = 0; i < n; ++i) {
-    float* row = scratch + i * len;
-    const int64_t visible = p0 + i + 1;
-    Softmax(row, visible);
-    for (int64_t j = visible; j < len; ++j) row[j] = 0.0f;
+  for (int64_t i0 = 0; i0 < n; i0 += kQueryBlock) {
+    const int64_t nb = std::min(kQueryBlock, n - i0);
+    const int64_t len = p0 + i0 + nb;  // keys visible to the block's last query
+    // scores (nb, len) = scale * q_h (nb, HD) · k_g (len, HD)ᵀ
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nb),
+                static_cast<int>(len), hd, scale, q + i0 * ldq + head * hd, static_cast<int>(ldq),
+                k + kvh * hd, static_cast<int>(ldkv), 0.0f, scratch, static_cast<int>(len));
+    // causal: query i (position p0+i) sees keys 0..p0+i
+    for (int64_t i = 0; i < nb; ++i) {
+      float* row = scratch + i * len;
+      const int64_t visible = p0 + i0 + i + 1;
+      Softmax(row, visible);
+      for (int64_t j = visible; j < len; ++j) row[j] = 0.0f;
+    }
+    // out_h (nb, HD) = probs (nb, len) · v_g (len, HD)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(nb), hd,
+                static_cast<int>(len), 1.0f, scratch, static_cast<int>(len), v + kvh * hd,
+                static_cast<int>(ldkv), 0.0f, out + i0 * ldo + head * hd, static_cast<int>(ldo));
   }
-  // out_h (n, HD) = probs (n, len) · v_g (len, HD)
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(n), hd,
-              static_cast<int>(len), 1.0f, scratch, static_cast<int>(len), v + kvh * hd,
-              static_cast<int>(ldkv), 0.0f, out + head * hd, static_cast<int>(ldo));
 }
 
 void AttentionReference(const AttentionShape& s, const float* q, int64_t ldq, const float* k,

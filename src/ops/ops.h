@@ -21,11 +21,13 @@ struct RopeTable {
 // Rotates each head of x (T, n_heads*HD) in HF's rotate-half layout: pairs (i, i + HD/2).
 void Rope(float* x, const int32_t* pos, int64_t T, int n_heads, const RopeTable& table);
 
-// out = silu(gate) * up, n values; out may alias gate.
+// out = silu(gate) * up, n values; out may alias gate. Highway (activations.cc).
 void SwiGlu(const float* gate, const float* up, int64_t n, float* out);
+void SwiGluReference(const float* gate, const float* up, int64_t n, float* out);
 
-// In-place softmax of n values; max subtracted first.
+// In-place softmax of n values; max subtracted first. Highway (activations.cc).
 void Softmax(float* x, int64_t n);
+void SoftmaxReference(float* x, int64_t n);
 
 // Causal attention of a run of n query tokens of one sequence at positions p0..p0+n-1, over
 // that sequence's cached keys/values at positions 0..p0+n-1.
