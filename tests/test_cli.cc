@@ -288,5 +288,35 @@ TEST(Cli, BadModelDirectories) {
   ExpectBadInput(gen(d), "not a file in the model directory");
 }
 
+TEST(Cli, TokenizerTrainWritesALlamaStyleTokenizer) {
+  test::TempDir tmp;
+  std::string text;
+  for (int i = 0; i < 300; ++i)
+    text += "tree routed adapters route token " + std::to_string(i * 7) + " to leaf ünï\n";
+  test::WriteFile(tmp / "a.txt", text);
+  std::filesystem::create_directories(tmp / "more");
+  test::WriteFile(tmp / "more/b.txt", "another file, 2024 of them\n");
+  test::CliResult r = RunCli({"tokenizer", "train", "--data", tmp / "a.txt", tmp / "more",
+                              "--vocab-size", "320", "--out", tmp / "tok"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["vocab"].get<int>(), 320);
+  // Usable by init; ids 0/1/2 are <unk>/<s>/</s>; no temporary files left behind.
+  r = RunCli(
+      {"init", "--preset", "tiny", "--tokenizer", tmp / "tok/tokenizer.model", "--out", tmp / "m"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto cfg = nlohmann::json::parse(ReadTextFile(tmp / "m/config.json"));
+  EXPECT_EQ(cfg["bos_token_id"].get<int>(), 1);
+  EXPECT_EQ(cfg["eos_token_id"].get<int>(), 2);
+  int entries = 0;
+  for (const auto& e : std::filesystem::directory_iterator(tmp / "tok"))
+    entries += e.is_regular_file();
+  EXPECT_EQ(entries, 1);
+  ExpectBadInput({"tokenizer", "train", "--data", tmp / "missing", "--out", tmp / "t2"},
+                 "no such file");
+  ExpectBadInput({"tokenizer", "train", "--data", tmp / "more/b.txt", "--vocab-size", "5000",
+                  "--out", tmp / "t3"},
+                 "Vocabulary size too high");
+}
+
 }  // namespace
 }  // namespace tinylora

@@ -1,6 +1,8 @@
 // tinylora eval: held-out loss and perplexity of a model on text or token ids.
 // Every token after the first is predicted once: windows of --context tokens overlap by one,
 // and each window runs through the model in pieces that extend its KV cache.
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdio>
 #include <iostream>
@@ -71,6 +73,7 @@ void RunEval(const EvalOptions& o) {
   std::vector<float> logits;
   double total_loss = 0;
   int64_t scored = 0;
+  const bool progress = ::isatty(2);
   const double t0 = Seconds();
   const int64_t n = static_cast<int64_t>(ids.size());
   for (int64_t start = 0; start + 1 < n; start += context - 1) {
@@ -91,11 +94,13 @@ void RunEval(const EvalOptions& o) {
         ++scored;
       }
     }
-    std::fprintf(stderr, "\reval: %lld/%lld tokens", static_cast<long long>(scored),
-                 static_cast<long long>(n - 1));
+    if (progress) {
+      std::fprintf(stderr, "\reval: %lld/%lld tokens", static_cast<long long>(scored),
+                   static_cast<long long>(n - 1));
+    }
   }
   const double seconds = Seconds() - t0;
-  std::fprintf(stderr, "\reval: %lld tokens in %.1f s (%.1f tokens/s)\n",
+  std::fprintf(stderr, "%seval: %lld tokens in %.1f s (%.1f tokens/s)\n", progress ? "\r" : "",
                static_cast<long long>(scored), seconds, scored / seconds);
   const double loss = total_loss / static_cast<double>(scored);
   std::cout << nlohmann::json{{"tokens", scored}, {"loss", loss}, {"ppl", std::exp(loss)}}.dump()

@@ -25,5 +25,6 @@ void AddInitCommand(CLI::App& app);
 void AddGenerateCommand(CLI::App& app);
 void AddEvalCommand(CLI::App& app);
 void AddInspectCommand(CLI::App& app);
+void AddTokenizerCommand(CLI::App& app);
 
 }  // namespace tinylora

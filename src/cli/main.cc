@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   AddGenerateCommand(app);
   AddEvalCommand(app);
   AddInspectCommand(app);
+  AddTokenizerCommand(app);
   std::string help_topic;
   CLI::App* help = app.add_subcommand("help", "show the help of a command");
   help->add_option("command", help_topic, "the command to document");

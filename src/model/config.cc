@@ -29,14 +29,15 @@ int GetInt(const nlohmann::json& j, const char* key, const std::string& what, bo
   return static_cast<int>(v);
 }
 
-float GetFloat(const nlohmann::json& j, const char* key, const std::string& what, float fallback) {
+double GetFloat(const nlohmann::json& j, const char* key, const std::string& what,
+                double fallback) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return fallback;
   if (!it->is_number()) Fail(what + ": '" + key + "' must be a number");
   double v = it->get<double>();
   if (!(v > 0) || v > 1e12)
     Fail(what + ": '" + key + "' = " + std::to_string(v) + " is out of range");
-  return static_cast<float>(v);
+  return v;
 }
 
 }  // namespace
@@ -64,8 +65,8 @@ LlamaConfig ParseConfig(const std::string& json_text, const std::string& what) {
   c.n_kv_heads = GetInt(j, "num_key_value_heads", what, false, c.n_heads);
   c.vocab = GetInt(j, "vocab_size", what, true, 0);
   c.max_pos = GetInt(j, "max_position_embeddings", what, false, 2048);
-  c.rms_eps = GetFloat(j, "rms_norm_eps", what, 1e-6f);
-  c.rope_theta = GetFloat(j, "rope_theta", what, 10000.0f);
+  c.rms_eps = GetFloat(j, "rms_norm_eps", what, 1e-6);
+  c.rope_theta = GetFloat(j, "rope_theta", what, 10000.0);
   if (auto t = j.find("tie_word_embeddings"); t != j.end() && !t->is_null()) {
     if (!t->is_boolean()) Fail(what + ": 'tie_word_embeddings' must be true or false");
     c.tie_embeddings = t->get<bool>();
@@ -143,8 +144,8 @@ bool PresetConfig(const std::string& name, LlamaConfig* out) {
     return false;
   }
   c.head_dim = c.hidden / c.n_heads;
-  c.rms_eps = 1e-5f;
-  c.rope_theta = 10000.0f;
+  c.rms_eps = 1e-5;
+  c.rope_theta = 10000.0;
   *out = c;
   return true;
 }

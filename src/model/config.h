@@ -15,8 +15,8 @@ struct LlamaConfig {
   int head_dim = 0;      // head_dim (HD), hidden / n_heads unless given
   int vocab = 0;         // vocab_size (V)
   int max_pos = 2048;    // max_position_embeddings
-  float rms_eps = 1e-5f;
-  float rope_theta = 10000.0f;
+  double rms_eps = 1e-5;
+  double rope_theta = 10000.0;
   bool tie_embeddings = false;
   int bos_id = 1;
   int eos_id = 2;

@@ -105,7 +105,7 @@ void LlamaModel::Forward(const Batch& batch, KvCache& cache, std::vector<float>*
   for (int layer = 0; layer < c.n_layers; ++layer) {
     const LayerWeights& L = w_.layers[static_cast<size_t>(layer)];
     // attention block
-    RmsNorm(x_.data(), L.attn_norm.f32(), T, C, c.rms_eps, xn_.data());
+    RmsNorm(x_.data(), L.attn_norm.f32(), T, C, static_cast<float>(c.rms_eps), xn_.data());
     MatMul(L.wq, xn_.data(), T, q_.data());  // q (T, NH*HD)
     MatMul(L.wk, xn_.data(), T, k_.data());  // k (T, KVH*HD)
     MatMul(L.wv, xn_.data(), T, v_.data());  // v (T, KVH*HD)
@@ -128,7 +128,7 @@ void LlamaModel::Forward(const Batch& batch, KvCache& cache, std::vector<float>*
     MatMul(L.wo, att_.data(), T, h1_.data());  // (T, C)
     AddInPlace(x_.data(), h1_.data(), T * C);
     // MLP block
-    RmsNorm(x_.data(), L.mlp_norm.f32(), T, C, c.rms_eps, xn_.data());
+    RmsNorm(x_.data(), L.mlp_norm.f32(), T, C, static_cast<float>(c.rms_eps), xn_.data());
     MatMul(L.w_gate, xn_.data(), T, h1_.data());  // gate (T, F)
     MatMul(L.w_up, xn_.data(), T, h2_.data());    // up (T, F)
     SwiGlu(h1_.data(), h2_.data(), T * F, h1_.data());
@@ -144,7 +144,7 @@ void LlamaModel::Forward(const Batch& batch, KvCache& cache, std::vector<float>*
   }
   logits->resize(static_cast<size_t>(n_out * c.vocab));
   if (n_out == 0) return;
-  RmsNorm(xn_.data(), w_.final_norm.f32(), n_out, C, c.rms_eps, xn_.data());
+  RmsNorm(xn_.data(), w_.final_norm.f32(), n_out, C, static_cast<float>(c.rms_eps), xn_.data());
   MatMul(w_.lm_head, xn_.data(), n_out, logits->data());
 }
 
