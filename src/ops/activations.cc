@@ -30,7 +30,7 @@ void SwiGluImpl(const float* gate, const float* up, int64_t n, float* out) {
   for (; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
-void SoftmaxImpl(float* x, int64_t n) {
+float SoftmaxImpl(float* x, int64_t n) {
   const hn::ScalableTag<float> df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   float mx = x[0];
@@ -53,6 +53,7 @@ void SoftmaxImpl(float* x, int64_t n) {
   const auto inv = hn::Set(df, 1.0f / total);
   for (i = 0; i + N <= n; i += N) hn::StoreU(hn::Mul(hn::LoadU(df, x + i), inv), df, x + i);
   for (; i < n; ++i) x[i] *= 1.0f / total;
+  return mx + std::log(total);
 }
 
 }  // namespace HWY_NAMESPACE
@@ -75,7 +76,7 @@ void SwiGlu(const float* gate, const float* up, int64_t n, float* out) {
   }
 }
 
-void Softmax(float* x, int64_t n) { HWY_DYNAMIC_DISPATCH(SoftmaxImpl)(x, n); }
+float Softmax(float* x, int64_t n) { return HWY_DYNAMIC_DISPATCH(SoftmaxImpl)(x, n); }
 
 }  // namespace tinylora
 #endif  // HWY_ONCE

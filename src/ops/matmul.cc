@@ -40,6 +40,34 @@ void MatMul(const Tensor& w, const float* x, int64_t T, float* y) {
   }
 }
 
+void MatMulBackwardX(const Tensor& w, const float* dy, int64_t T, float* dx, bool accumulate) {
+  const int64_t out = w.rows, in = w.cols;
+  if (w.dtype == DType::kF32) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(T),
+                static_cast<int>(in), static_cast<int>(out), 1.0f, dy, static_cast<int>(out),
+                w.f32(), static_cast<int>(in), accumulate ? 1.0f : 0.0f, dx, static_cast<int>(in));
+    return;
+  }
+  // BF16: dx += dy[:, panel] · W_panel, one widened panel of rows at a time.
+  std::vector<float> panel(static_cast<size_t>(std::min(out, kPanelRows) * in));
+  for (int64_t r0 = 0; r0 < out; r0 += kPanelRows) {
+    const int64_t nr = std::min(kPanelRows, out - r0);
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < nr; ++r) WidenBf16(w.bf16() + (r0 + r) * in, in, panel.data() + r * in);
+    const float beta = (r0 == 0 && !accumulate) ? 0.0f : 1.0f;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(T),
+                static_cast<int>(in), static_cast<int>(nr), 1.0f, dy + r0, static_cast<int>(out),
+                panel.data(), static_cast<int>(in), beta, dx, static_cast<int>(in));
+  }
+}
+
+void MatMulBackwardW(const float* dy, const float* x, int64_t T, int64_t out, int64_t in,
+                     float* dw) {
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(out), static_cast<int>(in),
+              static_cast<int>(T), 1.0f, dy, static_cast<int>(out), x, static_cast<int>(in), 1.0f,
+              dw, static_cast<int>(in));
+}
+
 void MatMulReference(const Tensor& w, const float* x, int64_t T, float* y) {
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t o = 0; o < w.rows; ++o) {

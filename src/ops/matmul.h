@@ -15,6 +15,13 @@ constexpr int kMatVecMaxRows = 8;
 
 void MatMul(const Tensor& w, const float* x, int64_t T, float* y);
 
+// Backward of y = x · Wᵀ with respect to x: dx (T, in) = dy (T, out) · W, added to dx when
+// `accumulate`, else overwriting it.
+void MatMulBackwardX(const Tensor& w, const float* dy, int64_t T, float* dx, bool accumulate);
+// With respect to an F32 W: dw (out, in) += dyᵀ (out, T) · x (T, in).
+void MatMulBackwardW(const float* dy, const float* x, int64_t T, int64_t out, int64_t in,
+                     float* dw);
+
 // Plain reference: double accumulation, no blocking. For tests.
 void MatMulReference(const Tensor& w, const float* x, int64_t T, float* y);
 

@@ -7,7 +7,8 @@
 
 namespace tinylora {
 
-void RmsNorm(const float* x, const float* w, int64_t T, int64_t C, float eps, float* out) {
+void RmsNorm(const float* x, const float* w, int64_t T, int64_t C, float eps, float* out,
+             float* rstd) {
 #pragma omp parallel for schedule(static) if (T > 1)
   for (int64_t t = 0; t < T; ++t) {
     const float* xr = x + t * C;
@@ -16,6 +17,31 @@ void RmsNorm(const float* x, const float* w, int64_t T, int64_t C, float eps, fl
     for (int64_t i = 0; i < C; ++i) ss += static_cast<double>(xr[i]) * xr[i];
     const float scale = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(C) + eps));
     for (int64_t i = 0; i < C; ++i) yr[i] = xr[i] * scale * w[i];
+    if (rstd != nullptr) rstd[t] = scale;
+  }
+}
+
+void RmsNormBackward(const float* dout, const float* x, const float* w, const float* rstd,
+                     int64_t T, int64_t C, float* dx, float* dw) {
+  // y = x·r·w with r = (mean(x²) + eps)^-1/2:  dx = r·(g − x·r²·mean(g·x)), g = dout·w
+#pragma omp parallel for schedule(static) if (T > 1)
+  for (int64_t t = 0; t < T; ++t) {
+    const float* xr = x + t * C;
+    const float* dy = dout + t * C;
+    const double r = rstd[t];
+    double dot = 0;
+    for (int64_t i = 0; i < C; ++i) dot += static_cast<double>(dy[i]) * w[i] * xr[i];
+    const float k = static_cast<float>(r * r * r * dot / static_cast<double>(C));
+    float* dxr = dx + t * C;
+    for (int64_t i = 0; i < C; ++i) dxr[i] += static_cast<float>(r) * dy[i] * w[i] - k * xr[i];
+  }
+  if (dw == nullptr) return;
+#pragma omp parallel for schedule(static) if (C > 256)
+  for (int64_t i = 0; i < C; ++i) {
+    double acc = 0;
+    for (int64_t t = 0; t < T; ++t)
+      acc += static_cast<double>(dout[t * C + i]) * x[t * C + i] * rstd[t];
+    dw[i] += static_cast<float>(acc);
   }
 }
 
@@ -46,6 +72,34 @@ void Rope(float* x, const int32_t* pos, int64_t T, int n_heads, const RopeTable&
         v[i + half] = b * c[i] + a * s[i];
       }
     }
+  }
+}
+
+void RopeBackward(float* dx, const int32_t* pos, int64_t T, int n_heads, const RopeTable& table) {
+  const int hd = table.head_dim, half = hd / 2;
+  for (int64_t t = 0; t < T; ++t) {
+    const float* c = table.cos.data() + static_cast<size_t>(pos[t]) * half;
+    const float* s = table.sin.data() + static_cast<size_t>(pos[t]) * half;
+    for (int h = 0; h < n_heads; ++h) {
+      float* v = dx + (t * n_heads + h) * hd;
+      for (int i = 0; i < half; ++i) {
+        const float a = v[i], b = v[i + half];
+        v[i] = a * c[i] + b * s[i];
+        v[i + half] = b * c[i] - a * s[i];
+      }
+    }
+  }
+}
+
+void SwiGluBackward(const float* dout, const float* gate, const float* up, int64_t n, float* dgate,
+                    float* dup) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    const float sig = 1.0f / (1.0f + std::exp(-g));
+    const float silu = g * sig;
+    dup[i] = dout[i] * silu;
+    dgate[i] = dout[i] * up[i] * sig * (1.0f + g * (1.0f - sig));
   }
 }
 
@@ -90,6 +144,54 @@ void AttentionHead(const AttentionShape& s, int head, const float* q, int64_t ld
                 static_cast<int>(len), 1.0f, scratch, static_cast<int>(len), v + kvh * hd,
                 static_cast<int>(ldkv), 0.0f, out + i0 * ldo + head * hd, static_cast<int>(ldo));
   }
+}
+
+void AttentionTrainHead(const AttentionShape& s, int head, const float* q, int64_t ldq,
+                        const float* k, const float* v, int64_t ldkv, int64_t T, float* probs,
+                        float* out, int64_t ldo) {
+  const int hd = s.head_dim;
+  const int kvh = head / (s.n_heads / s.n_kv_heads);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const int t = static_cast<int>(T);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t, t, hd, scale, q + head * hd,
+              static_cast<int>(ldq), k + kvh * hd, static_cast<int>(ldkv), 0.0f, probs, t);
+  for (int64_t i = 0; i < T; ++i) {
+    float* row = probs + i * T;
+    Softmax(row, i + 1);
+    for (int64_t j = i + 1; j < T; ++j) row[j] = 0.0f;
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, t, hd, t, 1.0f, probs, t, v + kvh * hd,
+              static_cast<int>(ldkv), 0.0f, out + head * hd, static_cast<int>(ldo));
+}
+
+void AttentionTrainHeadBackward(const AttentionShape& s, int head, const float* q, int64_t ldq,
+                                const float* k, const float* v, int64_t ldkv, int64_t T,
+                                const float* probs, const float* dout, int64_t ldo, float* dq,
+                                float* dk, float* dv, float* scratch) {
+  const int hd = s.head_dim;
+  const int kvh = head / (s.n_heads / s.n_kv_heads);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const int t = static_cast<int>(T), lq = static_cast<int>(ldq), lkv = static_cast<int>(ldkv);
+  // dv_g (T, HD) += Pᵀ (T, T) · dout_h (T, HD)
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, t, hd, t, 1.0f, probs, t, dout + head * hd,
+              static_cast<int>(ldo), 1.0f, dv + kvh * hd, lkv);
+  // dP (T, T) = dout_h · v_gᵀ, then dS = P ∘ (dP − rowsum(P ∘ dP))  (causal: j ≤ i only)
+  float* dp = scratch;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t, t, hd, 1.0f, dout + head * hd,
+              static_cast<int>(ldo), v + kvh * hd, lkv, 0.0f, dp, t);
+  for (int64_t i = 0; i < T; ++i) {
+    const float* p = probs + i * T;
+    float* d = dp + i * T;
+    double dot = 0;
+    for (int64_t j = 0; j <= i; ++j) dot += static_cast<double>(p[j]) * d[j];
+    for (int64_t j = 0; j <= i; ++j) d[j] = p[j] * (d[j] - static_cast<float>(dot));
+    for (int64_t j = i + 1; j < T; ++j) d[j] = 0.0f;
+  }
+  // dq_h (T, HD) = scale · dS · k_g ;  dk_g (T, HD) += scale · dSᵀ · q_h
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, t, hd, t, scale, dp, t, k + kvh * hd, lkv,
+              0.0f, dq + head * hd, lq);
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, t, hd, t, scale, dp, t, q + head * hd, lq,
+              1.0f, dk + kvh * hd, lkv);
 }
 
 void AttentionReference(const AttentionShape& s, const float* q, int64_t ldq, const float* k,

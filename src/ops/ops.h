@@ -8,8 +8,13 @@
 
 namespace tinylora {
 
-// out (T, C) = x / rms(x) * w, per row; out may alias x.
-void RmsNorm(const float* x, const float* w, int64_t T, int64_t C, float eps, float* out);
+// out (T, C) = x / rms(x) * w, per row; out may alias x. rstd (T), if given, gets 1 / rms(x).
+void RmsNorm(const float* x, const float* w, int64_t T, int64_t C, float eps, float* out,
+             float* rstd = nullptr);
+// Given dout (T, C): dx (T, C) += the gradient through the norm; dw (C) += Σ_t dout·x·rstd
+// (dw may be null for a frozen norm). x and rstd as saved by the forward.
+void RmsNormBackward(const float* dout, const float* x, const float* w, const float* rstd,
+                     int64_t T, int64_t C, float* dx, float* dw);
 
 // cos/sin of RoPE angles pos * theta^(-2i/HD), i < HD/2, for pos < max_pos; computed in double.
 struct RopeTable {
@@ -20,13 +25,18 @@ struct RopeTable {
 
 // Rotates each head of x (T, n_heads*HD) in HF's rotate-half layout: pairs (i, i + HD/2).
 void Rope(float* x, const int32_t* pos, int64_t T, int n_heads, const RopeTable& table);
+// The gradient through Rope: the inverse rotation applied to dx in place.
+void RopeBackward(float* dx, const int32_t* pos, int64_t T, int n_heads, const RopeTable& table);
 
 // out = silu(gate) * up, n values; out may alias gate. Highway (activations.cc).
 void SwiGlu(const float* gate, const float* up, int64_t n, float* out);
 void SwiGluReference(const float* gate, const float* up, int64_t n, float* out);
+// Given dout (n): dgate = dout·up·silu'(gate), dup = dout·silu(gate) (overwritten, not added).
+void SwiGluBackward(const float* dout, const float* gate, const float* up, int64_t n, float* dgate,
+                    float* dup);
 
-// In-place softmax of n values; max subtracted first. Highway (activations.cc).
-void Softmax(float* x, int64_t n);
+// In-place softmax of n values; max subtracted first; returns log Σ exp(x). Highway.
+float Softmax(float* x, int64_t n);
 void SoftmaxReference(float* x, int64_t n);
 
 // Causal attention of a run of n query tokens of one sequence at positions p0..p0+n-1, over
@@ -40,6 +50,18 @@ struct AttentionShape {
 void AttentionHead(const AttentionShape& s, int head, const float* q, int64_t ldq, const float* k,
                    const float* v, int64_t ldkv, int64_t n, int64_t p0, float* out, int64_t ldo,
                    float* scratch);
+
+// Training: causal self-attention of one sequence of T tokens (positions 0..T-1) for one
+// query head, saving the probabilities. q (T, ·) ldq; k, v (T, ·) ldkv; probs (T, T).
+void AttentionTrainHead(const AttentionShape& s, int head, const float* q, int64_t ldq,
+                        const float* k, const float* v, int64_t ldkv, int64_t T, float* probs,
+                        float* out, int64_t ldo);
+// Its gradient: given dout_h, writes dq_h and adds into dk_g, dv_g (shared by the heads of a
+// group: call the heads of one group from one thread). scratch holds T*T floats.
+void AttentionTrainHeadBackward(const AttentionShape& s, int head, const float* q, int64_t ldq,
+                                const float* k, const float* v, int64_t ldkv, int64_t T,
+                                const float* probs, const float* dout, int64_t ldo, float* dq,
+                                float* dk, float* dv, float* scratch);
 
 // Plain reference of the same (per query, per key loops, double accumulation). For tests.
 void AttentionReference(const AttentionShape& s, const float* q, int64_t ldq, const float* k,

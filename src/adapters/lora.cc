@@ -1,0 +1,270 @@
+#include "adapters/lora.h"
+
+#include <cblas.h>
+
+#include <cmath>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "formats/safetensors.h"
+#include "util/error.h"
+#include "util/file.h"
+#include "util/half.h"
+
+namespace tinylora {
+
+namespace {
+constexpr const char* kModuleNames[kNumModules] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                                   "gate_proj", "up_proj", "down_proj"};
+const std::vector<Module> kAllModules = {Module::kQ,    Module::kK,  Module::kV,   Module::kO,
+                                         Module::kGate, Module::kUp, Module::kDown};
+}  // namespace
+
+const char* ModuleName(Module m) { return kModuleNames[static_cast<int>(m)]; }
+
+std::string ModulePath(int layer, Module m) {
+  const bool attn = m == Module::kQ || m == Module::kK || m == Module::kV || m == Module::kO;
+  return "model.layers." + std::to_string(layer) + (attn ? ".self_attn." : ".mlp.") + ModuleName(m);
+}
+
+std::pair<int64_t, int64_t> ModuleShape(const LlamaConfig& c, Module m) {
+  switch (m) {
+    case Module::kQ:
+      return {c.q_dim(), c.hidden};
+    case Module::kK:
+    case Module::kV:
+      return {c.kv_dim(), c.hidden};
+    case Module::kO:
+      return {c.hidden, c.q_dim()};
+    case Module::kGate:
+    case Module::kUp:
+      return {c.intermediate, c.hidden};
+    case Module::kDown:
+      return {c.hidden, c.intermediate};
+  }
+  return {0, 0};
+}
+
+std::vector<Module> ParseTargets(const std::string& text, const std::string& what) {
+  if (text == "all-linear") return kAllModules;
+  std::vector<Module> out;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t comma = text.find(',', start);
+    if (comma == std::string::npos) comma = text.size();
+    const std::string name = text.substr(start, comma - start);
+    bool found = false;
+    for (Module m : kAllModules) {
+      if (name == ModuleName(m)) {
+        bool dup = false;
+        for (Module o : out) dup |= o == m;
+        if (!dup) out.push_back(m);
+        found = true;
+      }
+    }
+    if (!found) {
+      Fail(what + ": unknown target module '" + name +
+           "' (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj or all-linear)");
+    }
+    start = comma + 1;
+  }
+  return out;
+}
+
+std::string LoraTensorName(int layer, Module m, char which) {
+  return "base_model.model." + ModulePath(layer, m) + ".lora_" + std::string(1, which) + ".weight";
+}
+
+void Adapter::Build(const LlamaConfig& base, bool with_grads) {
+  if (config_.tree_depth != 0) Fail("tree adapters (tree_depth > 0) are not supported yet");
+  modules_.assign(static_cast<size_t>(base.n_layers), {});
+  std::vector<std::array<int, 2>> index(static_cast<size_t>(base.n_layers) * kNumModules, {-1, -1});
+  for (int l = 0; l < base.n_layers; ++l) {
+    for (Module m : kAllModules) {
+      bool targeted = false;
+      for (Module t : config_.targets) targeted |= t == m;
+      if (!targeted) continue;
+      auto [out, in] = ModuleShape(base, m);
+      auto& idx = index[static_cast<size_t>(l) * kNumModules + static_cast<size_t>(m)];
+      idx[0] = params_.Add(LoraTensorName(l, m, 'A'), {config_.r, in});
+      idx[1] = params_.Add(LoraTensorName(l, m, 'B'), {out, config_.r});
+    }
+  }
+  params_.Allocate(with_grads);
+  for (int l = 0; l < base.n_layers; ++l) {
+    for (Module m : kAllModules) {
+      const auto& idx = index[static_cast<size_t>(l) * kNumModules + static_cast<size_t>(m)];
+      if (idx[0] < 0) continue;
+      LoraWeights& w = modules_[static_cast<size_t>(l)][static_cast<size_t>(m)];
+      w.r = config_.r;
+      w.in = params_.shape(idx[0])[1];
+      w.out = params_.shape(idx[1])[0];
+      w.A = params_.value(idx[0]);
+      w.B = params_.value(idx[1]);
+      w.dA = params_.grad(idx[0]);
+      w.dB = params_.grad(idx[1]);
+    }
+  }
+}
+
+std::unique_ptr<Adapter> Adapter::Create(const LlamaConfig& base, const AdapterConfig& config,
+                                         uint64_t seed, bool with_grads) {
+  if (config.r <= 0) Fail("--rank must be positive");
+  if (config.targets.empty()) Fail("--targets: no target modules");
+  std::unique_ptr<Adapter> a(new Adapter());
+  a->config_ = config;
+  a->Build(base, with_grads);
+  // A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform_ with a = sqrt(5), as PEFT); B = 0.
+  std::mt19937_64 rng(seed);
+  for (int i = 0; i < a->params_.size(); i += 2) {
+    const float bound = 1.0f / std::sqrt(static_cast<float>(a->params_.shape(i)[1]));
+    std::uniform_real_distribution<float> u(-bound, bound);
+    float* A = a->params_.value(i);
+    for (int64_t k = 0; k < a->params_.numel(i); ++k) A[k] = u(rng);
+  }
+  return a;
+}
+
+std::unique_ptr<Adapter> Adapter::Load(const std::string& dir, const LlamaConfig& base,
+                                       bool with_grads) {
+  if (!IsDirectory(dir)) Fail(dir + ": not an adapter directory");
+  const std::string cfg_path = JoinPath(dir, "adapter_config.json");
+  nlohmann::json j = nlohmann::json::parse(ReadTextFile(cfg_path), nullptr, false);
+  if (j.is_discarded() || !j.is_object()) Fail(cfg_path + ": not valid JSON");
+  if (j.value("peft_type", "LORA") != "LORA") Fail(cfg_path + ": peft_type is not LORA");
+  AdapterConfig c;
+  if (!j.contains("r") || !j["r"].is_number_integer() || j["r"].get<int>() <= 0) {
+    Fail(cfg_path + ": 'r' must be a positive integer");
+  }
+  c.r = j["r"].get<int>();
+  c.alpha = j.contains("lora_alpha") && j["lora_alpha"].is_number() ? j["lora_alpha"].get<double>()
+                                                                    : static_cast<double>(c.r);
+  c.dropout = j.contains("lora_dropout") && j["lora_dropout"].is_number()
+                  ? j["lora_dropout"].get<double>()
+                  : 0.0;
+  if (j.value("fan_in_fan_out", false))
+    Fail(cfg_path + ": fan_in_fan_out adapters are not supported");
+  if (j.contains("use_dora") && j["use_dora"].is_boolean() && j["use_dora"].get<bool>()) {
+    Fail(cfg_path + ": DoRA adapters are not supported");
+  }
+  const auto& tm = j["target_modules"];
+  if (tm.is_string()) {
+    c.targets = ParseTargets(tm.get<std::string>(), cfg_path);
+  } else if (tm.is_array()) {
+    std::string joined;
+    for (const auto& t : tm) {
+      if (!t.is_string()) Fail(cfg_path + ": target_modules must be names");
+      joined += (joined.empty() ? "" : ",") + t.get<std::string>();
+    }
+    c.targets = ParseTargets(joined, cfg_path);
+  } else {
+    Fail(cfg_path + ": missing target_modules");
+  }
+  c.tree_depth = j.contains("tree_depth") && j["tree_depth"].is_number_integer()
+                     ? j["tree_depth"].get<int>()
+                     : 0;
+  c.gate = j.value("gate", std::string("path"));
+  if (j.contains("training")) c.training_json = j["training"].dump();
+
+  std::unique_ptr<Adapter> a(new Adapter());
+  a->config_ = c;
+  a->Build(base, with_grads);
+  const std::string st_path = JoinPath(dir, "adapter_model.safetensors");
+  SafetensorsFile st(st_path);
+  for (int i = 0; i < a->params_.size(); ++i) {
+    const TensorInfo* t = st.Find(a->params_.name(i));
+    if (t == nullptr) Fail(st_path + ": tensor '" + a->params_.name(i) + "' is missing");
+    if (t->shape != a->params_.shape(i)) {
+      Fail(st_path + ": tensor '" + a->params_.name(i) +
+           "' does not fit this base model (maybe wrong base model?): shape [" +
+           std::to_string(t->shape.empty() ? 0 : t->shape[0]) + ", " +
+           std::to_string(t->shape.size() < 2 ? 0 : t->shape[1]) + "], expected [" +
+           std::to_string(a->params_.shape(i)[0]) + ", " + std::to_string(a->params_.shape(i)[1]) +
+           "]");
+    }
+    const uint8_t* src = st.Data(*t);
+    float* dst = a->params_.value(i);
+    const int64_t n = a->params_.numel(i);
+    for (int64_t k = 0; k < n; ++k) {
+      uint16_t h;
+      switch (t->dtype) {
+        case DType::kF32:
+          std::memcpy(dst + k, src + 4 * k, 4);
+          break;
+        case DType::kBF16:
+          std::memcpy(&h, src + 2 * k, 2);
+          dst[k] = Bf16ToF32(h);
+          break;
+        case DType::kF16:
+          std::memcpy(&h, src + 2 * k, 2);
+          dst[k] = F16ToF32(h);
+          break;
+        default:
+          Fail(st_path + ": tensor '" + t->name + "' has dtype " + DTypeName(t->dtype) +
+               "; only F32, F16 and BF16 are supported");
+      }
+    }
+  }
+  for (const TensorInfo& t : st.header().tensors) {
+    if (a->params_.Find(t.name) < 0) {
+      Fail(st_path + ": tensor '" + t.name + "' is not part of this adapter's config");
+    }
+  }
+  return a;
+}
+
+void Adapter::Save(const std::string& dir) const {
+  MakeDirectories(dir);
+  nlohmann::ordered_json j;
+  j["peft_type"] = "LORA";
+  j["task_type"] = "CAUSAL_LM";
+  j["r"] = config_.r;
+  j["lora_alpha"] = config_.alpha;
+  j["lora_dropout"] = config_.dropout;
+  std::vector<std::string> targets;
+  for (Module m : config_.targets) targets.push_back(ModuleName(m));
+  j["target_modules"] = targets;
+  j["bias"] = "none";
+  j["fan_in_fan_out"] = false;
+  j["tree_depth"] = config_.tree_depth;
+  j["gate"] = config_.gate;
+  j["training"] = nlohmann::json::parse(config_.training_json);
+  std::vector<TensorToWrite> tensors;
+  for (int i = 0; i < params_.size(); ++i) {
+    tensors.push_back({params_.name(i), DType::kF32, params_.shape(i), params_.value(i)});
+  }
+  WriteSafetensors(JoinPath(dir, "adapter_model.safetensors"), tensors, {{"format", "pt"}});
+  WriteFileAtomic(JoinPath(dir, "adapter_config.json"), j.dump(2) + "\n");
+}
+
+void LoraForward(const LoraWeights& l, float s, const float* x_in, int64_t N, float* u, float* y) {
+  const int n = static_cast<int>(N), in = static_cast<int>(l.in), out = static_cast<int>(l.out);
+  // u (N, r) = x · Aᵀ ;  y (N, out) += s · u · Bᵀ
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, l.r, in, 1.0f, x_in, in, l.A, in, 0.0f, u,
+              l.r);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, l.r, s, u, l.r, l.B, l.r, 1.0f, y,
+              out);
+}
+
+void LoraBackward(const LoraWeights& l, float s, const float* x_in, const float* u, const float* dy,
+                  int64_t N, float* du) {
+  const int n = static_cast<int>(N), in = static_cast<int>(l.in), out = static_cast<int>(l.out);
+  // dB (out, r) += s · dyᵀ · u
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, l.r, n, s, dy, out, u, l.r, 1.0f, l.dB,
+              l.r);
+  // du (N, r) = s · dy · B
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, l.r, out, s, dy, out, l.B, l.r, 0.0f,
+              du, l.r);
+  // dA (r, in) += duᵀ · x
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, l.r, in, n, 1.0f, du, l.r, x_in, in, 1.0f,
+              l.dA, in);
+}
+
+void LoraBackwardX(const LoraWeights& l, const float* du, int64_t N, float* dx) {
+  const int n = static_cast<int>(N), in = static_cast<int>(l.in);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, l.r, 1.0f, du, l.r, l.A, in, 1.0f,
+              dx, in);
+}
+
+}  // namespace tinylora

@@ -1,0 +1,89 @@
+// LoRA adapters with PEFT's semantics, names and files (DESIGN.md §2 with d = 0):
+//   y = W x + s · B (A · dropout(x)),   A (r, in), B (out, r), s = alpha / r.
+// A tree adapter (issue 4) stacks 2^d leaves in the same tensors; this is its d = 0 case.
+// Legend: N = tokens, r = rank.
+#pragma once
+
+#include <array>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "train/param_block.h"
+
+namespace tinylora {
+
+enum class Module { kQ, kK, kV, kO, kGate, kUp, kDown };
+constexpr int kNumModules = 7;
+const char* ModuleName(Module m);  // "q_proj", …
+// "model.layers.{i}.self_attn.q_proj" / "model.layers.{i}.mlp.gate_proj"
+std::string ModulePath(int layer, Module m);
+// (out, in) of module m in a model of config c.
+std::pair<int64_t, int64_t> ModuleShape(const LlamaConfig& c, Module m);
+// "q_proj,v_proj" or "all-linear" → modules; Error naming `what` otherwise.
+std::vector<Module> ParseTargets(const std::string& text, const std::string& what);
+
+struct AdapterConfig {
+  int r = 8;
+  double alpha = 16;
+  double dropout = 0;
+  std::vector<Module> targets = {Module::kQ, Module::kV};
+  int tree_depth = 0;
+  std::string gate = "path";
+  std::string training_json = "{}";  // how it was trained, kept in adapter_config.json
+  double scale() const { return alpha / r; }
+};
+
+// One adapted projection's tensors, views into the adapter's ParamBlock.
+struct LoraWeights {
+  int64_t in = 0, out = 0;
+  int r = 0;
+  float* A = nullptr;   // (r, in)
+  float* B = nullptr;   // (out, r)
+  float* dA = nullptr;  // gradients, or null when not training
+  float* dB = nullptr;
+};
+
+class Adapter {
+ public:
+  // A fresh adapter: A Kaiming-uniform (PEFT: bound 1/sqrt(in)), B zero.
+  static std::unique_ptr<Adapter> Create(const LlamaConfig& base, const AdapterConfig& config,
+                                         uint64_t seed, bool with_grads);
+  // A PEFT adapter directory; every tensor checked against the base's shapes.
+  static std::unique_ptr<Adapter> Load(const std::string& dir, const LlamaConfig& base,
+                                       bool with_grads);
+  // adapter_config.json + adapter_model.safetensors, each written atomically.
+  void Save(const std::string& dir) const;
+
+  const AdapterConfig& config() const { return config_; }
+  // The adapter of (layer, module), or null when that projection is not adapted.
+  const LoraWeights* Get(int layer, Module m) const {
+    const LoraWeights& w = modules_[static_cast<size_t>(layer)][static_cast<size_t>(m)];
+    return w.A == nullptr ? nullptr : &w;
+  }
+  ParamBlock& params() { return params_; }
+  const ParamBlock& params() const { return params_; }
+  int64_t ParamCount() const { return params_.total(); }
+
+ private:
+  Adapter() = default;
+  void Build(const LlamaConfig& base, bool with_grads);
+  AdapterConfig config_;
+  ParamBlock params_;
+  std::vector<std::array<LoraWeights, kNumModules>> modules_;  // (L, 7)
+};
+
+// PEFT tensor names: base_model.model.<ModulePath>.lora_A.weight / lora_B.weight
+std::string LoraTensorName(int layer, Module m, char which);
+
+// y (N, out) += s · u · Bᵀ with u (N, r) = x_in · Aᵀ written to `u`. x_in is the (dropped-out)
+// input of the projection.
+void LoraForward(const LoraWeights& l, float s, const float* x_in, int64_t N, float* u, float* y);
+// Given dy (N, out): dB += s·dyᵀ·u; du = s·dy·B (N, r, into `du`); dA += duᵀ·x_in.
+void LoraBackward(const LoraWeights& l, float s, const float* x_in, const float* u, const float* dy,
+                  int64_t N, float* du);
+// dx (N, in) += du · A: the gradient reaching the projection's (dropped-out) input.
+void LoraBackwardX(const LoraWeights& l, const float* du, int64_t N, float* dx);
+
+}  // namespace tinylora

@@ -1,0 +1,360 @@
+#include "train/train_model.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "ops/loss.h"
+#include "ops/matmul.h"
+#include "util/error.h"
+#include "util/half.h"
+
+namespace tinylora {
+
+namespace {}  // namespace
+
+uint64_t TrainModel::Mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+namespace {
+
+// Carves float buffers out of one allocation: first pass counts, second pass assigns.
+class Carver {
+ public:
+  explicit Carver(std::vector<float>* arena) : arena_(arena) {}
+  void Take(float** p, int64_t n) {
+    if (p != nullptr) slots_.push_back({p, next_});
+    next_ += (n + 15) / 16 * 16;  // 64-byte granules
+  }
+  void Finish() {
+    arena_->assign(static_cast<size_t>(next_), 0.0f);
+    for (auto& [p, off] : slots_) *p = arena_->data() + off;
+  }
+
+ private:
+  std::vector<float>* arena_;
+  std::vector<std::pair<float**, int64_t>> slots_;
+  int64_t next_ = 0;
+};
+
+}  // namespace
+
+TrainModel::TrainModel(const ModelWeights& w, const ModelGrads* grads, Adapter* adapter, int B,
+                       int T, bool checkpoint)
+    : w_(w),
+      grads_(grads),
+      adapter_(adapter),
+      c_(w.config),
+      B_(B),
+      T_(T),
+      N_(static_cast<int64_t>(B) * T),
+      checkpoint_(checkpoint),
+      rope_(w.config.head_dim, w.config.max_pos, w.config.rope_theta) {
+  if (T > c_.max_pos) {
+    Fail("--seq-len " + std::to_string(T) + " is longer than the model's context (" +
+         std::to_string(c_.max_pos) + ")");
+  }
+  pos_.resize(static_cast<size_t>(N_));
+  for (int64_t n = 0; n < N_; ++n) pos_[static_cast<size_t>(n)] = static_cast<int32_t>(n % T);
+  const int64_t N = N_, C = c_.hidden, F = c_.intermediate, Q = c_.q_dim(), KV = c_.kv_dim();
+  const int L = c_.n_layers;
+  const int r = adapter_ ? adapter_->config().r : 0;
+  int64_t max_in = std::max(C, F);
+
+  Carver carve(&arena_);
+  acts_.assign(static_cast<size_t>(L), LayerActs{});
+  for (int l = 0; l < L; ++l) {
+    LayerActs& a = acts_[static_cast<size_t>(l)];
+    carve.Take(&a.x_in, N * C);
+    if (checkpoint_ && l > 0) continue;  // layers > 0 share layer 0's other buffers
+    carve.Take(&a.xn1, N * C);
+    carve.Take(&a.rstd1, N);
+    carve.Take(&a.q, N * Q);
+    carve.Take(&a.k, N * KV);
+    carve.Take(&a.v, N * KV);
+    carve.Take(&a.probs, static_cast<int64_t>(B) * c_.n_heads * T * T);
+    carve.Take(&a.att, N * Q);
+    carve.Take(&a.x_mid, N * C);
+    carve.Take(&a.xn2, N * C);
+    carve.Take(&a.rstd2, N);
+    carve.Take(&a.gate, N * F);
+    carve.Take(&a.up, N * F);
+    carve.Take(&a.h, N * F);
+    for (int m = 0; m < kNumModules; ++m) {
+      a.u[static_cast<size_t>(m)] = nullptr;
+      if (adapter_ && adapter_->Get(l, static_cast<Module>(m)) != nullptr) {
+        carve.Take(&a.u[static_cast<size_t>(m)], N * r);
+      }
+    }
+  }
+  carve.Take(&x_final_, N * C);
+  carve.Take(&xnf_, N * C);
+  carve.Take(&rstdf_, N);
+  carve.Take(&logits_, N * c_.vocab);
+  carve.Take(&dx_a_, N * C);
+  carve.Take(&dx_b_, N * C);
+  carve.Take(&dxn_, N * C);
+  carve.Take(&dh_, N * F);
+  carve.Take(&dgate_, N * F);
+  carve.Take(&dup_, N * F);
+  carve.Take(&datt_, N * Q);
+  carve.Take(&dq_, N * Q);
+  carve.Take(&dk_, N * KV);
+  carve.Take(&dv_, N * KV);
+  carve.Take(&tmp_c_, N * C);
+  carve.Take(&du_, N * std::max(r, 1));
+  const bool dropout = adapter_ && adapter_->config().dropout > 0;
+  carve.Take(&xdrop_, dropout ? N * max_in : 1);
+  carve.Take(&dxdrop_, dropout ? N * max_in : 1);
+  carve.Take(&scratch_, static_cast<int64_t>(omp_get_max_threads()) * T * T);
+  carve.Finish();
+  if (checkpoint_) {  // every layer computes into layer 0's buffers
+    for (int l = 1; l < L; ++l) {
+      float* x_in = acts_[static_cast<size_t>(l)].x_in;
+      acts_[static_cast<size_t>(l)] = acts_[0];
+      acts_[static_cast<size_t>(l)].x_in = x_in;
+    }
+  }
+}
+
+const Tensor& TrainModel::Weight(int l, Module m) const {
+  const LayerWeights& L = w_.layers[static_cast<size_t>(l)];
+  switch (m) {
+    case Module::kQ:
+      return L.wq;
+    case Module::kK:
+      return L.wk;
+    case Module::kV:
+      return L.wv;
+    case Module::kO:
+      return L.wo;
+    case Module::kGate:
+      return L.w_gate;
+    case Module::kUp:
+      return L.w_up;
+    case Module::kDown:
+      break;
+  }
+  return L.w_down;
+}
+
+float* TrainModel::WeightGrad(int l, Module m) const {
+  if (grads_ == nullptr) return nullptr;
+  const LayerGrads& g = grads_->layers[static_cast<size_t>(l)];
+  switch (m) {
+    case Module::kQ:
+      return g.wq;
+    case Module::kK:
+      return g.wk;
+    case Module::kV:
+      return g.wv;
+    case Module::kO:
+      return g.wo;
+    case Module::kGate:
+      return g.w_gate;
+    case Module::kUp:
+      return g.w_up;
+    case Module::kDown:
+      break;
+  }
+  return g.w_down;
+}
+
+bool TrainModel::Dropout(int l, Module m, uint64_t seed, const float* x, int64_t in,
+                         float* out) const {
+  const double p = adapter_ ? adapter_->config().dropout : 0.0;
+  if (p <= 0 || seed == 0) return false;
+  const uint64_t key = DropoutKey(l, m, seed);
+  const uint64_t threshold = static_cast<uint64_t>(p * 18446744073709551616.0);
+  const float keep_scale = static_cast<float>(1.0 / (1.0 - p));
+  const int64_t n = N_ * in;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = Mix(key ^ static_cast<uint64_t>(i)) < threshold ? 0.0f : x[i] * keep_scale;
+  }
+  return true;
+}
+
+uint64_t TrainModel::DropoutKey(int l, Module m, uint64_t seed) {
+  return Mix(seed ^ Mix(static_cast<uint64_t>(l) * kNumModules + static_cast<uint64_t>(m)));
+}
+
+void TrainModel::Linear(int l, Module m, const float* x, float* y, float* u, bool train,
+                        uint64_t seed) {
+  MatMul(Weight(l, m), x, N_, y);
+  const LoraWeights* lw = adapter_ ? adapter_->Get(l, m) : nullptr;
+  if (lw == nullptr) return;
+  const float* x_in = (train && Dropout(l, m, seed, x, lw->in, xdrop_)) ? xdrop_ : x;
+  LoraForward(*lw, static_cast<float>(adapter_->config().scale()), x_in, N_, u, y);
+}
+
+void TrainModel::LinearBackward(int l, Module m, const float* x, const float* u, const float* dy,
+                                float* dx, bool accumulate, uint64_t seed) {
+  const Tensor& w = Weight(l, m);
+  MatMulBackwardX(w, dy, N_, dx, accumulate);
+  if (float* dw = WeightGrad(l, m)) MatMulBackwardW(dy, x, N_, w.rows, w.cols, dw);
+  const LoraWeights* lw = adapter_ ? adapter_->Get(l, m) : nullptr;
+  if (lw == nullptr) return;
+  const float s = static_cast<float>(adapter_->config().scale());
+  if (Dropout(l, m, seed, x, lw->in, xdrop_)) {
+    LoraBackward(*lw, s, xdrop_, u, dy, N_, du_);
+    // dx += mask/(1-p) ∘ (du · A), the mask regenerated from the same key.
+    const int64_t n = N_ * lw->in;
+    std::fill(dxdrop_, dxdrop_ + n, 0.0f);
+    LoraBackwardX(*lw, du_, N_, dxdrop_);
+    const double p = adapter_->config().dropout;
+    const uint64_t key = DropoutKey(l, m, seed);
+    const uint64_t threshold = static_cast<uint64_t>(p * 18446744073709551616.0);
+    const float keep_scale = static_cast<float>(1.0 / (1.0 - p));
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      if (Mix(key ^ static_cast<uint64_t>(i)) >= threshold) dx[i] += dxdrop_[i] * keep_scale;
+    }
+  } else {
+    LoraBackward(*lw, s, x, u, dy, N_, du_);
+    LoraBackwardX(*lw, du_, N_, dx);
+  }
+}
+
+void TrainModel::LayerForward(int l, LayerActs& a, float* x_out, bool train, uint64_t seed) {
+  const LayerWeights& L = w_.layers[static_cast<size_t>(l)];
+  const int64_t N = N_, C = c_.hidden, F = c_.intermediate, Q = c_.q_dim(), KV = c_.kv_dim();
+  const float eps = static_cast<float>(c_.rms_eps);
+  // attention block
+  RmsNorm(a.x_in, L.attn_norm.f32(), N, C, eps, a.xn1, a.rstd1);
+  Linear(l, Module::kQ, a.xn1, a.q, a.u[0], train, seed);
+  Linear(l, Module::kK, a.xn1, a.k, a.u[1], train, seed);
+  Linear(l, Module::kV, a.xn1, a.v, a.u[2], train, seed);
+  Rope(a.q, pos_.data(), N, c_.n_heads, rope_);
+  Rope(a.k, pos_.data(), N, c_.n_kv_heads, rope_);
+  const AttentionShape shape{c_.n_heads, c_.n_kv_heads, c_.head_dim};
+  const int64_t T = T_, tasks = static_cast<int64_t>(B_) * c_.n_heads;
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t b = task / c_.n_heads;
+    const int h = static_cast<int>(task % c_.n_heads);
+    AttentionTrainHead(shape, h, a.q + b * T * Q, Q, a.k + b * T * KV, a.v + b * T * KV, KV, T,
+                       a.probs + task * T * T, a.att + b * T * Q, Q);
+  }
+  Linear(l, Module::kO, a.att, tmp_c_, a.u[3], train, seed);
+  for (int64_t i = 0; i < N * C; ++i) a.x_mid[i] = a.x_in[i] + tmp_c_[i];
+  // MLP block
+  RmsNorm(a.x_mid, L.mlp_norm.f32(), N, C, eps, a.xn2, a.rstd2);
+  Linear(l, Module::kGate, a.xn2, a.gate, a.u[4], train, seed);
+  Linear(l, Module::kUp, a.xn2, a.up, a.u[5], train, seed);
+  SwiGlu(a.gate, a.up, N * F, a.h);
+  Linear(l, Module::kDown, a.h, tmp_c_, a.u[6], train, seed);
+  for (int64_t i = 0; i < N * C; ++i) x_out[i] = a.x_mid[i] + tmp_c_[i];
+}
+
+void TrainModel::LayerBackward(int l, LayerActs& a, const float* dx_out, float* dx_in,
+                               uint64_t seed) {
+  const LayerWeights& L = w_.layers[static_cast<size_t>(l)];
+  const LayerGrads* g = grads_ ? &grads_->layers[static_cast<size_t>(l)] : nullptr;
+  const int64_t N = N_, C = c_.hidden, F = c_.intermediate, Q = c_.q_dim(), KV = c_.kv_dim();
+  // MLP block: x_out = x_mid + down(silu(gate(xn2)) · up(xn2))
+  LinearBackward(l, Module::kDown, a.h, a.u[6], dx_out, dh_, false, seed);
+  SwiGluBackward(dh_, a.gate, a.up, N * F, dgate_, dup_);
+  LinearBackward(l, Module::kGate, a.xn2, a.u[4], dgate_, dxn_, false, seed);
+  LinearBackward(l, Module::kUp, a.xn2, a.u[5], dup_, dxn_, true, seed);
+  float* dx_mid = dx_in;  // reuse: dx_in becomes dx_mid, then gains the attention path
+  std::memcpy(dx_mid, dx_out, sizeof(float) * N * C);
+  RmsNormBackward(dxn_, a.x_mid, L.mlp_norm.f32(), a.rstd2, N, C, dx_mid,
+                  g ? g->mlp_norm : nullptr);
+  // attention block: x_mid = x_in + o(attention(rope(q(xn1)), rope(k(xn1)), v(xn1)))
+  LinearBackward(l, Module::kO, a.att, a.u[3], dx_mid, datt_, false, seed);
+  std::fill(dk_, dk_ + N * KV, 0.0f);
+  std::fill(dv_, dv_ + N * KV, 0.0f);
+  const AttentionShape shape{c_.n_heads, c_.n_kv_heads, c_.head_dim};
+  const int64_t T = T_, group = c_.n_heads / c_.n_kv_heads;
+  const int64_t tasks = static_cast<int64_t>(B_) * c_.n_kv_heads;
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t task = 0; task < tasks; ++task) {  // one KV group per task: dk, dv race-free
+    const int64_t b = task / c_.n_kv_heads;
+    const int kvh = static_cast<int>(task % c_.n_kv_heads);
+    float* scratch = scratch_ + static_cast<int64_t>(omp_get_thread_num()) * T * T;
+    for (int64_t i = 0; i < group; ++i) {
+      const int h = static_cast<int>(kvh * group + i);
+      AttentionTrainHeadBackward(shape, h, a.q + b * T * Q, Q, a.k + b * T * KV, a.v + b * T * KV,
+                                 KV, T, a.probs + (b * c_.n_heads + h) * T * T, datt_ + b * T * Q,
+                                 Q, dq_ + b * T * Q, dk_ + b * T * KV, dv_ + b * T * KV, scratch);
+    }
+  }
+  RopeBackward(dq_, pos_.data(), N, c_.n_heads, rope_);
+  RopeBackward(dk_, pos_.data(), N, c_.n_kv_heads, rope_);
+  LinearBackward(l, Module::kQ, a.xn1, a.u[0], dq_, dxn_, false, seed);
+  LinearBackward(l, Module::kK, a.xn1, a.u[1], dk_, dxn_, true, seed);
+  LinearBackward(l, Module::kV, a.xn1, a.u[2], dv_, dxn_, true, seed);
+  RmsNormBackward(dxn_, a.x_in, L.attn_norm.f32(), a.rstd1, N, C, dx_in,
+                  g ? g->attn_norm : nullptr);
+}
+
+void TrainModel::Forward(const int32_t* inputs, bool train, uint64_t seed) {
+  const int64_t N = N_, C = c_.hidden;
+  for (int64_t n = 0; n < N; ++n) {
+    const int32_t id = inputs[n];
+    if (id < 0 || id >= c_.vocab) {
+      Fail("token id " + std::to_string(id) + " is outside the vocabulary (size " +
+           std::to_string(c_.vocab) + ")");
+    }
+    float* x = acts_[0].x_in + n * C;
+    if (w_.embed.dtype == DType::kBF16) {
+      for (int64_t i = 0; i < C; ++i) x[i] = Bf16ToF32(w_.embed.bf16()[id * C + i]);
+    } else {
+      std::memcpy(x, w_.embed.f32() + id * C, sizeof(float) * C);
+    }
+  }
+  const int L = c_.n_layers;
+  for (int l = 0; l < L; ++l) {
+    float* x_out = l + 1 < L ? acts_[static_cast<size_t>(l + 1)].x_in : x_final_;
+    LayerForward(l, acts_[static_cast<size_t>(l)], x_out, train, seed);
+  }
+  RmsNorm(x_final_, w_.final_norm.f32(), N, C, static_cast<float>(c_.rms_eps), xnf_, rstdf_);
+  MatMul(w_.lm_head, xnf_, N, logits_);
+}
+
+double TrainModel::ForwardLoss(const int32_t* inputs, const int32_t* targets, const uint8_t* mask) {
+  Forward(inputs, false, 0);
+  return CrossEntropyLoss(logits_, targets, mask, N_, c_.vocab);
+}
+
+double TrainModel::ForwardBackward(const int32_t* inputs, const int32_t* targets,
+                                   const uint8_t* mask, float grad_scale, uint64_t seed) {
+  for (int64_t n = 0; n < N_; ++n) {
+    if (targets[n] < 0 || targets[n] >= c_.vocab) {
+      Fail("target id " + std::to_string(targets[n]) + " is outside the vocabulary");
+    }
+  }
+  Forward(inputs, true, seed);
+  const int64_t N = N_, C = c_.hidden, V = c_.vocab;
+  const double loss = CrossEntropyForwardBackward(logits_, targets, mask, N, V, grad_scale);
+  // logits_ now holds dlogits (N, V)
+  MatMulBackwardX(w_.lm_head, logits_, N, dxn_, false);
+  if (grads_ != nullptr) MatMulBackwardW(logits_, xnf_, N, V, C, grads_->lm_head);
+  std::fill(dx_a_, dx_a_ + N * C, 0.0f);
+  RmsNormBackward(dxn_, x_final_, w_.final_norm.f32(), rstdf_, N, C, dx_a_,
+                  grads_ ? grads_->final_norm : nullptr);
+  float* dx_out = dx_a_;
+  float* dx_in = dx_b_;
+  for (int l = c_.n_layers - 1; l >= 0; --l) {
+    LayerActs& a = acts_[static_cast<size_t>(l)];
+    if (checkpoint_) LayerForward(l, a, tmp_c_, true, seed);  // recompute this layer's activations
+    LayerBackward(l, a, dx_out, dx_in, seed);
+    std::swap(dx_out, dx_in);
+  }
+  if (grads_ != nullptr) {  // embedding rows, in token order (repeated ids accumulate)
+    const int32_t* ids = inputs;
+    for (int64_t n = 0; n < N; ++n) {
+      float* row = grads_->embed + static_cast<int64_t>(ids[n]) * C;
+      for (int64_t i = 0; i < C; ++i) row[i] += dx_out[n * C + i];
+    }
+  }
+  return loss;
+}
+
+}  // namespace tinylora

@@ -1,0 +1,97 @@
+// Training forward and backward of the Llama model over B sequences of T tokens (positions
+// 0..T-1 each, no KV cache), in llm.c's style: activations in one planned arena, each layer's
+// forward and backward a readable sequence of op calls.
+// Legend: B = sequences, T = tokens per sequence, N = B·T, C = hidden, F = intermediate,
+//         V = vocab, NH / KVH = query / key-value heads, HD = head dim, Q = NH·HD, KV = KVH·HD.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include "adapters/lora.h"
+#include "model/weights.h"
+#include "ops/ops.h"
+
+namespace tinylora {
+
+// Gradient buffers mirroring ModelWeights (pretraining); lm_head == embed when tied.
+struct LayerGrads {
+  float *attn_norm, *wq, *wk, *wv, *wo, *mlp_norm, *w_gate, *w_up, *w_down;
+};
+struct ModelGrads {
+  float* embed = nullptr;
+  std::vector<LayerGrads> layers;
+  float* final_norm = nullptr;
+  float* lm_head = nullptr;
+};
+
+class TrainModel {
+ public:
+  // `grads` null: the base is frozen (no weight gradients). `adapter` null: no LoRA.
+  // `checkpoint`: keep only each layer's input and recompute the layer in backward.
+  TrainModel(const ModelWeights& w, const ModelGrads* grads, Adapter* adapter, int B, int T,
+             bool checkpoint);
+
+  // Forward + backward of one micro-batch: inputs, targets (B, T) token ids, mask (B, T) 1 =
+  // target carries loss. Gradients are added (scaled by grad_scale) to the existing ones.
+  // Returns Σ mask·CE over the micro-batch. dropout_seed varies the LoRA dropout per step.
+  double ForwardBackward(const int32_t* inputs, const int32_t* targets, const uint8_t* mask,
+                         float grad_scale, uint64_t dropout_seed);
+  // Forward only (no dropout): Σ mask·CE. Rows with fewer than T real tokens pass mask 0.
+  double ForwardLoss(const int32_t* inputs, const int32_t* targets, const uint8_t* mask);
+
+  int64_t ActivationBytes() const { return static_cast<int64_t>(arena_.size() * sizeof(float)); }
+  int B() const { return B_; }
+  int T() const { return T_; }
+
+ private:
+  struct LayerActs {
+    float* x_in;                        // (N, C) residual stream entering the layer
+    float *xn1, *rstd1;                 // (N, C), (N)
+    float *q, *k, *v;                   // (N, Q), (N, KV), (N, KV), after RoPE
+    float* probs;                       // (B, NH, T, T) attention probabilities
+    float* att;                         // (N, Q) attention output (heads concatenated)
+    float* x_mid;                       // (N, C) residual after attention
+    float *xn2, *rstd2;                 // (N, C), (N)
+    float *gate, *up, *h;               // (N, F) each; h = silu(gate)·up
+    std::array<float*, kNumModules> u;  // (N, r) LoRA A·x per adapted module, else null
+  };
+
+  void Forward(const int32_t* inputs, bool train, uint64_t dropout_seed);
+  void LayerForward(int l, LayerActs& a, float* x_out, bool train, uint64_t dropout_seed);
+  void LayerBackward(int l, LayerActs& a, const float* dx_out, float* dx_in, uint64_t dropout_seed);
+  // y (N, out) = x · Wᵀ (+ LoRA). Saves LoRA's u into `u` when adapted.
+  void Linear(int l, Module m, const float* x, float* y, float* u, bool train, uint64_t seed);
+  // dx (N, in) (+)= gradient through the projection; weight/LoRA gradients added.
+  void LinearBackward(int l, Module m, const float* x, const float* u, const float* dy, float* dx,
+                      bool accumulate, uint64_t seed);
+  const Tensor& Weight(int l, Module m) const;
+  float* WeightGrad(int l, Module m) const;
+  // x_d (N, in) = dropout(x) for (layer, module, seed); false when dropout is off.
+  bool Dropout(int l, Module m, uint64_t seed, const float* x, int64_t in, float* out) const;
+  static uint64_t DropoutKey(int l, Module m, uint64_t seed);
+  static uint64_t Mix(uint64_t x);
+
+  const ModelWeights& w_;
+  const ModelGrads* grads_;
+  Adapter* adapter_;
+  const LlamaConfig& c_;
+  int B_, T_;
+  int64_t N_;
+  bool checkpoint_;
+  RopeTable rope_;
+  std::vector<int32_t> pos_;  // (N) position of each token: n % T
+
+  std::vector<float> arena_;
+  std::vector<LayerActs> acts_;  // (L) or, when checkpointing, x_in per layer + one shared set
+  float *x_final_, *xnf_, *rstdf_, *logits_;          // (N, C), (N, C), (N), (N, V)
+  float *dx_a_, *dx_b_, *dxn_, *dh_, *dgate_, *dup_;  // (N, C) ×3, (N, F) ×3
+  float *datt_, *dq_, *dk_, *dv_, *tmp_c_;            // (N, Q), (N, Q), (N, KV) ×2, (N, C)
+  float *du_, *xdrop_, *dxdrop_;                      // (N, r), (N, max in) ×2
+  float* scratch_;                                    // (threads, T, T)
+  const int32_t* targets_ = nullptr;
+  const uint8_t* mask_ = nullptr;
+};
+
+}  // namespace tinylora

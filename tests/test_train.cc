@@ -1,0 +1,244 @@
+// The training backward pass: whole-model gradients against central finite differences
+// (pretraining and LoRA), activation checkpointing equal to storing, and per-op checks.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "adapters/lora.h"
+#include "ops/loss.h"
+#include "ops/ops.h"
+#include "test_util.h"
+#include "train/trainable.h"
+#include "util/error.h"
+
+namespace tinylora {
+namespace {
+
+struct Batch2 {
+  int B = 2, T = 7;
+  std::vector<int32_t> in, tgt;
+  std::vector<uint8_t> mask;
+};
+
+Batch2 MakeBatch(int vocab, uint32_t seed) {
+  Batch2 b;
+  std::mt19937 rng(seed);
+  for (int i = 0; i < b.B * (b.T + 1); ++i) b.in.push_back(static_cast<int32_t>(rng() % vocab));
+  std::vector<int32_t> stream = b.in;
+  b.in.clear();
+  for (int s = 0; s < b.B; ++s) {
+    for (int t = 0; t < b.T; ++t) {
+      b.in.push_back(stream[static_cast<size_t>(s * (b.T + 1) + t)]);
+      b.tgt.push_back(stream[static_cast<size_t>(s * (b.T + 1) + t + 1)]);
+      b.mask.push_back(s == 0 && t < 2 ? 0 : 1);  // a prompt: no loss on its targets
+    }
+  }
+  return b;
+}
+
+double Count(const Batch2& b) {
+  double n = 0;
+  for (uint8_t m : b.mask) n += m;
+  return n;
+}
+
+// Mean masked loss, forward only.
+double Loss(TrainModel& m, const Batch2& b) {
+  return m.ForwardLoss(b.in.data(), b.tgt.data(), b.mask.data()) / Count(b);
+}
+
+// Compares analytic gradients of `params` with central differences on `samples` coordinates
+// of every tensor: relative error of the sampled vectors, per tensor.
+void CheckGradients(TrainModel& model, ParamBlock& params, const Batch2& b, int samples) {
+  params.ZeroGrads();
+  const double loss = model.ForwardBackward(b.in.data(), b.tgt.data(), b.mask.data(),
+                                            static_cast<float>(1.0 / Count(b)), 0) /
+                      Count(b);
+  EXPECT_NEAR(loss, Loss(model, b), 1e-5);
+  std::mt19937 rng(5);
+  for (int i = 0; i < params.size(); ++i) {
+    double num2 = 0, diff2 = 0;
+    for (int s = 0; s < samples; ++s) {
+      const int64_t k = static_cast<int64_t>(rng() % static_cast<uint32_t>(params.numel(i)));
+      float* p = params.value(i) + k;
+      const float orig = *p, h = 1e-2f * std::max(1.0f, std::fabs(orig));
+      *p = orig + h;
+      const double up = Loss(model, b);
+      *p = orig - h;
+      const double down = Loss(model, b);
+      *p = orig;
+      const double fd = (up - down) / (2.0 * h);
+      const double an = params.grad(i)[k];
+      num2 += fd * fd;
+      diff2 += (fd - an) * (fd - an);
+    }
+    if (num2 > 1e-12) {
+      EXPECT_LT(std::sqrt(diff2 / num2), 2e-2) << params.name(i);
+    } else {
+      EXPECT_LT(std::sqrt(diff2), 1e-5) << params.name(i);
+    }
+  }
+}
+
+TEST(TrainGradients, PretrainMatchesFiniteDifferences) {
+  for (const char* name : {"gqa", "tied"}) {
+    SCOPED_TRACE(name);
+    auto src = ModelWeights::Load(test::FixturePath(std::string("forward/") + name));
+    auto base = MakeTrainable(*src);
+    TrainModel model(base->weights, &base->grads, nullptr, 2, 7, false);
+    CheckGradients(model, base->params, MakeBatch(src->config.vocab, 1), 6);
+  }
+}
+
+TEST(TrainGradients, LoraMatchesFiniteDifferences) {
+  auto base = ModelWeights::Load(test::FixturePath("forward/gqa"));
+  AdapterConfig ac;
+  ac.r = 3;
+  ac.alpha = 6;
+  ac.targets = ParseTargets("all-linear", "test");
+  auto adapter = Adapter::Create(base->config, ac, 3, true);
+  std::mt19937 rng(9);
+  std::normal_distribution<float> nd(0.0f, 0.3f);
+  for (int i = 1; i < adapter->params().size(); i += 2) {  // B non-zero, or dA would be 0
+    for (int64_t k = 0; k < adapter->params().numel(i); ++k)
+      adapter->params().value(i)[k] = nd(rng);
+  }
+  TrainModel model(*base, nullptr, adapter.get(), 2, 7, false);
+  CheckGradients(model, adapter->params(), MakeBatch(base->config.vocab, 2), 5);
+}
+
+TEST(TrainGradients, CheckpointingEqualsStoring) {
+  auto src = ModelWeights::Load(test::FixturePath("forward/gqa"));
+  auto a = MakeTrainable(*src), b = MakeTrainable(*src);
+  const Batch2 batch = MakeBatch(src->config.vocab, 3);
+  TrainModel stored(a->weights, &a->grads, nullptr, 2, 7, false);
+  TrainModel recomputed(b->weights, &b->grads, nullptr, 2, 7, true);
+  EXPECT_LT(recomputed.ActivationBytes(), stored.ActivationBytes());
+  const double la =
+      stored.ForwardBackward(batch.in.data(), batch.tgt.data(), batch.mask.data(), 1, 0);
+  const double lb =
+      recomputed.ForwardBackward(batch.in.data(), batch.tgt.data(), batch.mask.data(), 1, 0);
+  EXPECT_EQ(la, lb);
+  for (int64_t k = 0; k < a->params.total(); ++k) {
+    ASSERT_EQ(a->params.grads()[static_cast<size_t>(k)], b->params.grads()[static_cast<size_t>(k)])
+        << k;
+  }
+}
+
+TEST(TrainGradients, SeqLenOverContextIsRefused) {
+  auto src = ModelWeights::Load(test::FixturePath("forward/gqa"));
+  EXPECT_THROW(TrainModel(*src, nullptr, nullptr, 1, 65, false), Error);
+}
+
+// Per-op checks: scalar loss Σ dout·op(x); central differences in double over float ops.
+template <typename F>
+void CheckOp(std::vector<float>& x, const std::vector<float>& analytic, F loss_of_x, double tol) {
+  double num2 = 0, diff2 = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const float orig = x[i], h = 1e-2f;
+    x[i] = orig + h;
+    const double up = loss_of_x();
+    x[i] = orig - h;
+    const double down = loss_of_x();
+    x[i] = orig;
+    const double fd = (up - down) / (2.0 * h);
+    num2 += fd * fd;
+    diff2 += (fd - analytic[i]) * (fd - analytic[i]);
+  }
+  EXPECT_LT(std::sqrt(diff2 / num2), tol);
+}
+
+std::vector<float> Randn(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+double Dot(const std::vector<float>& a, const std::vector<float>& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += static_cast<double>(a[i]) * b[i];
+  return s;
+}
+
+TEST(OpGradients, RmsNorm) {
+  const int T = 3, C = 8;
+  std::vector<float> x = Randn(T * C, 1), w = Randn(C, 2), dout = Randn(T * C, 3), y(T * C), r(T);
+  auto loss = [&] {
+    RmsNorm(x.data(), w.data(), T, C, 1e-5f, y.data(), r.data());
+    return Dot(dout, y);
+  };
+  loss();
+  std::vector<float> dx(T * C, 0.0f), dw(C, 0.0f);
+  RmsNormBackward(dout.data(), x.data(), w.data(), r.data(), T, C, dx.data(), dw.data());
+  CheckOp(x, dx, loss, 1e-3);
+  CheckOp(w, dw, loss, 1e-3);
+}
+
+TEST(OpGradients, RopeSwiGluAttentionCrossEntropy) {
+  RopeTable table(8, 16, 10000.0);
+  std::vector<int32_t> pos = {0, 5, 11};
+  std::vector<float> x = Randn(3 * 2 * 8, 4), dout = Randn(x.size(), 5);
+  auto rope_loss = [&] {
+    std::vector<float> y = x;
+    Rope(y.data(), pos.data(), 3, 2, table);
+    return Dot(dout, y);
+  };
+  std::vector<float> dx = dout;
+  RopeBackward(dx.data(), pos.data(), 3, 2, table);
+  CheckOp(x, dx, rope_loss, 1e-3);
+
+  std::vector<float> g = Randn(20, 6), u = Randn(20, 7), d2 = Randn(20, 8), dg(20), du(20);
+  auto swiglu_loss = [&] {
+    std::vector<float> y(20);
+    SwiGluReference(g.data(), u.data(), 20, y.data());
+    return Dot(d2, y);
+  };
+  SwiGluBackward(d2.data(), g.data(), u.data(), 20, dg.data(), du.data());
+  CheckOp(g, dg, swiglu_loss, 1e-3);
+  CheckOp(u, du, swiglu_loss, 1e-3);
+
+  const AttentionShape s{4, 2, 8};
+  const int64_t T = 6, ldq = 32, ldkv = 16;
+  std::vector<float> q = Randn(T * ldq, 9), k = Randn(T * ldkv, 10), v = Randn(T * ldkv, 11);
+  std::vector<float> da = Randn(T * ldq, 12);
+  auto attn_loss = [&] {
+    std::vector<float> out(T * ldq), probs(T * T);
+    for (int h = 0; h < 4; ++h)
+      AttentionTrainHead(s, h, q.data(), ldq, k.data(), v.data(), ldkv, T, probs.data(), out.data(),
+                         ldq);
+    return Dot(da, out);
+  };
+  std::vector<float> dq(q.size()), dk(k.size(), 0.0f), dv(v.size(), 0.0f), probs(4 * T * T),
+      out(T * ldq), scratch(T * T);
+  for (int h = 0; h < 4; ++h) {
+    AttentionTrainHead(s, h, q.data(), ldq, k.data(), v.data(), ldkv, T, &probs[h * T * T],
+                       out.data(), ldq);
+  }
+  std::vector<float> ref(out.size());
+  AttentionReference(s, q.data(), ldq, k.data(), v.data(), ldkv, T, 0, ref.data(), ldq);
+  for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], ref[i], 1e-5);
+  for (int h = 0; h < 4; ++h) {
+    AttentionTrainHeadBackward(s, h, q.data(), ldq, k.data(), v.data(), ldkv, T, &probs[h * T * T],
+                               da.data(), ldq, dq.data(), dk.data(), dv.data(), scratch.data());
+  }
+  CheckOp(q, dq, attn_loss, 1e-3);
+  CheckOp(k, dk, attn_loss, 1e-3);
+  CheckOp(v, dv, attn_loss, 1e-3);
+
+  const int64_t N = 4, V = 9;
+  std::vector<float> logits = Randn(N * V, 13);
+  std::vector<int32_t> tg = {1, 8, 0, 3};
+  std::vector<uint8_t> mask = {1, 0, 1, 1};
+  auto ce_loss = [&] { return CrossEntropyLoss(logits.data(), tg.data(), mask.data(), N, V); };
+  std::vector<float> grad = logits;
+  const double total = CrossEntropyForwardBackward(grad.data(), tg.data(), mask.data(), N, V, 1.0f);
+  EXPECT_NEAR(total, ce_loss(), 1e-5);
+  for (int64_t j = 0; j < V; ++j) EXPECT_EQ(grad[1 * V + j], 0.0f);  // masked row
+  CheckOp(logits, grad, ce_loss, 1e-3);
+}
+
+}  // namespace
+}  // namespace tinylora
