@@ -26,5 +26,6 @@ void AddGenerateCommand(CLI::App& app);
 void AddEvalCommand(CLI::App& app);
 void AddInspectCommand(CLI::App& app);
 void AddTokenizerCommand(CLI::App& app);
+void AddTrainCommands(CLI::App& app);
 
 }  // namespace tinylora

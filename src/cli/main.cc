@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   AddEvalCommand(app);
   AddInspectCommand(app);
   AddTokenizerCommand(app);
+  AddTrainCommands(app);
   std::string help_topic;
   CLI::App* help = app.add_subcommand("help", "show the help of a command");
   help->add_option("command", help_topic, "the command to document");

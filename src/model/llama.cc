@@ -12,6 +12,12 @@
 
 namespace tinylora {
 
+namespace {
+void Resize(std::vector<float>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+}
+}  // namespace
+
 KvCache::KvCache(const LlamaConfig& c, int n_seqs, int capacity)
     : length(static_cast<size_t>(n_seqs), 0),
       n_seqs_(n_seqs),
@@ -22,8 +28,16 @@ KvCache::KvCache(const LlamaConfig& c, int n_seqs, int capacity)
   v_.assign(n, 0.0f);
 }
 
-LlamaModel::LlamaModel(const ModelWeights& w)
-    : w_(w), rope_(w.config.head_dim, w.config.max_pos, w.config.rope_theta) {}
+LlamaModel::LlamaModel(const ModelWeights& w, const Adapter* adapter)
+    : w_(w), adapter_(adapter), rope_(w.config.head_dim, w.config.max_pos, w.config.rope_theta) {}
+
+void LlamaModel::Project(int l, Module m, const Tensor& w, const float* x, int64_t T, float* y) {
+  MatMul(w, x, T, y);
+  const LoraWeights* lw = adapter_ ? adapter_->Get(l, m) : nullptr;
+  if (lw == nullptr) return;
+  Resize(lora_u_, T * lw->r);
+  LoraForward(*lw, static_cast<float>(adapter_->config().scale()), x, T, lora_u_.data(), y);
+}
 
 std::vector<LlamaModel::Run> LlamaModel::Validate(const Batch& b, const KvCache& cache) const {
   const int64_t T = b.size();
@@ -66,9 +80,6 @@ std::vector<LlamaModel::Run> LlamaModel::Validate(const Batch& b, const KvCache&
 }
 
 namespace {
-void Resize(std::vector<float>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-}
 void AddInPlace(float* x, const float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] += y[i];
 }
@@ -106,9 +117,9 @@ void LlamaModel::Forward(const Batch& batch, KvCache& cache, std::vector<float>*
     const LayerWeights& L = w_.layers[static_cast<size_t>(layer)];
     // attention block
     RmsNorm(x_.data(), L.attn_norm.f32(), T, C, static_cast<float>(c.rms_eps), xn_.data());
-    MatMul(L.wq, xn_.data(), T, q_.data());  // q (T, NH*HD)
-    MatMul(L.wk, xn_.data(), T, k_.data());  // k (T, KVH*HD)
-    MatMul(L.wv, xn_.data(), T, v_.data());  // v (T, KVH*HD)
+    Project(layer, Module::kQ, L.wq, xn_.data(), T, q_.data());  // q (T, NH*HD)
+    Project(layer, Module::kK, L.wk, xn_.data(), T, k_.data());  // k (T, KVH*HD)
+    Project(layer, Module::kV, L.wv, xn_.data(), T, v_.data());  // v (T, KVH*HD)
     Rope(q_.data(), batch.pos.data(), T, c.n_heads, rope_);
     Rope(k_.data(), batch.pos.data(), T, c.n_kv_heads, rope_);
     for (int64_t t = 0; t < T; ++t) {
@@ -125,14 +136,14 @@ void LlamaModel::Forward(const Batch& batch, KvCache& cache, std::vector<float>*
                     KV, r.n, r.p0, &att_[r.begin * Q], Q,
                     &scratch_[static_cast<size_t>(omp_get_thread_num() * longest)]);
     }
-    MatMul(L.wo, att_.data(), T, h1_.data());  // (T, C)
+    Project(layer, Module::kO, L.wo, att_.data(), T, h1_.data());  // (T, C)
     AddInPlace(x_.data(), h1_.data(), T * C);
     // MLP block
     RmsNorm(x_.data(), L.mlp_norm.f32(), T, C, static_cast<float>(c.rms_eps), xn_.data());
-    MatMul(L.w_gate, xn_.data(), T, h1_.data());  // gate (T, F)
-    MatMul(L.w_up, xn_.data(), T, h2_.data());    // up (T, F)
+    Project(layer, Module::kGate, L.w_gate, xn_.data(), T, h1_.data());  // gate (T, F)
+    Project(layer, Module::kUp, L.w_up, xn_.data(), T, h2_.data());      // up (T, F)
     SwiGlu(h1_.data(), h2_.data(), T * F, h1_.data());
-    MatMul(L.w_down, h1_.data(), T, h2_.data());  // (T, C)
+    Project(layer, Module::kDown, L.w_down, h1_.data(), T, h2_.data());  // (T, C)
     AddInPlace(x_.data(), h2_.data(), T * C);
   }
   for (const Run& r : runs) cache.length[static_cast<size_t>(r.seq)] = static_cast<int>(r.p0 + r.n);

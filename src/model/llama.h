@@ -7,6 +7,7 @@
 #include <memory>
 #include <vector>
 
+#include "adapters/lora.h"
 #include "model/weights.h"
 #include "ops/ops.h"
 
@@ -48,7 +49,8 @@ class KvCache {
 
 class LlamaModel {
  public:
-  explicit LlamaModel(const ModelWeights& w);
+  // `adapter`, if given, is applied on top of the frozen weights (it must outlive the model).
+  explicit LlamaModel(const ModelWeights& w, const Adapter* adapter = nullptr);
   const LlamaConfig& config() const { return w_.config; }
   const ModelWeights& weights() const { return w_; }
 
@@ -62,11 +64,14 @@ class LlamaModel {
     int64_t begin, n, p0;
   };
   std::vector<Run> Validate(const Batch& batch, const KvCache& cache) const;
+  // y (T, out) = x · Wᵀ of projection m in layer l, plus the adapter's LoRA term.
+  void Project(int l, Module m, const Tensor& w, const float* x, int64_t T, float* y);
 
   const ModelWeights& w_;
+  const Adapter* adapter_;
   RopeTable rope_;
   // Activations, grown to the largest batch seen and reused.
-  std::vector<float> x_, xn_, q_, k_, v_, att_, h1_, h2_, scratch_;
+  std::vector<float> x_, xn_, q_, k_, v_, att_, h1_, h2_, scratch_, lora_u_;
 };
 
 }  // namespace tinylora

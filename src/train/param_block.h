@@ -29,6 +29,7 @@ class ParamBlock {
   }
   std::vector<float>& values() { return values_; }
   std::vector<float>& grads() { return grads_; }
+  const std::vector<float>& grads() const { return grads_; }
   const std::vector<float>& values() const { return values_; }
   int64_t total() const { return static_cast<int64_t>(values_.size()); }
   void ZeroGrads();

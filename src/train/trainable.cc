@@ -1,38 +1,26 @@
 #include "train/trainable.h"
 
+#include <cmath>
+
 #include "util/file.h"
 #include "util/half.h"
 
 namespace tinylora {
 
-std::unique_ptr<TrainableBase> MakeTrainable(const ModelWeights& source) {
+namespace {
+
+// Allocates the block for `c` and points the weight and gradient views into it.
+std::unique_ptr<TrainableBase> Allocate(const LlamaConfig& c, bool with_grads) {
   auto t = std::make_unique<TrainableBase>();
-  const LlamaConfig& c = source.config;
   t->weights.config = c;
-  t->weights.dir = source.dir;
   const std::vector<TensorSpec> specs = ModelTensorSpecs(c);
   for (const TensorSpec& s : specs) t->params.Add(s.name, s.shape);
-  t->params.Allocate(/*with_grads=*/true);
-
-  // Source tensors in the same order as ModelTensorSpecs.
-  std::vector<const Tensor*> src = {&source.embed};
-  for (const LayerWeights& l : source.layers) {
-    for (const Tensor* x :
-         {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.mlp_norm, &l.w_gate, &l.w_up, &l.w_down}) {
-      src.push_back(x);
-    }
-  }
-  src.push_back(&source.final_norm);
-  if (!c.tie_embeddings) src.push_back(&source.lm_head);
-
+  t->params.Allocate(with_grads);
   std::vector<Tensor> views(specs.size());
   for (size_t i = 0; i < specs.size(); ++i) {
-    const int k = static_cast<int>(i);
-    float* dst = t->params.value(k);
-    const Tensor& s = *src[i];
-    for (int64_t j = 0; j < s.numel(); ++j)
-      dst[j] = s.dtype == DType::kBF16 ? Bf16ToF32(s.bf16()[j]) : s.f32()[j];
-    views[i] = Tensor{DType::kF32, s.rows, s.cols, dst};
+    const auto& shape = specs[i].shape;
+    views[i] = Tensor{DType::kF32, shape.size() == 2 ? shape[0] : 1, shape.back(),
+                      t->params.value(static_cast<int>(i))};
   }
   size_t k = 0;
   auto next = [&](float** grad) {
@@ -65,15 +53,80 @@ std::unique_ptr<TrainableBase> MakeTrainable(const ModelWeights& source) {
   return t;
 }
 
-void SaveModel(const TrainableBase& base, const std::string& dir) {
+uint64_t SplitMix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// Element i of a N(0, std²) tensor: Box-Muller on a counter-based hash.
+float NormalAt(uint64_t key, int64_t i, float std) {
+  const uint64_t h = SplitMix64(key ^ SplitMix64(static_cast<uint64_t>(i / 2)));
+  const double u1 = (static_cast<double>(h >> 40) + 1.0) / 16777217.0;  // (0, 1]
+  const double u2 = static_cast<double>(h & 0xffffffu) / 16777216.0;
+  const double r = std::sqrt(-2.0 * std::log(u1));
+  const double z = (i % 2 == 0) ? r * std::cos(2 * M_PI * u2) : r * std::sin(2 * M_PI * u2);
+  return static_cast<float>(z * std);
+}
+
+}  // namespace
+
+std::unique_ptr<TrainableBase> MakeTrainable(const ModelWeights& source) {
+  auto t = Allocate(source.config, /*with_grads=*/true);
+  t->weights.dir = source.dir;
+  // Source tensors in the order of ModelTensorSpecs.
+  std::vector<const Tensor*> src = {&source.embed};
+  for (const LayerWeights& l : source.layers) {
+    for (const Tensor* x :
+         {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.mlp_norm, &l.w_gate, &l.w_up, &l.w_down}) {
+      src.push_back(x);
+    }
+  }
+  src.push_back(&source.final_norm);
+  if (!source.config.tie_embeddings) src.push_back(&source.lm_head);
+  for (size_t i = 0; i < src.size(); ++i) {
+    float* dst = t->params.value(static_cast<int>(i));
+    const Tensor& s = *src[i];
+    for (int64_t j = 0; j < s.numel(); ++j) {
+      dst[j] = s.dtype == DType::kBF16 ? Bf16ToF32(s.bf16()[j]) : s.f32()[j];
+    }
+  }
+  return t;
+}
+
+std::unique_ptr<TrainableBase> CreateRandomBase(const LlamaConfig& config, uint64_t seed,
+                                                bool with_grads) {
+  auto t = Allocate(config, with_grads);
+  const std::vector<TensorSpec> specs = ModelTensorSpecs(config);
+  for (size_t k = 0; k < specs.size(); ++k) {
+    float* dst = t->params.value(static_cast<int>(k));
+    const int64_t n = t->params.numel(static_cast<int>(k));
+    const uint64_t key = SplitMix64(seed * 1000003u + k);
+    const bool norm = specs[k].is_norm;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) dst[i] = norm ? 1.0f : NormalAt(key, i, 0.02f);
+  }
+  return t;
+}
+
+void SaveModel(const TrainableBase& base, const std::string& dir, DType dtype) {
   MakeDirectories(dir);
+  const std::vector<float>& values = base.params.values();
+  std::vector<uint16_t> narrow;  // the BF16 copy, when asked for
+  if (dtype == DType::kBF16) {
+    narrow.resize(values.size());
+    for (size_t i = 0; i < narrow.size(); ++i) narrow[i] = F32ToBf16(values[i]);
+  }
   std::vector<TensorToWrite> tensors;
   for (int i = 0; i < base.params.size(); ++i) {
-    tensors.push_back(
-        {base.params.name(i), DType::kF32, base.params.shape(i), base.params.value(i)});
+    const int64_t off = base.params.value(i) - values.data();
+    const void* data = dtype == DType::kBF16 ? static_cast<const void*>(narrow.data() + off)
+                                             : static_cast<const void*>(values.data() + off);
+    tensors.push_back({base.params.name(i), dtype, base.params.shape(i), data});
   }
   LlamaConfig c = base.weights.config;
-  c.torch_dtype = "float32";
+  c.torch_dtype = dtype == DType::kBF16 ? "bfloat16" : "float32";
   WriteSafetensors(JoinPath(dir, "model.safetensors"), tensors, {{"format", "pt"}});
   WriteFileAtomic(JoinPath(dir, "config.json"), ConfigToJson(c));
 }

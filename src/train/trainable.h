@@ -20,7 +20,13 @@ struct TrainableBase {
 // Copies (widening BF16 to F32) every tensor of `source` into a fresh TrainableBase.
 std::unique_ptr<TrainableBase> MakeTrainable(const ModelWeights& source);
 
-// Writes config.json + model.safetensors (F32) of a TrainableBase into `dir`, atomically.
-void SaveModel(const TrainableBase& base, const std::string& dir);
+// A randomly initialised model: matrices N(0, 0.02²) (HF's initializer_range), norms 1, drawn
+// from a counter-based hash so the values depend on the seed only, not the thread count.
+std::unique_ptr<TrainableBase> CreateRandomBase(const LlamaConfig& config, uint64_t seed,
+                                                bool with_grads);
+
+// Writes config.json + model.safetensors (F32 or BF16) of a TrainableBase into `dir`, each
+// file atomically.
+void SaveModel(const TrainableBase& base, const std::string& dir, DType dtype = DType::kF32);
 
 }  // namespace tinylora

@@ -1,0 +1,335 @@
+// tinylora train (a LoRA on a frozen base) and tinylora pretrain (every weight, from scratch or
+// a given model): data → token cache → Trainer → adapter or model directory in --out.
+#include <sys/resource.h>
+
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "adapters/lora.h"
+#include "cli/common.h"
+#include "data/token_cache.h"
+#include "model/tokenizer.h"
+#include "train/trainable.h"
+#include "train/trainer.h"
+#include "util/error.h"
+#include "util/file.h"
+
+namespace tinylora {
+
+namespace {
+
+struct CommonTrainOptions {
+  std::vector<std::string> data, val_data;
+  double val_fraction = 0.05;
+  std::string out, cache_dir, schedule = "cosine";
+  int64_t steps = 0;
+  double epochs = 0;
+  int batch_size = 4, seq_len = 256, grad_accum = 1;
+  double lr = 1e-3, weight_decay = 0.0, grad_clip = 1.0, min_lr_ratio = 0.0;
+  int64_t warmup = 0, eval_every = 0, save_every = 0, log_every = 1, eval_batches = 16;
+  uint64_t seed = 0;
+  bool resume = false, checkpoint_activations = false;
+  int threads = 0;
+};
+
+void AddCommonFlags(CLI::App* cmd, CommonTrainOptions* o) {
+  cmd->add_option("--data", o->data,
+                  "training text: files, folders, .jsonl (text or prompt/completion)")
+      ->required();
+  cmd->add_option("--val-data", o->val_data, "held-out data (default: --val-fraction of --data)");
+  cmd->add_option("--val-fraction", o->val_fraction, "share of --data documents held out")
+      ->check(CLI::Range(0.0, 0.5));
+  cmd->add_option("--out", o->out, "output directory")->required();
+  cmd->add_option("--cache-dir", o->cache_dir, "token cache directory (default: OUT/data)");
+  auto* steps = cmd->add_option("--steps", o->steps, "optimizer steps")->check(CLI::PositiveNumber);
+  cmd->add_option("--epochs", o->epochs, "passes over the data (instead of --steps)")
+      ->check(CLI::PositiveNumber)
+      ->excludes(steps);
+  cmd->add_option("--batch-size", o->batch_size, "sequences per micro-batch")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--seq-len", o->seq_len, "tokens per sequence")->check(CLI::Range(2, 1 << 20));
+  cmd->add_option("--grad-accum", o->grad_accum, "micro-batches per step")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--lr", o->lr, "peak learning rate")->check(CLI::PositiveNumber);
+  cmd->add_option("--warmup", o->warmup, "warm-up steps")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--schedule", o->schedule, "cosine | linear | constant")
+      ->check(CLI::IsMember({"cosine", "linear", "constant"}));
+  cmd->add_option("--min-lr-ratio", o->min_lr_ratio, "final lr / peak lr")
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--weight-decay", o->weight_decay, "AdamW decoupled weight decay")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--grad-clip", o->grad_clip, "clip gradients to this global norm (0: off)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--eval-every", o->eval_every, "validation every N steps (0: at the end)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--eval-batches", o->eval_batches, "validation micro-batches per evaluation")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--save-every", o->save_every, "checkpoint every N steps (0: at the end)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--log-every", o->log_every, "metrics line every N steps")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--seed", o->seed, "seed of initialisation, data order and dropout");
+  cmd->add_flag("--resume", o->resume, "continue from OUT/checkpoint");
+  cmd->add_flag("--checkpoint-activations", o->checkpoint_activations,
+                "recompute each block in backward instead of storing its activations");
+  AddThreadsOption(cmd, &o->threads);
+}
+
+struct Data {
+  std::unique_ptr<DataCaches> caches;  // training split (+ validation split of --data)
+  std::unique_ptr<DataCaches> val;     // --val-data
+  const TokenCache* val_cache() const {
+    if (val) return &val->train;
+    return caches->val && caches->val->size() >= 2 ? &*caches->val : nullptr;
+  }
+};
+
+Data PrepareData(const CommonTrainOptions& o, const std::string& tokenizer_path, int vocab) {
+  const std::string dir = o.cache_dir.empty() ? JoinPath(o.out, "data") : o.cache_dir;
+  CacheSpec spec;
+  spec.paths = o.data;
+  spec.tokenizer_path = tokenizer_path;
+  spec.dir = dir;
+  spec.val_fraction = o.val_data.empty() ? o.val_fraction : 0.0;
+  spec.progress = [](int64_t docs, int64_t tokens) {
+    std::fprintf(stderr, "\rtokenising: %lld documents, %lld tokens", static_cast<long long>(docs),
+                 static_cast<long long>(tokens));
+  };
+  Data d;
+  d.caches = std::make_unique<DataCaches>(OpenOrBuild(spec));
+  if (d.caches->rebuilt) std::fprintf(stderr, "\n");
+  d.caches->train.Validate(vocab);
+  if (!o.val_data.empty()) {
+    CacheSpec vs = spec;
+    vs.paths = o.val_data;
+    vs.name = "heldout";
+    vs.val_fraction = 0;
+    d.val = std::make_unique<DataCaches>(OpenOrBuild(vs));
+    d.val->train.Validate(vocab);
+  }
+  std::fprintf(stderr, "data: %lld training tokens (%lld documents)%s\n",
+               static_cast<long long>(d.caches->train.size()),
+               static_cast<long long>(d.caches->train.documents()),
+               d.val_cache()
+                   ? (", " + std::to_string(d.val_cache()->size()) + " validation tokens").c_str()
+                   : ", no validation split");
+  return d;
+}
+
+TrainerOptions MakeTrainerOptions(const CommonTrainOptions& o, const TokenCache& train,
+                                  nlohmann::json run) {
+  TrainerOptions t;
+  t.batch_size = o.batch_size;
+  t.seq_len = o.seq_len;
+  t.grad_accum = o.grad_accum;
+  if (o.steps > 0) {
+    t.steps = o.steps;
+  } else {
+    const int64_t windows = (train.size() - 1) / o.seq_len;
+    const double per_step = static_cast<double>(o.batch_size) * o.grad_accum;
+    t.steps = std::max<int64_t>(
+        1, static_cast<int64_t>(std::ceil((o.epochs > 0 ? o.epochs : 1.0) * windows / per_step)));
+  }
+  t.schedule.kind = o.schedule;
+  t.schedule.lr = o.lr;
+  t.schedule.warmup = o.warmup;
+  t.schedule.total = t.steps;
+  t.schedule.min_lr_ratio = o.min_lr_ratio;
+  t.adam.weight_decay = o.weight_decay;
+  t.grad_clip = o.grad_clip;
+  t.eval_every = o.eval_every;
+  t.eval_batches = o.eval_batches;
+  t.save_every = o.save_every;
+  t.log_every = o.log_every;
+  t.seed = o.seed;
+  t.resume = o.resume;
+  t.out = o.out;
+  run["batch_size"] = o.batch_size;
+  run["seq_len"] = o.seq_len;
+  run["grad_accum"] = o.grad_accum;
+  run["seed"] = o.seed;
+  run["data"] = o.data;
+  t.run_json = run.dump();
+  return t;
+}
+
+double PeakRssMb() {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) / 1024.0;
+}
+
+void PrintSummary(const TrainSummary& s, const std::string& out, int64_t trainable,
+                  int64_t activation_bytes) {
+  std::fprintf(stderr,
+               "done: %lld steps in %.1f s, %.0f tokens/s, final loss %.4f%s, peak RSS %.0f MB "
+               "(activations %.0f MB); wrote %s\n",
+               static_cast<long long>(s.steps), s.seconds, s.tokens_per_s, s.final_loss,
+               s.val_loss >= 0 ? (", validation loss " + std::to_string(s.val_loss)).c_str() : "",
+               PeakRssMb(), activation_bytes / 1e6, out.c_str());
+  nlohmann::json j = {{"out", out},
+                      {"steps", s.steps},
+                      {"loss", s.final_loss},
+                      {"tokens_per_s", s.tokens_per_s},
+                      {"seconds", s.seconds},
+                      {"trainable_params", trainable},
+                      {"activation_bytes", activation_bytes},
+                      {"peak_rss_mb", PeakRssMb()},
+                      {"stopped_by_signal", s.stopped_by_signal}};
+  if (s.val_loss >= 0) j["val_loss"] = s.val_loss;
+  std::cout << j.dump() << std::endl;
+}
+
+// ---- train: LoRA on a frozen base -------------------------------------------------------
+
+struct LoraTrainOptions {
+  CommonTrainOptions common;
+  std::string model, targets = "q_proj,v_proj";
+  int rank = 8;
+  double alpha = 16, dropout = 0;
+};
+
+void RunTrain(const LoraTrainOptions& lo) {
+  const CommonTrainOptions& o = lo.common;
+  SetThreads(o.threads);
+  auto base = ModelWeights::Load(lo.model);
+  const LlamaConfig& c = base->config;
+  if (o.seq_len > c.max_pos) {
+    Fail("--seq-len " + std::to_string(o.seq_len) + " is longer than the model's context (" +
+         std::to_string(c.max_pos) + ")");
+  }
+  const std::string tok_path = JoinPath(lo.model, "tokenizer.model");
+  if (!FileExists(tok_path)) Fail(lo.model + ": no tokenizer.model to tokenise --data with");
+  AdapterConfig ac;
+  ac.r = lo.rank;
+  ac.alpha = lo.alpha;
+  ac.dropout = lo.dropout;
+  ac.targets = ParseTargets(lo.targets, "--targets");
+  Data data = PrepareData(o, tok_path, c.vocab);
+  auto adapter = Adapter::Create(c, ac, o.seed, /*with_grads=*/true);
+  nlohmann::json run = {{"mode", "lora"},    {"model", lo.model},     {"rank", lo.rank},
+                        {"alpha", lo.alpha}, {"targets", lo.targets}, {"dropout", lo.dropout}};
+  TrainerOptions t = MakeTrainerOptions(o, data.caches->train, run);
+  t.title = "LoRA r=" + std::to_string(lo.rank) + " on " + lo.model;
+  nlohmann::json training = {{"base_model", lo.model},
+                             {"steps", t.steps},
+                             {"lr", o.lr},
+                             {"batch_size", o.batch_size},
+                             {"seq_len", o.seq_len},
+                             {"grad_accum", o.grad_accum},
+                             {"seed", o.seed}};
+  AdapterConfig saved = ac;
+  saved.training_json = training.dump();
+  TrainModel model(*base, nullptr, adapter.get(), o.batch_size, o.seq_len,
+                   o.checkpoint_activations);
+  std::fprintf(stderr, "LoRA r=%d alpha=%g on %s: %lld trainable parameters, activations %.0f MB\n",
+               lo.rank, lo.alpha, lo.targets.c_str(), static_cast<long long>(adapter->ParamCount()),
+               model.ActivationBytes() / 1e6);
+  Adapter* a = adapter.get();
+  Trainer trainer(model, adapter->params(), data.caches->train, data.val_cache(), t,
+                  [a](const std::string& dir) { a->Save(dir); });
+  const TrainSummary s = trainer.Run();
+  PrintSummary(s, o.out, adapter->ParamCount(), model.ActivationBytes());
+}
+
+// ---- pretrain: every weight ---------------------------------------------------------------
+
+struct PretrainOptions {
+  CommonTrainOptions common;
+  std::string config_file, preset, init_model, tokenizer;
+};
+
+void RunPretrain(const PretrainOptions& po) {
+  const CommonTrainOptions& o = po.common;
+  SetThreads(o.threads);
+  std::unique_ptr<TrainableBase> base;
+  std::string tokenizer = po.tokenizer;
+  if (!po.init_model.empty()) {
+    auto src = ModelWeights::Load(po.init_model);
+    base = MakeTrainable(*src);
+    if (tokenizer.empty()) tokenizer = JoinPath(po.init_model, "tokenizer.model");
+  } else {
+    LlamaConfig c;
+    if (!po.preset.empty()) {
+      if (!PresetConfig(po.preset, &c))
+        Fail("--preset: unknown preset '" + po.preset + "' (tiny, tinyllama)");
+    } else {
+      c = LoadConfig(po.config_file);
+    }
+    if (tokenizer.empty()) Fail("pretrain: give --tokenizer FILE");
+    Tokenizer tok(tokenizer);
+    if (!po.preset.empty()) c.vocab = tok.vocab_size();
+    if (tok.vocab_size() > c.vocab) {
+      Fail("--tokenizer: " + tokenizer + " has " + std::to_string(tok.vocab_size()) +
+           " pieces but the config's vocab_size is " + std::to_string(c.vocab));
+    }
+    c.bos_id = tok.bos_id() >= 0 ? tok.bos_id() : c.bos_id;
+    c.eos_id = tok.eos_id() >= 0 ? tok.eos_id() : c.eos_id;
+    base = CreateRandomBase(c, o.seed, /*with_grads=*/true);
+  }
+  if (!FileExists(tokenizer)) Fail(tokenizer + ": tokenizer file not found");
+  const LlamaConfig& c = base->weights.config;
+  if (o.seq_len > c.max_pos) {
+    Fail("--seq-len " + std::to_string(o.seq_len) + " is longer than the model's context (" +
+         std::to_string(c.max_pos) + ")");
+  }
+  Data data = PrepareData(o, tokenizer, c.vocab);
+  nlohmann::json run = {{"mode", "pretrain"},
+                        {"config", nlohmann::json::parse(ConfigToJson(c))},
+                        {"init_model", po.init_model}};
+  TrainerOptions t = MakeTrainerOptions(o, data.caches->train, run);
+  t.title = "pretraining " + std::to_string(base->params.total() / 1000000.0).substr(0, 5) +
+            "M parameters";
+  TrainModel model(base->weights, &base->grads, nullptr, o.batch_size, o.seq_len,
+                   o.checkpoint_activations);
+  std::fprintf(stderr, "pretraining %lld parameters, activations %.0f MB\n",
+               static_cast<long long>(base->params.total()), model.ActivationBytes() / 1e6);
+  const std::string tok_bytes = ReadTextFile(tokenizer);
+  TrainableBase* b = base.get();
+  Trainer trainer(model, base->params, data.caches->train, data.val_cache(), t,
+                  [b, &tok_bytes](const std::string& dir) {
+                    SaveModel(*b, dir);
+                    WriteFileAtomic(JoinPath(dir, "tokenizer.model"), tok_bytes);
+                  });
+  const TrainSummary s = trainer.Run();
+  PrintSummary(s, o.out, base->params.total(), model.ActivationBytes());
+}
+
+}  // namespace
+
+void AddTrainCommands(CLI::App& app) {
+  auto lo = std::make_shared<LoraTrainOptions>();
+  CLI::App* train = app.add_subcommand("train", "train a LoRA adapter on a frozen base model");
+  train->add_option("--model", lo->model, "base model directory")->required();
+  train->add_option("--rank", lo->rank, "LoRA rank r")->check(CLI::Range(1, 65536));
+  train->add_option("--alpha", lo->alpha, "LoRA alpha (scale = alpha / r)")
+      ->check(CLI::PositiveNumber);
+  train->add_option("--dropout", lo->dropout, "LoRA dropout on the adapter input")
+      ->check(CLI::Range(0.0, 0.9));
+  train->add_option("--targets", lo->targets, "modules to adapt: q_proj,k_proj,… or all-linear");
+  AddCommonFlags(train, &lo->common);
+  train->callback([lo]() { RunTrain(*lo); });
+
+  auto po = std::make_shared<PretrainOptions>();
+  CLI::App* pre =
+      app.add_subcommand("pretrain", "train every weight of a model, from scratch or on");
+  auto* cfg = pre->add_option("--config", po->config_file, "config.json of a new model");
+  auto* preset = pre->add_option("--preset", po->preset, "a named config: tiny, tinyllama");
+  auto* init =
+      pre->add_option("--init-model", po->init_model, "continue from this model directory");
+  cfg->excludes(preset)->excludes(init);
+  preset->excludes(init);
+  pre->add_option("--tokenizer", po->tokenizer, "SentencePiece tokenizer.model");
+  AddCommonFlags(pre, &po->common);
+  pre->callback([po]() {
+    if (po->config_file.empty() && po->preset.empty() && po->init_model.empty()) {
+      Fail("pretrain: give --config FILE, --preset NAME or --init-model DIR");
+    }
+    RunPretrain(*po);
+  });
+}
+
+}  // namespace tinylora
