@@ -165,6 +165,19 @@ TEST(Cli, InitInspectGenerateEvalWithTokenizer) {
   ExpectBadInput({"init", "--preset", "tiny", "--out", tmp / "m"}, "already holds a model");
 }
 
+TEST(Cli, IntermediateSmallerThanHidden) {  // buffers sized for max(F, C), not F
+  test::TempDir tmp;
+  auto j = nlohmann::json::parse(ReadTextFile(test::FixturePath("forward/gqa/config.json")));
+  j["intermediate_size"] = 16;
+  test::WriteFile(tmp / "config.json", j.dump());
+  ASSERT_EQ(RunCli({"init", "--config", tmp / "config.json", "--out", tmp / "m"}).exit_code, 0);
+  std::string prompt;
+  for (int i = 0; i < 12; ++i) prompt += std::to_string(i + 3) + " ";
+  test::CliResult r =
+      RunCli({"generate", "--model", tmp / "m", "--prompt-ids", prompt, "--max-new-tokens", "3"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+}
+
 TEST(Cli, InitBf16FromConfigLoadsAsBf16) {
   test::TempDir tmp;
   test::CliResult r = RunCli({"init", "--config", test::FixturePath("forward/gqa/config.json"),

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/llama.h"
+#include "model/tokenizer.h"
 #include "ops/matmul.h"
 #include "test_util.h"
 #include "util/error.h"
@@ -158,6 +159,32 @@ TEST(Model, BadBatchesAreRefused) {
   b.Clear();
   b.Add(1, 5, 0, true);
   fails(b, "no cache slot");
+}
+
+}  // namespace
+}  // namespace tinylora
+
+namespace tinylora {
+namespace {
+
+TEST(TextStreamer, ByteFallbackCharactersArriveWhole) {
+  test::TempDir tmp;
+  Tokenizer tok(test::TrainTinyTokenizer(tmp.path(), 300));
+  const std::vector<int> prompt = tok.Encode("the fox", true);
+  const std::vector<int> more = tok.Encode(" 😀 dog 中 café", false);  // emoji, CJK: byte pieces
+  TextStreamer s(tok);
+  s.Prime(prompt);
+  std::string streamed;
+  for (int id : more) {
+    const std::string piece = s.Push(id);
+    EXPECT_EQ(piece.find("\xEF\xBF\xBD"), std::string::npos) << "a replacement character leaked";
+    streamed += piece;
+  }
+  streamed += s.Finish();
+  std::vector<int> all = prompt;
+  all.insert(all.end(), more.begin(), more.end());
+  EXPECT_EQ(tok.Decode(prompt) + streamed, tok.Decode(all));
+  EXPECT_NE(streamed.find("😀"), std::string::npos);
 }
 
 }  // namespace

@@ -35,7 +35,8 @@ TEST(Safetensors, RoundTrip) {
   WriteSafetensors(dir / "m.safetensors",
                    {{"a", DType::kF32, {2, 3}, a},
                     {"b.weight", DType::kBF16, {3}, b},
-                    {"empty", DType::kF32, {0}, a}},
+                    {"empty", DType::kF32, {0}, a},
+                    {"z", DType::kF32, {1}, a}},
                    {{"format", "pt"}});
   SafetensorsFile f(dir / "m.safetensors");
   EXPECT_EQ(f.header().data_start % 8, 0u);

@@ -132,7 +132,17 @@ std::unique_ptr<Adapter> Adapter::Load(const std::string& dir, const LlamaConfig
   const std::string cfg_path = JoinPath(dir, "adapter_config.json");
   nlohmann::json j = nlohmann::json::parse(ReadTextFile(cfg_path), nullptr, false);
   if (j.is_discarded() || !j.is_object()) Fail(cfg_path + ": not valid JSON");
-  if (j.value("peft_type", "LORA") != "LORA") Fail(cfg_path + ": peft_type is not LORA");
+  if (j.contains("peft_type") && (!j["peft_type"].is_string() || j["peft_type"] != "LORA")) {
+    Fail(cfg_path + ": peft_type is not LORA");
+  }
+  if (j.contains("use_rslora") && j["use_rslora"].is_boolean() && j["use_rslora"].get<bool>()) {
+    Fail(cfg_path + ": use_rslora adapters are not supported");
+  }
+  for (const char* key : {"alpha_pattern", "rank_pattern"}) {
+    if (j.contains(key) && j[key].is_object() && !j[key].empty()) {
+      Fail(cfg_path + ": '" + key + "' (per-module rank or alpha) is not supported");
+    }
+  }
   AdapterConfig c;
   if (!j.contains("r") || !j["r"].is_number_integer() || j["r"].get<int>() <= 0) {
     Fail(cfg_path + ": 'r' must be a positive integer");
@@ -143,7 +153,9 @@ std::unique_ptr<Adapter> Adapter::Load(const std::string& dir, const LlamaConfig
   c.dropout = j.contains("lora_dropout") && j["lora_dropout"].is_number()
                   ? j["lora_dropout"].get<double>()
                   : 0.0;
-  if (j.value("fan_in_fan_out", false))
+  if (c.dropout < 0 || c.dropout >= 1) Fail(cfg_path + ": lora_dropout must be in [0, 1)");
+  if (j.contains("fan_in_fan_out") && j["fan_in_fan_out"].is_boolean() &&
+      j["fan_in_fan_out"].get<bool>())
     Fail(cfg_path + ": fan_in_fan_out adapters are not supported");
   if (j.contains("use_dora") && j["use_dora"].is_boolean() && j["use_dora"].get<bool>()) {
     Fail(cfg_path + ": DoRA adapters are not supported");
@@ -164,7 +176,12 @@ std::unique_ptr<Adapter> Adapter::Load(const std::string& dir, const LlamaConfig
   c.tree_depth = j.contains("tree_depth") && j["tree_depth"].is_number_integer()
                      ? j["tree_depth"].get<int>()
                      : 0;
-  c.gate = j.value("gate", std::string("path"));
+  if (j.contains("gate")) {
+    if (!j["gate"].is_string() || (j["gate"] != "path" && j["gate"] != "unit")) {
+      Fail(cfg_path + ": gate must be \"path\" or \"unit\"");
+    }
+    c.gate = j["gate"].get<std::string>();
+  }
   if (j.contains("training")) c.training_json = j["training"].dump();
 
   std::unique_ptr<Adapter> a(new Adapter());

@@ -21,7 +21,7 @@ namespace {
 constexpr int kPiece = 256;  // tokens per forward call within a window
 
 struct EvalOptions {
-  std::string model, data, token_ids;
+  std::string model, adapter, data, token_ids;
   int context = 0;
   int threads = 0;
 };
@@ -67,7 +67,9 @@ void RunEval(const EvalOptions& o) {
          std::to_string(c.max_pos));
   }
 
-  LlamaModel model(*weights);
+  std::unique_ptr<Adapter> adapter;
+  if (!o.adapter.empty()) adapter = Adapter::Load(o.adapter, c, /*with_grads=*/false);
+  LlamaModel model(*weights, adapter.get());
   KvCache cache(c, 1, context);
   Batch batch;
   std::vector<float> logits;
@@ -113,6 +115,7 @@ void AddEvalCommand(CLI::App& app) {
   auto o = std::make_shared<EvalOptions>();
   CLI::App* cmd = app.add_subcommand("eval", "held-out loss and perplexity");
   cmd->add_option("--model", o->model, "model directory")->required();
+  cmd->add_option("--adapter", o->adapter, "a LoRA adapter directory to apply");
   auto* d =
       cmd->add_option("--data", o->data, "a text file (tokenised as one document, BOS added)");
   auto* t = cmd->add_option("--token-ids", o->token_ids,

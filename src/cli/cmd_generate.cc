@@ -16,7 +16,7 @@ namespace tinylora {
 namespace {
 
 struct GenerateOptions {
-  std::string model, prompt, prompt_ids;
+  std::string model, adapter, prompt, prompt_ids;
   int max_new_tokens = 64;
   bool greedy = false;
   SamplerOptions sampler{false, 0.8f, 40, 0.95f, 0};
@@ -51,13 +51,18 @@ void RunGenerate(const GenerateOptions& o) {
     Fail("the prompt has " + std::to_string(prompt.size()) + " tokens; the model's context is " +
          std::to_string(context));
   }
-  const int capacity = std::min<int>(context, static_cast<int>(prompt.size()) + o.max_new_tokens);
+  const int capacity = static_cast<int>(
+      std::min<int64_t>(context, static_cast<int64_t>(prompt.size()) + o.max_new_tokens));
 
-  LlamaModel model(*weights);
+  std::unique_ptr<Adapter> adapter;
+  if (!o.adapter.empty()) adapter = Adapter::Load(o.adapter, c, /*with_grads=*/false);
+  LlamaModel model(*weights, adapter.get());
   KvCache cache(c, 1, capacity);
   SamplerOptions so = o.sampler;
   so.greedy = o.greedy;
   Sampler sampler(so);
+  // A model's vocabulary may be padded past the tokenizer's: never sample ids it cannot decode.
+  const int sample_vocab = tok ? std::min(c.vocab, tok->vocab_size()) : c.vocab;
   std::unique_ptr<TextStreamer> streamer;
   if (tok) {
     streamer = std::make_unique<TextStreamer>(*tok);
@@ -74,7 +79,7 @@ void RunGenerate(const GenerateOptions& o) {
   int pos = static_cast<int>(prompt.size());  // where the next token goes
   int generated = 0;
   while (generated < o.max_new_tokens) {
-    const int next = sampler.Sample(logits.data(), c.vocab);
+    const int next = sampler.Sample(logits.data(), sample_vocab);
     ++generated;
     if (next == c.eos_id) break;
     std::cout << (streamer ? streamer->Push(next)
@@ -86,6 +91,7 @@ void RunGenerate(const GenerateOptions& o) {
     model.Forward(batch, cache, &logits);
   }
   const double t2 = Seconds();
+  if (streamer) std::cout << streamer->Finish();
   std::cout << "\n";
   std::fprintf(stderr, "prompt %zu tokens, %.1f tokens/s; generated %d tokens, %.2f tokens/s\n",
                prompt.size(), prompt.size() / (t1 - t0), generated,
@@ -98,6 +104,7 @@ void AddGenerateCommand(CLI::App& app) {
   auto o = std::make_shared<GenerateOptions>();
   CLI::App* cmd = app.add_subcommand("generate", "generate text from a prompt, streaming");
   cmd->add_option("--model", o->model, "model directory")->required();
+  cmd->add_option("--adapter", o->adapter, "a LoRA adapter directory to apply");
   auto* p = cmd->add_option("--prompt", o->prompt, "prompt text (tokenised, BOS added)");
   auto* pi = cmd->add_option("--prompt-ids", o->prompt_ids, "prompt as token ids, e.g. \"1 2 3\"");
   p->excludes(pi);

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -62,6 +63,8 @@ void RunInit(const InitOptions& o) {
   if (!o.tokenizer.empty()) {
     const std::string text = ReadTextFile(o.tokenizer);
     WriteFileAtomic(JoinPath(o.out, "tokenizer.model"), text);
+  } else {
+    std::remove(JoinPath(o.out, "tokenizer.model").c_str());  // a stale one would not fit
   }
   std::cerr << "wrote " << o.out << ": " << total << " parameters (" << o.dtype << ")\n";
   std::cout << nlohmann::json{{"out", o.out}, {"params", total}}.dump() << "\n";

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <unordered_map>
 
 #include "cli/common.h"
 #include "model/tokenizer.h"
@@ -57,16 +58,28 @@ void RunTokenizerTrain(const TokenizerTrainOptions& o) {
   }
   MakeDirectories(o.out);
   const std::string prefix = JoinPath(o.out, "tokenizer.tmp." + std::to_string(::getpid()));
-  const std::string args =
-      "--input=" + input + " --model_prefix=" + prefix +
-      " --vocab_size=" + std::to_string(o.vocab_size) +
-      " --model_type=bpe --byte_fallback=true --split_digits=true --character_coverage=0.9995"
-      " --normalization_rule_name=identity --remove_extra_whitespaces=false"
-      " --allow_whitespace_only_pieces=true --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=-1"
-      " --input_sentence_size=2000000 --shuffle_input_sentence=true --minloglevel=2"
-      " --num_threads=" +
-      std::to_string(
-          std::max(1, o.threads > 0 ? o.threads : static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN))));
+  const int threads = o.threads > 0 ? o.threads : static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+  // Key-value form, so paths with spaces survive.
+  const std::unordered_map<std::string, std::string> args = {
+      {"input", input},
+      {"model_prefix", prefix},
+      {"vocab_size", std::to_string(o.vocab_size)},
+      {"model_type", "bpe"},
+      {"byte_fallback", "true"},
+      {"split_digits", "true"},
+      {"character_coverage", "0.9995"},
+      {"normalization_rule_name", "identity"},
+      {"remove_extra_whitespaces", "false"},
+      {"allow_whitespace_only_pieces", "true"},
+      {"unk_id", "0"},
+      {"bos_id", "1"},
+      {"eos_id", "2"},
+      {"pad_id", "-1"},
+      {"input_sentence_size", "2000000"},
+      {"shuffle_input_sentence", "true"},
+      {"minloglevel", "2"},
+      {"num_threads", std::to_string(std::max(1, threads))},
+  };
   const auto status = sentencepiece::SentencePieceTrainer::Train(args);
   std::remove((prefix + ".vocab").c_str());
   if (!status.ok()) {

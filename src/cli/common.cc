@@ -39,7 +39,7 @@ std::vector<int> ParseIds(const std::string& text, const std::string& what) {
 }
 
 void SetThreads(int n) {
-  if (n <= 0) n = omp_get_num_procs();
+  if (n <= 0) n = omp_get_max_threads();  // OMP_NUM_THREADS, else every core
   omp_set_num_threads(n);
   openblas_set_num_threads(n);
 }

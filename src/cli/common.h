@@ -27,5 +27,6 @@ void AddEvalCommand(CLI::App& app);
 void AddInspectCommand(CLI::App& app);
 void AddTokenizerCommand(CLI::App& app);
 void AddTrainCommands(CLI::App& app);
+void AddMergeCommand(CLI::App& app);
 
 }  // namespace tinylora

@@ -105,6 +105,7 @@ SafetensorsHeader ParseSafetensors(const uint8_t* bytes, size_t size, const std:
     for (const auto& d : *sh) {
       if (!d.is_number_unsigned()) Fail(where + ": shape has a non-integer or negative dimension");
       uint64_t dim = d.get<uint64_t>();
+      if (dim > (uint64_t{1} << 53)) Fail(where + ": shape has an implausibly large dimension");
       if (dim != 0 && bytes_needed > data_size / dim) {
         Fail(where + ": shape is larger than the file");
       }
@@ -127,8 +128,9 @@ SafetensorsHeader ParseSafetensors(const uint8_t* bytes, size_t size, const std:
     t.nbytes = end - begin;
     h.tensors.push_back(std::move(t));
   }
-  std::sort(h.tensors.begin(), h.tensors.end(),
-            [](const TensorInfo& a, const TensorInfo& b) { return a.offset < b.offset; });
+  std::sort(h.tensors.begin(), h.tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
+    return a.offset < b.offset || (a.offset == b.offset && a.nbytes < b.nbytes);
+  });
   for (size_t i = 1; i < h.tensors.size(); ++i) {
     const TensorInfo& prev = h.tensors[i - 1];
     if (h.tensors[i].offset < prev.offset + prev.nbytes) {

@@ -53,6 +53,11 @@ LlamaConfig ParseConfig(const std::string& json_text, const std::string& what) {
   if (auto rs = j.find("rope_scaling"); rs != j.end() && !rs->is_null()) {
     Fail(what + ": rope_scaling is not supported");
   }
+  for (const char* bias : {"attention_bias", "mlp_bias"}) {
+    if (auto b = j.find(bias); b != j.end() && b->is_boolean() && b->get<bool>()) {
+      Fail(what + ": '" + bias + "' is true; biases on the projections are not supported");
+    }
+  }
   if (auto act = j.find("hidden_act"); act != j.end() && act->is_string() && *act != "silu") {
     Fail(what + ": hidden_act '" + act->get<std::string>() +
          "' is not supported (expected 'silu')");
@@ -73,8 +78,13 @@ LlamaConfig ParseConfig(const std::string& json_text, const std::string& what) {
   }
   if (auto b = j.find("bos_token_id"); b != j.end() && b->is_number_integer())
     c.bos_id = b->get<int>();
-  if (auto e = j.find("eos_token_id"); e != j.end() && e->is_number_integer())
-    c.eos_id = e->get<int>();
+  if (auto e = j.find("eos_token_id"); e != j.end()) {
+    if (e->is_number_integer()) {
+      c.eos_id = e->get<int>();
+    } else if (e->is_array() && !e->empty() && (*e)[0].is_number_integer()) {
+      c.eos_id = (*e)[0].get<int>();  // several end tokens (Llama 3): the first stops generation
+    }
+  }
   if (auto d = j.find("torch_dtype"); d != j.end() && d->is_string())
     c.torch_dtype = d->get<std::string>();
 
@@ -93,8 +103,16 @@ LlamaConfig ParseConfig(const std::string& json_text, const std::string& what) {
     Fail(what + ": num_key_value_heads " + std::to_string(c.n_kv_heads) +
          " does not divide num_attention_heads " + std::to_string(c.n_heads));
   }
-  if (c.bos_id >= c.vocab || c.eos_id >= c.vocab)
+  if (c.bos_id < 0 || c.eos_id < 0 || c.bos_id >= c.vocab || c.eos_id >= c.vocab) {
     Fail(what + ": bos/eos token id outside the vocabulary");
+  }
+  // Bounds that keep every size computed from the config far from integer overflow.
+  constexpr int64_t kMaxDim = int64_t{1} << 20;
+  if (int64_t{c.n_heads} * c.head_dim > kMaxDim || c.hidden > kMaxDim || c.intermediate > kMaxDim ||
+      c.vocab > (int64_t{1} << 24) || int64_t{c.max_pos} * c.head_dim > (int64_t{1} << 28) ||
+      c.n_layers > 4096) {
+    Fail(what + ": dimensions are implausibly large");
+  }
   return c;
 }
 

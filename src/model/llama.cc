@@ -96,9 +96,9 @@ void LlamaModel::Forward(const Batch& batch, KvCache& cache, std::vector<float>*
   Resize(v_, T * KV);
   Resize(att_, T * Q);
   Resize(h1_, T * std::max(F, C));
-  Resize(h2_, T * F);
+  Resize(h2_, T * std::max(F, C));  // up (T, F), then down's output (T, C)
   int64_t longest = 0;
-  for (const Run& r : runs) longest = std::max(longest, r.n * (r.p0 + r.n));
+  for (const Run& r : runs) longest = std::max(longest, std::min<int64_t>(r.n, 64) * (r.p0 + r.n));
   const int threads = omp_get_max_threads();
   Resize(scratch_, longest * threads);
 

@@ -5,7 +5,12 @@
 
 namespace tinylora {
 
-int Sampler::Sample(const float* logits, int vocab) {
+int Sampler::Sample(const float* raw, int vocab) {
+  // NaN would break the ordering below: it ranks last, like -inf.
+  clean_.assign(raw, raw + vocab);
+  for (float& x : clean_)
+    if (std::isnan(x)) x = -INFINITY;
+  const float* logits = clean_.data();
   int best = 0;
   for (int i = 1; i < vocab; ++i)
     if (logits[i] > logits[best]) best = i;

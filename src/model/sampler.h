@@ -25,6 +25,7 @@ class Sampler {
   SamplerOptions o_;
   std::mt19937_64 rng_;
   std::vector<std::pair<float, int>> cand_;
+  std::vector<float> clean_;
 };
 
 }  // namespace tinylora

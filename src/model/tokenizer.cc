@@ -36,31 +36,42 @@ int Tokenizer::bos_id() const { return sp_->bos_id(); }
 int Tokenizer::eos_id() const { return sp_->eos_id(); }
 
 namespace {
-// Length of the longest prefix of s that does not end inside a UTF-8 sequence.
-size_t CompleteUtf8Prefix(const std::string& s) {
+// Length of the prefix of s without a trailing run of U+FFFD (what SentencePiece makes of
+// byte pieces that do not yet form a character) or a trailing incomplete UTF-8 sequence.
+size_t StablePrefix(const std::string& s) {
+  static const std::string kReplacement = "\xEF\xBF\xBD";
   size_t n = s.size();
+  while (n >= 3 && s.compare(n - 3, 3, kReplacement) == 0) n -= 3;
   size_t back = 0;
   while (back < 4 && back < n && (static_cast<unsigned char>(s[n - 1 - back]) & 0xC0) == 0x80)
     ++back;
   if (back == n) return n;
   const unsigned char lead = static_cast<unsigned char>(s[n - 1 - back]);
-  size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+  const size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
   return back + 1 >= need ? n : n - back - 1;
 }
 }  // namespace
 
 void TextStreamer::Prime(const std::vector<int>& ids) {
   ids_ = ids;
-  emitted_ = CompleteUtf8Prefix(tok_.Decode(ids_));
+  emitted_ = tok_.Decode(ids_).size();
 }
 
 std::string TextStreamer::Push(int id) {
   ids_.push_back(id);
   const std::string text = tok_.Decode(ids_);
-  const size_t ready = CompleteUtf8Prefix(text);
+  const size_t ready = StablePrefix(text);
   if (ready <= emitted_) return "";
   std::string out = text.substr(emitted_, ready - emitted_);
   emitted_ = ready;
+  return out;
+}
+
+std::string TextStreamer::Finish() {
+  const std::string text = tok_.Decode(ids_);
+  if (text.size() <= emitted_) return "";
+  std::string out = text.substr(emitted_);
+  emitted_ = text.size();
   return out;
 }
 

@@ -26,13 +26,16 @@ class Tokenizer {
 };
 
 // Streams text as ids arrive: each Push returns the new text that decoding all ids so far
-// adds, holding back incomplete UTF-8 (byte-fallback pieces arrive one byte at a time).
+// adds, holding back an unfinished character: byte-fallback pieces arrive one byte at a time
+// and decode to U+FFFD until the sequence is complete.
 class TextStreamer {
  public:
   explicit TextStreamer(const Tokenizer& tok) : tok_(tok) {}
   // Ids already shown (the prompt): later text continues from them without being repeated.
   void Prime(const std::vector<int>& ids);
   std::string Push(int id);
+  // Whatever is still held back (an unfinished byte sequence at the end of generation).
+  std::string Finish();
 
  private:
   const Tokenizer& tok_;

@@ -38,8 +38,10 @@ void SaveCheckpoint(const std::string& out_dir, const ParamBlock& params, AdamW&
   WriteFileAtomic(JoinPath(tmp, "state.json"), j.dump(2) + "\n");
   FsyncDirectory(tmp);
   // Swap in: checkpoint -> checkpoint.old, tmp -> checkpoint, drop old.
-  fs::remove_all(old, ec);
+  // When only checkpoint.old exists (a crash between the renames), it is the last good one:
+  // keep it until the new checkpoint is in place.
   if (IsDirectory(final_dir)) {
+    fs::remove_all(old, ec);
     fs::rename(final_dir, old, ec);
     if (ec) FailRuntime(final_dir + ": cannot move aside: " + ec.message());
   }

@@ -1,6 +1,8 @@
 #include "train/trainable.h"
 
 #include <cmath>
+#include <cstdio>
+#include <nlohmann/json.hpp>
 
 #include "util/file.h"
 #include "util/half.h"
@@ -72,8 +74,8 @@ float NormalAt(uint64_t key, int64_t i, float std) {
 
 }  // namespace
 
-std::unique_ptr<TrainableBase> MakeTrainable(const ModelWeights& source) {
-  auto t = Allocate(source.config, /*with_grads=*/true);
+std::unique_ptr<TrainableBase> MakeTrainable(const ModelWeights& source, bool with_grads) {
+  auto t = Allocate(source.config, with_grads);
   t->weights.dir = source.dir;
   // Source tensors in the order of ModelTensorSpecs.
   std::vector<const Tensor*> src = {&source.embed};
@@ -129,6 +131,19 @@ void SaveModel(const TrainableBase& base, const std::string& dir, DType dtype) {
   c.torch_dtype = dtype == DType::kBF16 ? "bfloat16" : "float32";
   WriteSafetensors(JoinPath(dir, "model.safetensors"), tensors, {{"format", "pt"}});
   WriteFileAtomic(JoinPath(dir, "config.json"), ConfigToJson(c));
+  // A sharded checkpoint previously in `dir` would take precedence over the new file.
+  const std::string index = JoinPath(dir, "model.safetensors.index.json");
+  if (FileExists(index)) {
+    auto j = nlohmann::json::parse(ReadTextFile(index), nullptr, false);
+    std::remove(index.c_str());
+    if (j.is_object() && j.contains("weight_map") && j["weight_map"].is_object()) {
+      for (const auto& [name, file] : j["weight_map"].items()) {
+        if (file.is_string() && file.get<std::string>().find('/') == std::string::npos) {
+          std::remove(JoinPath(dir, file.get<std::string>()).c_str());
+        }
+      }
+    }
+  }
 }
 
 }  // namespace tinylora

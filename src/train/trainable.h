@@ -18,7 +18,7 @@ struct TrainableBase {
 };
 
 // Copies (widening BF16 to F32) every tensor of `source` into a fresh TrainableBase.
-std::unique_ptr<TrainableBase> MakeTrainable(const ModelWeights& source);
+std::unique_ptr<TrainableBase> MakeTrainable(const ModelWeights& source, bool with_grads = true);
 
 // A randomly initialised model: matrices N(0, 0.02²) (HF's initializer_range), norms 1, drawn
 // from a counter-based hash so the values depend on the seed only, not the thread count.
