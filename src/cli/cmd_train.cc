@@ -32,6 +32,7 @@ struct CommonTrainOptions {
   int64_t warmup = 0, eval_every = 0, save_every = 0, log_every = 1, eval_batches = 16;
   uint64_t seed = 0;
   bool resume = false, checkpoint_activations = false;
+  int64_t stop_after = 0;
   int threads = 0;
 };
 
@@ -73,6 +74,9 @@ void AddCommonFlags(CLI::App* cmd, CommonTrainOptions* o) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--seed", o->seed, "seed of initialisation, data order and dropout");
   cmd->add_flag("--resume", o->resume, "continue from OUT/checkpoint");
+  cmd->add_option("--stop-after", o->stop_after,
+                  "stop as on SIGINT after N steps of this run (checkpoint saved; time-boxed jobs)")
+      ->check(CLI::PositiveNumber);
   cmd->add_flag("--checkpoint-activations", o->checkpoint_activations,
                 "recompute each block in backward instead of storing its activations");
   AddThreadsOption(cmd, &o->threads);
@@ -146,6 +150,7 @@ TrainerOptions MakeTrainerOptions(const CommonTrainOptions& o, const TokenCache&
   t.log_every = o.log_every;
   t.seed = o.seed;
   t.resume = o.resume;
+  t.stop_after = o.stop_after;
   t.out = o.out;
   run["batch_size"] = o.batch_size;
   run["seq_len"] = o.seq_len;

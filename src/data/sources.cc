@@ -93,41 +93,70 @@ std::string JsonErrorText(const char* what) {
   return tag == std::string::npos ? s : s.substr(tag + 2);
 }
 
+// Where a piece of `s` that starts at `begin` ends, given that s holds more than `limit` bytes
+// from there: after the last line break within `limit` bytes, else at a character boundary.
+size_t PieceEnd(const std::string& s, size_t begin, size_t limit) {
+  const size_t end = begin + limit;  // < s.size()
+  const size_t nl = s.rfind('\n', end - 1);
+  if (nl != std::string::npos && nl >= begin) return nl + 1;
+  size_t cut = end;  // back up over UTF-8 continuation bytes so s[cut] starts a character
+  for (int k = 0; k < 3 && cut > begin + 1 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80;
+       ++k) {
+    --cut;
+  }
+  return cut;
+}
+
+// Passes `doc` on, cut into pieces of at most `piece_bytes` of text when it is longer.
+void EmitPieces(Document& doc, size_t piece_bytes, const std::function<void(Document&)>& fn) {
+  if (doc.text.size() <= piece_bytes) {
+    fn(doc);
+    return;
+  }
+  const std::string text = std::move(doc.text);
+  for (size_t pos = 0; pos < text.size();) {
+    const size_t cut =
+        text.size() - pos <= piece_bytes ? text.size() : PieceEnd(text, pos, piece_bytes);
+    Document piece;
+    if (pos == 0) piece.prompt = std::move(doc.prompt);
+    piece.text = text.substr(pos, cut - pos);
+    piece.continuation = doc.continuation || pos > 0;
+    fn(piece);
+    pos = cut;
+  }
+}
+
+// A plain text file is one document, read and passed on in pieces (so it may exceed memory).
 void ReadPlainText(const SourceFile& file, const std::function<void(Document&)>& fn,
                    size_t piece_bytes) {
   std::ifstream in(file.path, std::ios::binary);
   if (!in) Fail(file.path + ": cannot open: " + std::strerror(errno));
-  std::string carry, block(piece_bytes, '\0');
-  bool first = true;
-  for (bool eof = false; !eof;) {
-    in.read(block.data(), static_cast<std::streamsize>(block.size()));
-    const size_t got = static_cast<size_t>(in.gcount());
-    if (in.bad()) Fail(file.path + ": read error");
-    eof = got < block.size();
-    Document doc;
-    doc.text = std::move(carry);
-    carry.clear();
-    doc.text.append(block, 0, got);
-    if (!eof) {  // end the piece after its last line break, else at a UTF-8 boundary
-      size_t cut = doc.text.rfind('\n');
-      if (cut != std::string::npos) {
-        ++cut;
-      } else {
-        cut = doc.text.size();
-        for (int k = 0;
-             k < 3 && cut > 1 && (static_cast<unsigned char>(doc.text[cut - 1]) & 0xC0) == 0x80;
-             ++k) {
-          --cut;
-        }
-        if (cut > 1 && static_cast<unsigned char>(doc.text[cut - 1]) >= 0xC0) --cut;
-      }
-      carry = doc.text.substr(cut);
-      doc.text.resize(cut);
+  const size_t read_bytes = std::max(piece_bytes, size_t{1} << 20);
+  std::string buf;
+  size_t pos = 0;  // buf[pos, size) is not passed on yet
+  bool eof = false, first = true;
+  for (;;) {
+    if (!eof && buf.size() - pos <= piece_bytes) {
+      buf.erase(0, pos);
+      pos = 0;
+      const size_t old = buf.size();
+      buf.resize(old + read_bytes);
+      in.read(buf.data() + old, static_cast<std::streamsize>(read_bytes));
+      const size_t got = static_cast<size_t>(in.gcount());
+      if (in.bad()) Fail(file.path + ": read error");
+      buf.resize(old + got);
+      eof = got < read_bytes;
+      continue;
     }
-    if (doc.text.empty()) continue;
-    doc.continuation = !first;
+    if (pos == buf.size()) break;
+    const size_t cut =
+        buf.size() - pos <= piece_bytes ? buf.size() : PieceEnd(buf, pos, piece_bytes);
+    Document piece;
+    piece.text = buf.substr(pos, cut - pos);
+    piece.continuation = !first;
     first = false;
-    fn(doc);
+    fn(piece);
+    pos = cut;
   }
 }
 
@@ -139,7 +168,8 @@ const std::string& StringField(const nlohmann::json& j, const char* key, const s
   return v.get_ref<const std::string&>();
 }
 
-void ReadJsonl(const SourceFile& file, const std::function<void(Document&)>& fn) {
+void ReadJsonl(const SourceFile& file, const std::function<void(Document&)>& fn,
+               size_t piece_bytes) {
   std::ifstream in(file.path, std::ios::binary);
   if (!in) Fail(file.path + ": cannot open: " + std::strerror(errno));
   std::string line;
@@ -172,7 +202,7 @@ void ReadJsonl(const SourceFile& file, const std::function<void(Document&)>& fn)
       Fail(where + ": no \"text\" field and no \"prompt\" and \"completion\" fields");
     }
     if (doc.prompt.empty() && doc.text.empty()) continue;
-    fn(doc);
+    EmitPieces(doc, piece_bytes, fn);
   }
   if (in.bad()) Fail(file.path + ": read error");
 }
@@ -207,7 +237,7 @@ void ReadDocuments(const std::vector<SourceFile>& files, const std::function<voi
                    size_t piece_bytes) {
   for (const SourceFile& f : files) {
     if (IsJsonl(f.path)) {
-      ReadJsonl(f, fn);
+      ReadJsonl(f, fn, std::max<size_t>(piece_bytes, 8));
     } else {
       ReadPlainText(f, fn, std::max<size_t>(piece_bytes, 8));
     }

@@ -171,6 +171,7 @@ TrainSummary Trainer::Run() {
     nlohmann::json line = {
         {"step", step},      {"loss", loss},           {"lr", lr},
         {"grad_norm", norm}, {"tokens", state.tokens}, {"tokens_per_s", tokens / dt}};
+    if (o_.stop_after > 0 && step - start_step >= o_.stop_after) g_stop = 1;
     const bool last = step == o_.steps || g_stop;
     if ((o_.eval_every > 0 && step % o_.eval_every == 0) || (last && val_ != nullptr)) {
       if (val_ != nullptr) {

@@ -1,0 +1,228 @@
+// Training as a user runs it: train / pretrain / merge end to end, exact resume, a clean stop
+// on SIGTERM, and one clear error for each bad input.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "test_util.h"
+#include "util/file.h"
+
+namespace tinylora {
+namespace {
+
+using test::RunCli;
+
+// A tiny model with a tokenizer, and some text to train on.
+struct TrainSetup {
+  test::TempDir tmp;
+  std::string model, data;
+  TrainSetup() {
+    const std::string tok = test::TrainTinyTokenizer(tmp.path(), 300);
+    auto j = nlohmann::json::parse(ReadTextFile(test::FixturePath("forward/gqa/config.json")));
+    j["vocab_size"] = 300;
+    test::WriteFile(tmp / "config.json", j.dump());
+    model = tmp / "model";
+    EXPECT_EQ(RunCli({"init", "--config", tmp / "config.json", "--out", model, "--tokenizer", tok,
+                      "--seed", "1"})
+                  .exit_code,
+              0);
+    data = tmp / "data.jsonl";
+    std::string lines;
+    for (int i = 0; i < 60; ++i) {
+      lines += "{\"text\": \"the quick brown fox " + std::to_string(i % 7) +
+               " jumps over the lazy dog\"}\n";
+    }
+    test::WriteFile(data, lines);
+  }
+};
+
+std::vector<double> Losses(const std::string& metrics) {
+  std::vector<double> out;
+  std::istringstream in(ReadTextFile(metrics));
+  for (std::string line; std::getline(in, line);)
+    out.push_back(nlohmann::json::parse(line)["loss"].get<double>());
+  return out;
+}
+
+std::vector<std::string> TrainArgs(const TrainSetup& s, const std::string& out,
+                                   const std::string& steps) {
+  return {"train",   "--model",   s.model,        "--data", s.data,         "--out",    out,
+          "--steps", steps,       "--batch-size", "2",      "--seq-len",    "16",       "--rank",
+          "4",       "--targets", "all-linear",   "--lr",   "1e-2",         "--warmup", "2",
+          "--seed",  "3",         "--dropout",    "0.1",    "--grad-accum", "2"};
+}
+
+TEST(TrainCli, LoraTrainsAndIsUsedByEvalGenerateAndMerge) {
+  TrainSetup s;
+  test::CliResult r = RunCli(TrainArgs(s, s.tmp / "out", "12"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto summary = nlohmann::json::parse(r.out);
+  EXPECT_EQ(summary["steps"].get<int>(), 12);
+  const std::vector<double> losses = Losses(s.tmp / "out/metrics.jsonl");
+  ASSERT_EQ(losses.size(), 12u);
+  EXPECT_LT(losses.back(), losses.front() - 0.2);  // it learns (a random base caps how far)
+  for (const char* f :
+       {"adapter_config.json", "adapter_model.safetensors", "loss.svg", "checkpoint/state.json"}) {
+    EXPECT_TRUE(FileExists(s.tmp / (std::string("out/") + f))) << f;
+  }
+  EXPECT_NE(ReadTextFile(s.tmp / "out/loss.svg").find("<polyline"), std::string::npos);
+  // The adapter changes eval, and merging it gives the same loss as applying it.
+  test::WriteFile(s.tmp / "held.txt", "the quick brown fox 3 jumps over the lazy dog\n");
+  auto eval = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {"eval", "--data", s.tmp / "held.txt"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    test::CliResult e = RunCli(args);
+    EXPECT_EQ(e.exit_code, 0) << e.err;
+    return nlohmann::json::parse(e.out)["loss"].get<double>();
+  };
+  const double base = eval({"--model", s.model});
+  const double adapted = eval({"--model", s.model, "--adapter", s.tmp / "out"});
+  EXPECT_LT(adapted, base - 0.2);
+  r = RunCli({"merge", "--model", s.model, "--adapter", s.tmp / "out", "--out", s.tmp / "merged"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NEAR(eval({"--model", s.tmp / "merged"}), adapted, 1e-4);
+  r = RunCli({"generate", "--model", s.model, "--adapter", s.tmp / "out", "--prompt", "the quick",
+              "--greedy", "--max-new-tokens", "6"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+}
+
+TEST(TrainCli, ResumeEqualsUninterrupted) {
+  TrainSetup s;
+  ASSERT_EQ(RunCli(TrainArgs(s, s.tmp / "full", "8")).exit_code, 0);
+  std::vector<std::string> first = TrainArgs(s, s.tmp / "split", "8");
+  first.insert(first.end(), {"--stop-after", "3"});
+  test::CliResult r = RunCli(first);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(nlohmann::json::parse(r.out)["stopped_by_signal"].get<bool>());
+  std::vector<std::string> second = TrainArgs(s, s.tmp / "split", "8");
+  second.push_back("--resume");
+  r = RunCli(second);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Losses(s.tmp / "split/metrics.jsonl"), Losses(s.tmp / "full/metrics.jsonl"));
+  EXPECT_EQ(ReadTextFile(s.tmp / "split/adapter_model.safetensors"),
+            ReadTextFile(s.tmp / "full/adapter_model.safetensors"));
+  // Other options than the checkpoint's are refused.
+  second[std::find(second.begin(), second.end(), "--seed") - second.begin() + 1] = "4";
+  r = RunCli(second);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("other options"), std::string::npos) << r.err;
+}
+
+TEST(TrainCli, SigtermSavesAndExitsCleanly) {
+  TrainSetup s;
+  std::vector<std::string> args = TrainArgs(s, s.tmp / "out", "100000");
+  pid_t pid = fork();
+  if (pid == 0) {
+    std::vector<char*> argv;
+    std::string bin = TINYLORA_BINARY;
+    argv.push_back(bin.data());
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    freopen("/dev/null", "w", stdout);
+    freopen("/dev/null", "w", stderr);
+    execv(bin.c_str(), argv.data());
+    _exit(127);
+  }
+  const std::string metrics = s.tmp / "out/metrics.jsonl";
+  for (int i = 0; i < 600 && (!FileExists(metrics) || ReadTextFile(metrics).size() < 10); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  auto state = nlohmann::json::parse(ReadTextFile(s.tmp / "out/checkpoint/state.json"));
+  EXPECT_GE(state["step"].get<int>(), 1);
+  EXPECT_TRUE(FileExists(s.tmp / "out/adapter_model.safetensors"));
+}
+
+TEST(TrainCli, PretrainFromScratchLearns) {
+  TrainSetup s;
+  test::CliResult r = RunCli({"pretrain",
+                              "--config",
+                              s.tmp / "config.json",
+                              "--tokenizer",
+                              s.model + "/tokenizer.model",
+                              "--data",
+                              s.data,
+                              "--out",
+                              s.tmp / "pre",
+                              "--steps",
+                              "15",
+                              "--batch-size",
+                              "2",
+                              "--seq-len",
+                              "16",
+                              "--lr",
+                              "1e-2",
+                              "--eval-every",
+                              "5",
+                              "--val-fraction",
+                              "0.2",
+                              "--checkpoint-activations"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_TRUE(j.contains("val_loss"));
+  const std::vector<double> losses = Losses(s.tmp / "pre/metrics.jsonl");
+  EXPECT_LT(losses.back(), losses.front() - 1.0);
+  r = RunCli({"generate", "--model", s.tmp / "pre", "--prompt", "the", "--max-new-tokens", "4"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+}
+
+void ExpectBad(const std::vector<std::string>& args, const std::string& needle) {
+  test::CliResult r = RunCli(args);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find(needle), std::string::npos) << "expected '" << needle << "' in: " << r.err;
+  EXPECT_EQ(r.err.find("error:"), r.err.rfind("error:")) << "more than one error line: " << r.err;
+}
+
+TEST(TrainCli, BadInputs) {
+  TrainSetup s;
+  auto args = [&](const std::string& data, const std::string& seq) {
+    return std::vector<std::string>{"train", "--model",      s.model,   "--data", data,
+                                    "--out", s.tmp / "o",    "--steps", "2",      "--seq-len",
+                                    seq,     "--batch-size", "1"};
+  };
+  ExpectBad(args(s.tmp / "missing.txt", "16"), "missing.txt");
+  test::WriteFile(s.tmp / "empty.txt", "");
+  ExpectBad(args(s.tmp / "empty.txt", "16"), "no training data");
+  test::WriteFile(s.tmp / "bad.jsonl", "{\"text\": \"fine\"}\n{\"text\": 5}\n");
+  ExpectBad(args(s.tmp / "bad.jsonl", "16"), ":2");
+  test::WriteFile(s.tmp / "bad2.jsonl", "{\"text\": \"fine\"}\n\n{not json\n");
+  ExpectBad(args(s.tmp / "bad2.jsonl", "16"), ":3");
+  ExpectBad(args(s.data, "65"), "longer than the model's context");
+  std::vector<std::string> t = args(s.data, "16");
+  t.insert(t.end(), {"--targets", "q_proj,bogus"});
+  ExpectBad(t, "unknown target module 'bogus'");
+  // An adapter trained for another base shape is refused on load.
+  ASSERT_EQ(RunCli(TrainArgs(s, s.tmp / "ad", "1")).exit_code, 0);
+  auto j = nlohmann::json::parse(ReadTextFile(s.tmp / "config.json"));
+  j["hidden_size"] = 32;
+  j["num_attention_heads"] = 2;
+  j["num_key_value_heads"] = 1;
+  test::WriteFile(s.tmp / "other.json", j.dump());
+  ASSERT_EQ(RunCli({"init", "--config", s.tmp / "other.json", "--out", s.tmp / "other"}).exit_code,
+            0);
+  ExpectBad(
+      {"eval", "--model", s.tmp / "other", "--token-ids", s.tmp / "ids", "--adapter", s.tmp / "ad"},
+      "");
+  test::WriteFile(s.tmp / "ids", "1 2 3\n");
+  ExpectBad(
+      {"eval", "--model", s.tmp / "other", "--token-ids", s.tmp / "ids", "--adapter", s.tmp / "ad"},
+      "maybe wrong base model?");
+  ExpectBad({"train", "--model", s.model, "--data", s.data, "--out", s.tmp / "nock", "--steps", "2",
+             "--seq-len", "16", "--resume"},
+            "holds no checkpoint");
+}
+
+}  // namespace
+}  // namespace tinylora
