@@ -9,6 +9,7 @@
 #include "ops/loss.h"
 #include "ops/ops.h"
 #include "test_util.h"
+#include "train/optimizer.h"
 #include "train/trainable.h"
 #include "util/error.h"
 
@@ -238,6 +239,48 @@ TEST(OpGradients, RopeSwiGluAttentionCrossEntropy) {
   EXPECT_NEAR(total, ce_loss(), 1e-5);
   for (int64_t j = 0; j < V; ++j) EXPECT_EQ(grad[1 * V + j], 0.0f);  // masked row
   CheckOp(logits, grad, ce_loss, 1e-3);
+}
+
+}  // namespace
+}  // namespace tinylora
+
+namespace tinylora {
+namespace {
+
+TEST(Training, TinyModelOverfitsOneBatch) {
+  auto src = ModelWeights::Load(test::FixturePath("forward/gqa"));
+  auto base = MakeTrainable(*src);
+  TrainModel model(base->weights, &base->grads, nullptr, 2, 7, false);
+  AdamW adam(&base->params);
+  AdamWOptions o;
+  std::vector<int32_t> in = {5, 9, 14, 2, 77, 31, 8, 40, 41, 42, 43, 44, 45, 46};
+  std::vector<int32_t> tgt = {9, 14, 2, 77, 31, 8, 60, 41, 42, 43, 44, 45, 46, 47};
+  std::vector<uint8_t> mask(14, 1);
+  double first = 0, last = 0;
+  for (int step = 1; step <= 150; ++step) {
+    base->params.ZeroGrads();
+    last = model.ForwardBackward(in.data(), tgt.data(), mask.data(), 1.0f / 14, 0) / 14;
+    if (step == 1) first = last;
+    ClipGradNorm(base->params, 1.0);
+    adam.Step(o, 1e-2, step);
+  }
+  EXPECT_GT(first, 3.0);
+  EXPECT_LT(last, 0.05);
+}
+
+TEST(Training, ScheduleWarmsUpThenDecays) {
+  Schedule s;
+  s.lr = 1.0;
+  s.warmup = 10;
+  s.total = 110;
+  EXPECT_DOUBLE_EQ(s.At(5), 0.5);
+  EXPECT_DOUBLE_EQ(s.At(10), 1.0);
+  EXPECT_NEAR(s.At(60), 0.5, 1e-12);  // cosine midpoint
+  EXPECT_NEAR(s.At(110), 0.0, 1e-12);
+  s.kind = "linear";
+  s.min_lr_ratio = 0.1;
+  EXPECT_NEAR(s.At(60), 0.55, 1e-12);
+  EXPECT_NEAR(s.At(110), 0.1, 1e-12);
 }
 
 }  // namespace

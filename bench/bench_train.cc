@@ -1,0 +1,171 @@
+// LoRA training (and pretraining) speed of a model directory, against this machine's sgemm
+// ceiling measured in the same run (DESIGN.md §6). One step = forward + backward + AdamW.
+//   achieved GFLOP/s = useful FLOPs per step / step time; FLOPs: forward 2·N·P over every
+//   matrix (P = its parameters), backward 2·N·P for dX (+2·N·P for dW when pretraining),
+//   causal attention 4·B·NH·HD·T²/2 forward and twice that backward, LoRA terms included.
+// Usage: bench_train MODEL_DIR [--batch B] [--seq T] [--targets q_proj,v_proj|all-linear]
+//                   [--rank R] [--steps N] [--pretrain] [--checkpoint-activations] [--threads N]
+// Table on stderr, one JSON line on stdout.
+#include <omp.h>
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+
+#include "adapters/lora.h"
+#include "ceilings.h"
+#include "train/optimizer.h"
+#include "train/trainable.h"
+#include "util/error.h"
+
+extern "C" void openblas_set_num_threads(int);
+
+namespace tinylora {
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+int Main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr,
+                 "usage: bench_train MODEL_DIR [--batch B] [--seq T] [--targets T] [--rank R] "
+                 "[--steps N] [--pretrain] [--checkpoint-activations] [--threads N]\n");
+    return 2;
+  }
+  const std::string dir = argv[1];
+  int B = 1, T = 256, rank = 8, steps = 3, threads = omp_get_num_procs();
+  std::string targets = "q_proj,v_proj";
+  bool pretrain = false, checkpoint = false;
+  for (int i = 2; i < argc; ++i) {
+    const std::string f = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) Fail(f + " needs a value");
+      return argv[++i];
+    };
+    if (f == "--batch")
+      B = std::atoi(value().c_str());
+    else if (f == "--seq")
+      T = std::atoi(value().c_str());
+    else if (f == "--targets")
+      targets = value();
+    else if (f == "--rank")
+      rank = std::atoi(value().c_str());
+    else if (f == "--steps")
+      steps = std::atoi(value().c_str());
+    else if (f == "--threads")
+      threads = std::atoi(value().c_str());
+    else if (f == "--pretrain")
+      pretrain = true;
+    else if (f == "--checkpoint-activations")
+      checkpoint = true;
+    else
+      Fail("unknown flag " + f);
+  }
+  omp_set_num_threads(threads);
+  openblas_set_num_threads(threads);
+
+  auto w = ModelWeights::Load(dir);
+  const LlamaConfig& c = w->config;
+  std::unique_ptr<TrainableBase> base;
+  std::unique_ptr<Adapter> adapter;
+  ParamBlock* params = nullptr;
+  if (pretrain) {
+    base = MakeTrainable(*w);
+    params = &base->params;
+  } else {
+    AdapterConfig ac;
+    ac.r = rank;
+    ac.alpha = 2.0 * rank;
+    ac.targets = ParseTargets(targets, "--targets");
+    adapter = Adapter::Create(c, ac, 1, true);
+    params = &adapter->params();
+  }
+  const ModelWeights& mw = pretrain ? base->weights : *w;
+  TrainModel model(mw, pretrain ? &base->grads : nullptr, adapter.get(), B, T, checkpoint);
+  AdamW adam(params);
+  AdamWOptions ao;
+
+  // sgemm ceiling at the training shapes: forward x·Wᵀ of every distinct matrix, N = B·T rows.
+  const int64_t N = static_cast<int64_t>(B) * T, C = c.hidden, F = c.intermediate;
+  const std::vector<bench::GemmShape> shapes = {
+      {N, c.q_dim(), C}, {N, c.kv_dim(), C}, {N, c.kv_dim(), C}, {N, C, c.q_dim()},
+      {N, F, C},         {N, F, C},          {N, C, F},          {N, c.vocab, C}};
+  const double sgemm = bench::SgemmGflops(shapes, 2);
+
+  std::mt19937 rng(7);
+  std::vector<int32_t> in(static_cast<size_t>(N)), tgt(in.size());
+  std::vector<uint8_t> mask(in.size(), 1);
+  for (auto& x : in) x = static_cast<int32_t>(rng() % static_cast<uint32_t>(c.vocab));
+  for (auto& x : tgt) x = static_cast<int32_t>(rng() % static_cast<uint32_t>(c.vocab));
+  double best = 1e30, total = 0;
+  for (int s = 0; s <= steps; ++s) {  // step 0 warms up (page faults of the map, first touches)
+    const double t0 = Now();
+    params->ZeroGrads();
+    model.ForwardBackward(in.data(), tgt.data(), mask.data(), 1.0f / static_cast<float>(N), 0);
+    ClipGradNorm(*params, 1.0);
+    adam.Step(ao, 1e-4, s + 1);
+    const double dt = Now() - t0;
+    if (s > 0) best = std::min(best, dt), total += dt;
+  }
+  const double mean = total / steps;
+
+  double matrix_params = 0;
+  for (const auto& l : w->layers)
+    for (const Tensor* t : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down})
+      matrix_params += static_cast<double>(t->numel());
+  const double head = static_cast<double>(w->lm_head.numel());
+  const double lora = pretrain ? 0 : static_cast<double>(adapter->ParamCount());
+  const double attn = 2.0 * 2.0 * c.n_layers * B * c.n_heads * c.head_dim * (T * (T + 1) / 2.0);
+  double flops = 2.0 * N * (matrix_params + head + lora) + attn;  // forward
+  flops +=
+      2.0 * N * (matrix_params + head) + 2.0 * attn + 4.0 * N * lora;  // backward dX, LoRA dA dB
+  if (pretrain) flops += 2.0 * N * (matrix_params + head);             // dW
+  const double gflops = flops / mean / 1e9;
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  const double rss_mb = static_cast<double>(ru.ru_maxrss) / 1024.0;
+  const std::string what = pretrain ? "pretrain" : "LoRA r=" + std::to_string(rank) + " " + targets;
+  std::fprintf(
+      stderr,
+      "%s, %s, B=%d T=%d%s, %d threads\n"
+      "ceiling: sgemm %.1f GFLOP/s at the training shapes\n"
+      "step %.2f s (best %.2f), %.1f tokens/s, %.1f GFLOP/s = %.0f%% of sgemm, peak RSS %.0f MB "
+      "(activations %.0f MB)\n",
+      dir.c_str(), what.c_str(), B, T, checkpoint ? " (checkpointed activations)" : "", threads,
+      sgemm, mean, best, N / mean, gflops, 100 * gflops / sgemm, rss_mb,
+      model.ActivationBytes() / 1e6);
+  nlohmann::json j = {{"model", dir},
+                      {"mode", what},
+                      {"batch", B},
+                      {"seq_len", T},
+                      {"threads", threads},
+                      {"checkpoint_activations", checkpoint},
+                      {"sgemm_gflops", sgemm},
+                      {"step_s", mean},
+                      {"tokens_per_s", N / mean},
+                      {"gflops", gflops},
+                      {"fraction_of_sgemm", gflops / sgemm},
+                      {"peak_rss_mb", rss_mb},
+                      {"activation_bytes", model.ActivationBytes()}};
+  std::cout << j.dump() << std::endl;
+  return 0;
+}
+
+}  // namespace
+}  // namespace tinylora
+
+int main(int argc, char** argv) {
+  try {
+    return tinylora::Main(argc, argv);
+  } catch (const tinylora::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return static_cast<int>(e.code());
+  }
+}
