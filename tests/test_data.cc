@@ -204,30 +204,73 @@ TEST(Sources, PromptCompletionMasksOnlyTheCompletion) {
   EXPECT_EQ(got.tokens.back(), tok.eos_id());
 }
 
-TEST(Sources, LargeTextIsReadInPiecesAtLineBreaks) {
+// Pieces of one document: each at most `limit` bytes, ending after a line break where the span
+// has one, never inside a UTF-8 character; together they are `text`.
+void ExpectPieces(const std::vector<Document>& pieces, const std::string& text, size_t limit) {
+  std::string joined;
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    EXPECT_EQ(pieces[i].continuation, i > 0) << i;
+    EXPECT_LE(pieces[i].text.size(), limit) << i;
+    EXPECT_FALSE(pieces[i].text.empty()) << i;
+    EXPECT_NE(static_cast<unsigned char>(pieces[i].text[0]) & 0xC0, 0x80) << i;
+    if (i + 1 < pieces.size() && pieces[i].text.find('\n') != std::string::npos) {
+      EXPECT_EQ(pieces[i].text.back(), '\n') << i;
+    }
+    if (i > 0) {
+      EXPECT_EQ(pieces[i].prompt, "") << i;
+    }
+    joined += pieces[i].text;
+  }
+  EXPECT_EQ(joined, text);
+}
+
+TEST(Sources, LongTextsComeInPieces) {
   test::TempDir dir;
   std::string text;
   for (int i = 0; i < 50; ++i) text += "line " + std::to_string(i) + " café\n";
-  text += "no newline at the end: ééééééééééééééé";
+  text += "no newline at the end: ";
+  for (int i = 0; i < 60; ++i) text += "é";
   test::WriteFile(dir / "t.txt", text);
   test::WriteFile(dir / "u.txt", "second");
+  const std::string completion = "über\n" + text;
+  test::WriteFile(
+      dir / "p.jsonl",
+      nlohmann::json({{"prompt", "the prompt"}, {"completion", completion}}).dump() + "\n");
   std::vector<Document> docs;
   ReadDocuments(
-      ListSources({dir / "t.txt", dir / "u.txt"}), [&](Document& d) { docs.push_back(d); }, 64);
-  ASSERT_GT(docs.size(), 3u);
-  std::string joined;
-  for (size_t i = 0; i + 1 < docs.size(); ++i) {
-    EXPECT_EQ(docs[i].continuation, i > 0);
-    EXPECT_LE(docs[i].text.size(), 128u);
-    joined += docs[i].text;
-    if (i + 2 < docs.size()) {  // every piece but the last of a file ends a line or a character
-      const unsigned char last = static_cast<unsigned char>(docs[i].text.back());
-      EXPECT_TRUE(last == '\n' || last < 0x80 || (last & 0xC0) == 0x80) << i;
-    }
+      ListSources({dir / "t.txt", dir / "u.txt", dir / "p.jsonl"}),
+      [&](Document& d) { docs.push_back(d); }, 64);
+  size_t u = 0;
+  while (u < docs.size() && docs[u].text != "second") ++u;
+  ASSERT_LT(u, docs.size());
+  ExpectPieces(std::vector<Document>(docs.begin(), docs.begin() + static_cast<long>(u)), text, 64);
+  EXPECT_FALSE(docs[u].continuation);
+  const std::vector<Document> p(docs.begin() + static_cast<long>(u) + 1, docs.end());
+  ASSERT_GT(p.size(), 10u);
+  EXPECT_EQ(p[0].prompt, "the prompt");
+  ExpectPieces(p, completion, 64);
+
+  // In the cache, the pieces make one document: BOS, each piece's tokens, EOS.
+  std::string big;
+  for (int i = 0; big.size() < 3 * kTextPieceBytes; ++i) {
+    big += "the quick brown fox " + std::to_string(i) + (i % 7 == 0 ? "\n" : " ");
   }
-  EXPECT_EQ(joined, text);
-  EXPECT_FALSE(docs.back().continuation);
-  EXPECT_EQ(docs.back().text, "second");
+  test::WriteFile(dir / "big.txt", big);
+  std::vector<Document> pieces;
+  ReadDocuments(ListSources({dir / "big.txt"}), [&](Document& d) { pieces.push_back(d); });
+  ASSERT_GE(pieces.size(), 3u);
+  ExpectPieces(pieces, big, kTextPieceBytes);
+  const Tokenizer tok(TokenizerPath());
+  std::vector<int32_t> want = {tok.bos_id()};
+  for (const Document& d : pieces) {
+    for (int id : tok.Encode(d.text, false)) want.push_back(id);
+  }
+  want.push_back(tok.eos_id());
+  const DataCaches c = OpenOrBuild(Spec(dir, {dir / "big.txt"}));
+  const Stream got = ReadAll(c.train);
+  EXPECT_EQ(got.tokens, want);
+  EXPECT_EQ(c.train.documents(), 1);
+  EXPECT_EQ(std::count(got.mask.begin(), got.mask.end(), 0), 1);  // only the BOS
 }
 
 TEST(Sources, BadJsonlLinesNameFileAndLine) {
@@ -307,6 +350,11 @@ TEST(TokenCache, ReadsHandWrittenU16AndU32) {
             dir /
                 "b.tokens: token id 70000 at position 1 is outside the model's vocabulary of "
                 "32000 (was the data tokenized for another model?)");
+  WriteCache(dir.path(), "c", {1, 0x80000001u}, {0, 1}, 2147483647, /*u32=*/true);
+  EXPECT_NE(ErrorOf([&] {
+              TokenCache(dir.path(), "c").Validate(2147483647);
+            }).find("token id 2147483649 at position 1"),
+            std::string::npos);
 }
 
 TEST(TokenCache, TruncatedOrInconsistentFilesAreRefused) {

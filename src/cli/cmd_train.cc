@@ -106,6 +106,7 @@ Data PrepareData(const CommonTrainOptions& o, const std::string& tokenizer_path,
   d.caches = std::make_unique<DataCaches>(OpenOrBuild(spec));
   if (d.caches->rebuilt) std::fprintf(stderr, "\n");
   d.caches->train.Validate(vocab);
+  if (d.caches->val) d.caches->val->Validate(vocab);
   if (!o.val_data.empty()) {
     CacheSpec vs = spec;
     vs.paths = o.val_data;
@@ -157,6 +158,7 @@ TrainerOptions MakeTrainerOptions(const CommonTrainOptions& o, const TokenCache&
   run["grad_accum"] = o.grad_accum;
   run["seed"] = o.seed;
   run["data"] = o.data;
+  run["train_tokens"] = train.size();  // a resumed run must see the same token stream
   t.run_json = run.dump();
   return t;
 }

@@ -36,7 +36,7 @@ BatchSampler::BatchSampler(const TokenCache& data, int seq_len, uint64_t seed)
   if (seq_len < 1) Fail("--seq-len must be at least 1, got " + std::to_string(seq_len));
   if (data.size() < static_cast<int64_t>(seq_len) + 1) {
     Fail(data.path() + ": data has " + std::to_string(data.size()) +
-         " tokens, fewer than --seq-len + 1 (" + std::to_string(seq_len + 1) + ")");
+         " tokens, fewer than --seq-len + 1 (" + std::to_string(int64_t{seq_len} + 1) + ")");
   }
   windows_ = (data.size() - 1) / seq_len;
   tokens_.resize(static_cast<size_t>(seq_len) + 1);
@@ -82,7 +82,7 @@ std::vector<EvalWindow> EvalWindows(const TokenCache& data, int T) {
   for (int64_t begin = 0; data.size() - begin >= 2; begin += T) {
     EvalWindow w;
     w.begin = begin;
-    w.length = static_cast<int>(std::min<int64_t>(T + 1, data.size() - begin));
+    w.length = static_cast<int>(std::min<int64_t>(int64_t{T} + 1, data.size() - begin));
     windows.push_back(w);
   }
   return windows;

@@ -97,7 +97,7 @@ void TokenCache::Read(int64_t begin, int64_t count, int32_t* tokens, uint8_t* ma
 
 void TokenCache::Validate(int vocab) const {
   for (int64_t i = 0; i < size_; ++i) {
-    const int32_t t = token(i);
+    const int64_t t = static_cast<uint32_t>(token(i));  // u32 ids above 2^31 stay positive
     if (t >= vocab) {
       Fail(tokens_.path() + ": token id " + std::to_string(t) + " at position " +
            std::to_string(i) + " is outside the model's vocabulary of " + std::to_string(vocab) +
