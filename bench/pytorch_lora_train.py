@@ -107,6 +107,9 @@ def main():
     params = list(adapter.values())
     optim = torch.optim.AdamW(params, lr=args.lr)
 
+    print("weights in memory, peak rss %.1f MB" % (resource.getrusage(
+        resource.RUSAGE_SELF).ru_maxrss / 1024.0), file=sys.stderr)
+
     vocab = config["vocab_size"]
     times, losses = [], []
     for step in range(args.warmup + args.steps):
@@ -126,9 +129,10 @@ def main():
         losses.append(loss.item())
         if step >= args.warmup:
             times.append(dt)
-        print("step %d%s: %.3f s, loss %.4f" % (
+        print("step %d%s: %.3f s, loss %.4f, peak rss %.1f MB" % (
             step, " (warm-up)" if step < args.warmup else "", dt,
-            losses[-1]), file=sys.stderr)
+            losses[-1], resource.getrusage(
+                resource.RUSAGE_SELF).ru_maxrss / 1024.0), file=sys.stderr)
     assert all(math.isfinite(x) for x in losses)
 
     step_s = statistics.median(times)
