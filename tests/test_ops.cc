@@ -168,6 +168,21 @@ TEST(SwiGlu, MatchesReferenceOnEveryTarget) {
   });
 }
 
+TEST(SwiGluBackward, MatchesReferenceOnEveryTarget) {
+  std::vector<float> g = Random(1000, 21, 4.0f), u = Random(1000, 22), d = Random(1000, 23);
+  g[0] = -200.0f, g[1] = 200.0f;
+  std::vector<float> rg(1000), ru(1000);
+  SwiGluBackwardReference(d.data(), g.data(), u.data(), 1000, rg.data(), ru.data());
+  ForEachTarget([&] {
+    std::vector<float> dg(1000), du(1000);
+    SwiGluBackward(d.data(), g.data(), u.data(), 1000, dg.data(), du.data());
+    for (int i = 0; i < 1000; ++i) {
+      ASSERT_NEAR(dg[i], rg[i], 1e-5f * (1 + std::fabs(rg[i]))) << i;
+      ASSERT_NEAR(du[i], ru[i], 1e-5f * (1 + std::fabs(ru[i]))) << i;
+    }
+  });
+}
+
 TEST(Softmax, MatchesReferenceOnEveryTarget) {
   ForEachTarget([] {
     for (int64_t n : {1, 3, 16, 17, 300}) {

@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -222,6 +224,24 @@ TEST(TrainCli, BadInputs) {
   ExpectBad({"train", "--model", s.model, "--data", s.data, "--out", s.tmp / "nock", "--steps", "2",
              "--seq-len", "16", "--resume"},
             "holds no checkpoint");
+}
+
+TEST(TrainCli, NonFiniteLossStopsWithTheStepNamed) {
+  TrainSetup s;
+  // Poison the final norm's weights with +inf: the loss is non-finite at step 1.
+  const std::string path = s.model + "/model.safetensors";
+  std::string bytes = ReadTextFile(path);
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(bytes[static_cast<size_t>(i)]);
+  auto header = nlohmann::json::parse(bytes.substr(8, n));
+  const uint64_t begin = header["model.norm.weight"]["data_offsets"][0].get<uint64_t>();
+  const float inf = INFINITY;
+  std::memcpy(&bytes[8 + n + begin], &inf, 4);
+  test::WriteFile(path, bytes);
+  test::CliResult r = RunCli(TrainArgs(s, s.tmp / "out", "3"));
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("non-finite loss at step 1"), std::string::npos) << r.err;
+  EXPECT_FALSE(FileExists(s.tmp / "out/adapter_model.safetensors"));  // nothing bogus written
 }
 
 }  // namespace

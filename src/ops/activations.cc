@@ -30,6 +30,29 @@ void SwiGluImpl(const float* gate, const float* up, int64_t n, float* out) {
   for (; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
+void SwiGluBackwardImpl(const float* dout, const float* gate, const float* up, int64_t n,
+                        float* dgate, float* dup) {
+  const hn::ScalableTag<float> df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const auto one = hn::Set(df, 1.0f);
+  const auto limit = hn::Set(df, 88.0f);
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto g = hn::LoadU(df, gate + i);
+    const auto d = hn::LoadU(df, dout + i);
+    const auto sig = hn::Div(one, hn::Add(one, hn::Exp(df, hn::Min(hn::Neg(g), limit))));
+    hn::StoreU(hn::Mul(d, hn::Mul(g, sig)), df, dup + i);
+    // d · up · σ · (1 + g·(1 − σ))
+    const auto dsilu = hn::Mul(sig, hn::MulAdd(g, hn::Sub(one, sig), one));
+    hn::StoreU(hn::Mul(hn::Mul(d, hn::LoadU(df, up + i)), dsilu), df, dgate + i);
+  }
+  for (; i < n; ++i) {
+    const float g = gate[i], sig = 1.0f / (1.0f + std::exp(-g));
+    dup[i] = dout[i] * g * sig;
+    dgate[i] = dout[i] * up[i] * sig * (1.0f + g * (1.0f - sig));
+  }
+}
+
 float SoftmaxImpl(float* x, int64_t n) {
   const hn::ScalableTag<float> df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
@@ -65,6 +88,19 @@ namespace tinylora {
 
 HWY_EXPORT(SwiGluImpl);
 HWY_EXPORT(SoftmaxImpl);
+HWY_EXPORT(SwiGluBackwardImpl);
+
+void SwiGluBackward(const float* dout, const float* gate, const float* up, int64_t n, float* dgate,
+                    float* dup) {
+  constexpr int64_t kChunk = 16384;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) if (chunks > 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t begin = c * kChunk, len = std::min(kChunk, n - begin);
+    HWY_DYNAMIC_DISPATCH(SwiGluBackwardImpl)
+    (dout + begin, gate + begin, up + begin, len, dgate + begin, dup + begin);
+  }
+}
 
 void SwiGlu(const float* gate, const float* up, int64_t n, float* out) {
   constexpr int64_t kChunk = 16384;

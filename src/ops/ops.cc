@@ -91,15 +91,13 @@ void RopeBackward(float* dx, const int32_t* pos, int64_t T, int n_heads, const R
   }
 }
 
-void SwiGluBackward(const float* dout, const float* gate, const float* up, int64_t n, float* dgate,
-                    float* dup) {
-#pragma omp parallel for schedule(static) if (n > 65536)
+void SwiGluBackwardReference(const float* dout, const float* gate, const float* up, int64_t n,
+                             float* dgate, float* dup) {
   for (int64_t i = 0; i < n; ++i) {
-    const float g = gate[i];
-    const float sig = 1.0f / (1.0f + std::exp(-g));
-    const float silu = g * sig;
-    dup[i] = dout[i] * silu;
-    dgate[i] = dout[i] * up[i] * sig * (1.0f + g * (1.0f - sig));
+    const double g = gate[i];
+    const double sig = 1.0 / (1.0 + std::exp(-g));
+    dup[i] = static_cast<float>(dout[i] * g * sig);
+    dgate[i] = static_cast<float>(dout[i] * up[i] * sig * (1.0 + g * (1.0 - sig)));
   }
 }
 

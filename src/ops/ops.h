@@ -34,6 +34,8 @@ void SwiGluReference(const float* gate, const float* up, int64_t n, float* out);
 // Given dout (n): dgate = dout·up·silu'(gate), dup = dout·silu(gate) (overwritten, not added).
 void SwiGluBackward(const float* dout, const float* gate, const float* up, int64_t n, float* dgate,
                     float* dup);
+void SwiGluBackwardReference(const float* dout, const float* gate, const float* up, int64_t n,
+                             float* dgate, float* dup);
 
 // In-place softmax of n values; max subtracted first; returns log Σ exp(x). Highway.
 float Softmax(float* x, int64_t n);
