@@ -29,7 +29,7 @@ struct TrainerOptions {
   int64_t log_every = 1;
   uint64_t seed = 0;
   bool resume = false;
-  int64_t stop_after = 0;   // stop as on SIGINT after this many steps of this run (0: never)
+  int64_t stop_after = 0;       // stop as on SIGINT after this many steps of this run (0: never)
   std::string out;              // output directory
   std::string run_json = "{}";  // options that a resumed run must share
   std::string title = "training loss";
