@@ -44,19 +44,33 @@ double Count(const Batch2& b) {
   return n;
 }
 
-// Mean masked loss, forward only.
+// Mean masked loss plus the routing losses, forward only.
 double Loss(TrainModel& m, const Batch2& b) {
-  return m.ForwardLoss(b.in.data(), b.tgt.data(), b.mask.data()) / Count(b);
+  const double task = m.ForwardLoss(b.in.data(), b.tgt.data(), b.mask.data()) / Count(b);
+  return task + m.last_aux_loss();
+}
+
+// Every block's hard leaves, to notice a finite-difference step that flips a routing decision.
+std::vector<int32_t> Leaves(const TrainModel& m, int layers, bool tree) {
+  std::vector<int32_t> all;
+  for (int l = 0; tree && l < layers; ++l) {
+    all.insert(all.end(), m.routing(l).leaf.begin(), m.routing(l).leaf.end());
+  }
+  return all;
 }
 
 // Compares analytic gradients of `params` with central differences on `samples` coordinates
 // of every tensor: relative error of the sampled vectors, per tensor.
-void CheckGradients(TrainModel& model, ParamBlock& params, const Batch2& b, int samples) {
+void CheckGradients(TrainModel& model, ParamBlock& params, const Batch2& b, int samples,
+                    int tree_layers = 0) {
   params.ZeroGrads();
   const double loss = model.ForwardBackward(b.in.data(), b.tgt.data(), b.mask.data(),
                                             static_cast<float>(1.0 / Count(b)), 0) /
-                      Count(b);
+                          Count(b) +
+                      model.last_aux_loss();
   EXPECT_NEAR(loss, Loss(model, b), 1e-5);
+  const std::vector<int32_t> leaves = Leaves(model, tree_layers, tree_layers > 0);
+  int skipped = 0;
   std::mt19937 rng(5);
   for (int i = 0; i < params.size(); ++i) {
     double num2 = 0, diff2 = 0;
@@ -66,9 +80,15 @@ void CheckGradients(TrainModel& model, ParamBlock& params, const Batch2& b, int 
       const float orig = *p, h = 1e-2f * std::max(1.0f, std::fabs(orig));
       *p = orig + h;
       const double up = Loss(model, b);
+      const bool flip_up = Leaves(model, tree_layers, tree_layers > 0) != leaves;
       *p = orig - h;
       const double down = Loss(model, b);
+      const bool flip_down = Leaves(model, tree_layers, tree_layers > 0) != leaves;
       *p = orig;
+      if (flip_up || flip_down) {  // hard routing is piecewise constant: not differentiable here
+        ++skipped;
+        continue;
+      }
       const double fd = (up - down) / (2.0 * h);
       const double an = params.grad(i)[k];
       num2 += fd * fd;
@@ -80,6 +100,52 @@ void CheckGradients(TrainModel& model, ParamBlock& params, const Batch2& b, int 
       EXPECT_LT(std::sqrt(diff2), 1e-5) << params.name(i);
     }
   }
+  EXPECT_LT(skipped, params.size() * samples / 4) << "too many routing flips to judge";
+}
+
+// A tree adapter with random leaves (B non-zero) on the gqa fixture model.
+std::unique_ptr<Adapter> RandomTree(const LlamaConfig& c, int depth, const std::string& gate,
+                                    const std::string& targets) {
+  AdapterConfig ac;
+  ac.r = 2;
+  ac.alpha = 4;
+  ac.tree_depth = depth;
+  ac.gate = gate;
+  ac.targets = ParseTargets(targets, "test");
+  auto a = Adapter::Create(c, ac, 11, true);
+  std::mt19937 rng(12);
+  std::normal_distribution<float> nd(0.0f, 0.3f);
+  for (int i = 0; i < a->params().size(); ++i) {
+    const std::string& name = a->params().name(i);
+    if (name.find("lora_B") == std::string::npos &&
+        name.find("tree_router.bias") == std::string::npos)
+      continue;
+    for (int64_t k = 0; k < a->params().numel(i); ++k) a->params().value(i)[k] = nd(rng);
+  }
+  return a;
+}
+
+TEST(TreeGradients, HardRoutingMatchesFiniteDifferences) {
+  auto base = ModelWeights::Load(test::FixturePath("forward/gqa"));
+  // The "unit" gate is a straight-through estimator (value 1, gradient of log p): finite
+  // differences cannot see it; the PyTorch tree fixtures check it.
+  for (const char* gate : {"path"}) {
+    SCOPED_TRACE(gate);
+    auto adapter = RandomTree(base->config, 2, gate, "q_proj,v_proj,down_proj");
+    TrainModel model(*base, nullptr, adapter.get(), 2, 7, false);
+    model.SetRouting(false, AuxLoss{0.1, 0.05, 1});
+    CheckGradients(model, adapter->params(), MakeBatch(base->config.vocab, 4), 5,
+                   base->config.n_layers);
+  }
+}
+
+TEST(TreeGradients, SoftRoutingMatchesFiniteDifferences) {
+  auto base = ModelWeights::Load(test::FixturePath("forward/gqa"));
+  auto adapter = RandomTree(base->config, 2, "path", "q_proj,o_proj,up_proj");
+  TrainModel model(*base, nullptr, adapter.get(), 2, 7, false, /*soft_capable=*/true);
+  model.SetRouting(true, AuxLoss{0.1, 0.05, 1});
+  CheckGradients(model, adapter->params(), MakeBatch(base->config.vocab, 5), 5,
+                 base->config.n_layers);
 }
 
 TEST(TrainGradients, PretrainMatchesFiniteDifferences) {

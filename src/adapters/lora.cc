@@ -76,10 +76,24 @@ std::string LoraTensorName(int layer, Module m, char which) {
   return "base_model.model." + ModulePath(layer, m) + ".lora_" + std::string(1, which) + ".weight";
 }
 
+std::string RouterTensorName(int layer, bool bias) {
+  return "base_model.model.model.layers." + std::to_string(layer) + ".tree_router." +
+         (bias ? "bias" : "weight");
+}
+
 void Adapter::Build(const LlamaConfig& base, bool with_grads) {
-  if (config_.tree_depth != 0) Fail("tree adapters (tree_depth > 0) are not supported yet");
+  const int d = config_.tree_depth;
+  if (d < 0 || d > kMaxTreeDepth) {
+    Fail("tree_depth " + std::to_string(d) + " is outside 0.." + std::to_string(kMaxTreeDepth));
+  }
+  if (config_.gate != "path" && config_.gate != "unit") {
+    Fail("gate '" + config_.gate + "' is not \"path\" or \"unit\"");
+  }
+  const int leaves = 1 << d;
+  const int64_t R = static_cast<int64_t>(leaves) * config_.r;
   modules_.assign(static_cast<size_t>(base.n_layers), {});
   std::vector<std::array<int, 2>> index(static_cast<size_t>(base.n_layers) * kNumModules, {-1, -1});
+  std::vector<std::array<int, 2>> router_index(static_cast<size_t>(base.n_layers), {-1, -1});
   for (int l = 0; l < base.n_layers; ++l) {
     for (Module m : kAllModules) {
       bool targeted = false;
@@ -87,23 +101,40 @@ void Adapter::Build(const LlamaConfig& base, bool with_grads) {
       if (!targeted) continue;
       auto [out, in] = ModuleShape(base, m);
       auto& idx = index[static_cast<size_t>(l) * kNumModules + static_cast<size_t>(m)];
-      idx[0] = params_.Add(LoraTensorName(l, m, 'A'), {config_.r, in});
-      idx[1] = params_.Add(LoraTensorName(l, m, 'B'), {out, config_.r});
+      idx[0] = params_.Add(LoraTensorName(l, m, 'A'), {R, in});
+      idx[1] = params_.Add(LoraTensorName(l, m, 'B'), {out, R});
+    }
+    if (d > 0) {
+      router_index[static_cast<size_t>(l)] = {
+          params_.Add(RouterTensorName(l, false), {leaves - 1, base.hidden}),
+          params_.Add(RouterTensorName(l, true), {leaves - 1})};
     }
   }
   params_.Allocate(with_grads);
+  routers_.assign(d > 0 ? static_cast<size_t>(base.n_layers) : 0, {});
   for (int l = 0; l < base.n_layers; ++l) {
     for (Module m : kAllModules) {
       const auto& idx = index[static_cast<size_t>(l) * kNumModules + static_cast<size_t>(m)];
       if (idx[0] < 0) continue;
       LoraWeights& w = modules_[static_cast<size_t>(l)][static_cast<size_t>(m)];
       w.r = config_.r;
+      w.leaves = leaves;
       w.in = params_.shape(idx[0])[1];
       w.out = params_.shape(idx[1])[0];
       w.A = params_.value(idx[0]);
       w.B = params_.value(idx[1]);
       w.dA = params_.grad(idx[0]);
       w.dB = params_.grad(idx[1]);
+    }
+    if (d > 0) {
+      const auto& ri = router_index[static_cast<size_t>(l)];
+      RouterWeights& rw = routers_[static_cast<size_t>(l)];
+      rw.depth = d;
+      rw.hidden = base.hidden;
+      rw.W = params_.value(ri[0]);
+      rw.b = params_.value(ri[1]);
+      rw.dW = params_.grad(ri[0]);
+      rw.db = params_.grad(ri[1]);
     }
   }
 }
@@ -115,13 +146,24 @@ std::unique_ptr<Adapter> Adapter::Create(const LlamaConfig& base, const AdapterC
   std::unique_ptr<Adapter> a(new Adapter());
   a->config_ = config;
   a->Build(base, with_grads);
-  // A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform_ with a = sqrt(5), as PEFT); B = 0.
+  // A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform_ with a = sqrt(5), as PEFT); B = 0;
+  // router weights N(0, 1/hidden) so z ~ N(0, 1)-ish and tokens spread over the leaves; bias 0.
   std::mt19937_64 rng(seed);
-  for (int i = 0; i < a->params_.size(); i += 2) {
-    const float bound = 1.0f / std::sqrt(static_cast<float>(a->params_.shape(i)[1]));
-    std::uniform_real_distribution<float> u(-bound, bound);
-    float* A = a->params_.value(i);
-    for (int64_t k = 0; k < a->params_.numel(i); ++k) A[k] = u(rng);
+  const auto ends_with = [](const std::string& s, const std::string& tail) {
+    return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+  };
+  for (int i = 0; i < a->params_.size(); ++i) {
+    const std::string& name = a->params_.name(i);
+    float* v = a->params_.value(i);
+    const int64_t n = a->params_.numel(i);
+    if (ends_with(name, "lora_A.weight")) {
+      const float bound = 1.0f / std::sqrt(static_cast<float>(a->params_.shape(i)[1]));
+      std::uniform_real_distribution<float> u(-bound, bound);
+      for (int64_t k = 0; k < n; ++k) v[k] = u(rng);
+    } else if (ends_with(name, "tree_router.weight")) {
+      std::normal_distribution<float> g(0.0f, 1.0f / std::sqrt(static_cast<float>(base.hidden)));
+      for (int64_t k = 0; k < n; ++k) v[k] = g(rng);
+    }
   }
   return a;
 }
@@ -193,12 +235,14 @@ std::unique_ptr<Adapter> Adapter::Load(const std::string& dir, const LlamaConfig
     const TensorInfo* t = st.Find(a->params_.name(i));
     if (t == nullptr) Fail(st_path + ": tensor '" + a->params_.name(i) + "' is missing");
     if (t->shape != a->params_.shape(i)) {
-      Fail(st_path + ": tensor '" + a->params_.name(i) +
-           "' does not fit this base model (maybe wrong base model?): shape [" +
-           std::to_string(t->shape.empty() ? 0 : t->shape[0]) + ", " +
-           std::to_string(t->shape.size() < 2 ? 0 : t->shape[1]) + "], expected [" +
-           std::to_string(a->params_.shape(i)[0]) + ", " + std::to_string(a->params_.shape(i)[1]) +
-           "]");
+      const auto text = [](const std::vector<int64_t>& shape) {
+        std::string out = "[";
+        for (size_t k = 0; k < shape.size(); ++k) out += (k ? ", " : "") + std::to_string(shape[k]);
+        return out + "]";
+      };
+      Fail(st_path + ": tensor '" + a->params_.name(i) + "' has shape " + text(t->shape) +
+           " but the adapter's config (r, tree_depth, targets) on this base model implies " +
+           text(a->params_.shape(i)) + " (maybe wrong base model?)");
     }
     const uint8_t* src = st.Data(*t);
     float* dst = a->params_.value(i);

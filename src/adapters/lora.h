@@ -35,15 +35,31 @@ struct AdapterConfig {
   double scale() const { return alpha / r; }
 };
 
-// One adapted projection's tensors, views into the adapter's ParamBlock.
+// One adapted projection's tensors, views into the adapter's ParamBlock. A tree adapter
+// stacks its 2^d leaves: leaf j owns rows [j·r, (j+1)·r) of A and those columns of B.
 struct LoraWeights {
   int64_t in = 0, out = 0;
-  int r = 0;
-  float* A = nullptr;   // (r, in)
-  float* B = nullptr;   // (out, r)
+  int r = 0;            // rank of one leaf
+  int leaves = 1;       // 2^d
+  float* A = nullptr;   // (leaves·r, in)
+  float* B = nullptr;   // (out, leaves·r)
   float* dA = nullptr;  // gradients, or null when not training
   float* dB = nullptr;
+  int R() const { return leaves * r; }
 };
+
+// A block's router (tree_depth > 0): node logits z = W x̂ + b over the heap-ordered nodes.
+struct RouterWeights {
+  int depth = 0;
+  int64_t hidden = 0;
+  float* W = nullptr;   // (2^d − 1, hidden)
+  float* b = nullptr;   // (2^d − 1)
+  float* dW = nullptr;  // gradients, or null
+  float* db = nullptr;
+  int nodes() const { return (1 << depth) - 1; }
+};
+
+constexpr int kMaxTreeDepth = 12;
 
 class Adapter {
  public:
@@ -62,6 +78,11 @@ class Adapter {
     const LoraWeights& w = modules_[static_cast<size_t>(layer)][static_cast<size_t>(m)];
     return w.A == nullptr ? nullptr : &w;
   }
+  // The block's router, or null for a plain LoRA (tree_depth 0).
+  const RouterWeights* Router(int layer) const {
+    return config_.tree_depth > 0 ? &routers_[static_cast<size_t>(layer)] : nullptr;
+  }
+  int depth() const { return config_.tree_depth; }
   ParamBlock& params() { return params_; }
   const ParamBlock& params() const { return params_; }
   int64_t ParamCount() const { return params_.total(); }
@@ -72,10 +93,13 @@ class Adapter {
   AdapterConfig config_;
   ParamBlock params_;
   std::vector<std::array<LoraWeights, kNumModules>> modules_;  // (L, 7)
+  std::vector<RouterWeights> routers_;                         // (L) when tree_depth > 0
 };
 
 // PEFT tensor names: base_model.model.<ModulePath>.lora_A.weight / lora_B.weight
 std::string LoraTensorName(int layer, Module m, char which);
+// base_model.model.model.layers.{i}.tree_router.weight / .bias
+std::string RouterTensorName(int layer, bool bias);
 
 // y (N, out) += s · u · Bᵀ with u (N, r) = x_in · Aᵀ written to `u`. x_in is the (dropped-out)
 // input of the projection.

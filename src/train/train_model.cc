@@ -45,7 +45,7 @@ class Carver {
 }  // namespace
 
 TrainModel::TrainModel(const ModelWeights& w, const ModelGrads* grads, Adapter* adapter, int B,
-                       int T, bool checkpoint)
+                       int T, bool checkpoint, bool soft_capable)
     : w_(w),
       grads_(grads),
       adapter_(adapter),
@@ -54,10 +54,15 @@ TrainModel::TrainModel(const ModelWeights& w, const ModelGrads* grads, Adapter* 
       T_(T),
       N_(static_cast<int64_t>(B) * T),
       checkpoint_(checkpoint),
+      soft_capable_(soft_capable && adapter != nullptr && adapter->depth() > 0),
       rope_(w.config.head_dim, w.config.max_pos, w.config.rope_theta) {
   if (T > c_.max_pos) {
     Fail("--seq-len " + std::to_string(T) + " is longer than the model's context (" +
          std::to_string(c_.max_pos) + ")");
+  }
+  if (adapter_ != nullptr) {
+    routing_.resize(static_cast<size_t>(c_.n_layers));
+    gate_ = adapter_->config().gate == "unit" ? GateKind::kUnit : GateKind::kPath;
   }
   pos_.resize(static_cast<size_t>(N_));
   for (int64_t n = 0; n < N_; ++n) pos_[static_cast<size_t>(n)] = static_cast<int32_t>(n % T);
@@ -87,8 +92,8 @@ TrainModel::TrainModel(const ModelWeights& w, const ModelGrads* grads, Adapter* 
     carve.Take(&a.h, N * F);
     for (int m = 0; m < kNumModules; ++m) {
       a.u[static_cast<size_t>(m)] = nullptr;
-      if (adapter_ && adapter_->Get(l, static_cast<Module>(m)) != nullptr) {
-        carve.Take(&a.u[static_cast<size_t>(m)], N * r);
+      if (const LoraWeights* lw = adapter_ ? adapter_->Get(l, static_cast<Module>(m)) : nullptr) {
+        carve.Take(&a.u[static_cast<size_t>(m)], N * (soft_capable_ ? lw->R() : r));
       }
     }
   }
@@ -190,7 +195,14 @@ void TrainModel::Linear(int l, Module m, const float* x, float* y, float* u, boo
   const LoraWeights* lw = adapter_ ? adapter_->Get(l, m) : nullptr;
   if (lw == nullptr) return;
   const float* x_in = (train && Dropout(l, m, seed, x, lw->in, xdrop_)) ? xdrop_ : x;
-  LoraForward(*lw, static_cast<float>(adapter_->config().scale()), x_in, N_, u, y);
+  const float s = static_cast<float>(adapter_->config().scale());
+  if (adapter_->depth() == 0) {
+    LoraForward(*lw, s, x_in, N_, u, y);
+  } else if (soft_) {
+    TreeLoraForwardSoft(*lw, s, x_in, N_, routing_[static_cast<size_t>(l)], u, y, tree_scratch_);
+  } else {
+    TreeLoraForwardHard(*lw, s, x_in, N_, routing_[static_cast<size_t>(l)], u, y, tree_scratch_);
+  }
 }
 
 void TrainModel::LinearBackward(int l, Module m, const float* x, const float* u, const float* dy,
@@ -201,12 +213,26 @@ void TrainModel::LinearBackward(int l, Module m, const float* x, const float* u,
   const LoraWeights* lw = adapter_ ? adapter_->Get(l, m) : nullptr;
   if (lw == nullptr) return;
   const float s = static_cast<float>(adapter_->config().scale());
-  if (Dropout(l, m, seed, x, lw->in, xdrop_)) {
-    LoraBackward(*lw, s, xdrop_, u, dy, N_, du_);
-    // dx += mask/(1-p) ∘ (du · A), the mask regenerated from the same key.
-    const int64_t n = N_ * lw->in;
+  const bool dropout = Dropout(l, m, seed, x, lw->in, xdrop_);
+  const float* x_in = dropout ? xdrop_ : x;
+  // The adapter's share of dx goes straight into dx, or through the dropout mask.
+  const int64_t n = N_ * lw->in;
+  float* dx_lora = dx;
+  if (dropout) {
     std::fill(dxdrop_, dxdrop_ + n, 0.0f);
-    LoraBackwardX(*lw, du_, N_, dxdrop_);
+    dx_lora = dxdrop_;
+  }
+  if (adapter_->depth() == 0) {
+    LoraBackward(*lw, s, x_in, u, dy, N_, du_);
+    LoraBackwardX(*lw, du_, N_, dx_lora);
+  } else if (soft_) {
+    TreeLoraBackwardSoft(*lw, s, x_in, u, dy, N_, routing_[static_cast<size_t>(l)], dx_lora,
+                         tree_scratch_);
+  } else {
+    TreeLoraBackwardHard(*lw, s, x_in, u, dy, N_, routing_[static_cast<size_t>(l)], dx_lora,
+                         tree_scratch_);
+  }
+  if (dropout) {  // dx += mask/(1-p) ∘ dx_lora, the mask regenerated from the same key
     const double p = adapter_->config().dropout;
     const uint64_t key = DropoutKey(l, m, seed);
     const uint64_t threshold = static_cast<uint64_t>(p * 18446744073709551616.0);
@@ -215,9 +241,6 @@ void TrainModel::LinearBackward(int l, Module m, const float* x, const float* u,
     for (int64_t i = 0; i < n; ++i) {
       if (Mix(key ^ static_cast<uint64_t>(i)) >= threshold) dx[i] += dxdrop_[i] * keep_scale;
     }
-  } else {
-    LoraBackward(*lw, s, x, u, dy, N_, du_);
-    LoraBackwardX(*lw, du_, N_, dx);
   }
 }
 
@@ -227,6 +250,14 @@ void TrainModel::LayerForward(int l, LayerActs& a, float* x_out, bool train, uin
   const float eps = static_cast<float>(c_.rms_eps);
   // attention block
   RmsNorm(a.x_in, L.attn_norm.f32(), N, C, eps, a.xn1, a.rstd1);
+  if (const RouterWeights* router = adapter_ ? adapter_->Router(l) : nullptr) {
+    Routing& rt = routing_[static_cast<size_t>(l)];
+    if (soft_) {
+      RouteSoft(*router, a.xn1, N, &rt);
+    } else {
+      RouteHard(*router, a.xn1, N, gate_, &rt);
+    }
+  }
   Linear(l, Module::kQ, a.xn1, a.q, a.u[0], train, seed);
   Linear(l, Module::kK, a.xn1, a.k, a.u[1], train, seed);
   Linear(l, Module::kV, a.xn1, a.v, a.u[2], train, seed);
@@ -290,6 +321,12 @@ void TrainModel::LayerBackward(int l, LayerActs& a, const float* dx_out, float* 
   LinearBackward(l, Module::kQ, a.xn1, a.u[0], dq_, dxn_, false, seed);
   LinearBackward(l, Module::kK, a.xn1, a.u[1], dk_, dxn_, true, seed);
   LinearBackward(l, Module::kV, a.xn1, a.u[2], dv_, dxn_, true, seed);
+  if (const RouterWeights* router = adapter_ ? adapter_->Router(l) : nullptr) {
+    // every adapted projection of the block has added its dgate / dprobs by now
+    AuxLoss aux = aux_;
+    aux.scale = aux_weight_ / c_.n_layers;
+    aux_loss_ += RouterBackward(*router, a.xn1, routing_[static_cast<size_t>(l)], aux, dxn_);
+  }
   RmsNormBackward(dxn_, a.x_in, L.attn_norm.f32(), a.rstd1, N, C, dx_in,
                   g ? g->attn_norm : nullptr);
 }
@@ -320,11 +357,26 @@ void TrainModel::Forward(const int32_t* inputs, bool train, uint64_t seed) {
 
 double TrainModel::ForwardLoss(const int32_t* inputs, const int32_t* targets, const uint8_t* mask) {
   Forward(inputs, false, 0);
+  aux_loss_ = 0;
+  for (int l = 0; adapter_ != nullptr && adapter_->depth() > 0 && l < c_.n_layers; ++l) {
+    AuxLoss aux = aux_;
+    aux.scale = 1.0 / c_.n_layers;
+    aux_loss_ += RouterAuxLoss(routing_[static_cast<size_t>(l)], aux);
+  }
   return CrossEntropyLoss(logits_, targets, mask, N_, c_.vocab);
 }
 
+void TrainModel::SetRouting(bool soft, const AuxLoss& aux) {
+  if (soft && !soft_capable_) Fail("soft routing needs a TrainModel built soft-capable");
+  soft_ = soft;
+  aux_ = aux;
+}
+
 double TrainModel::ForwardBackward(const int32_t* inputs, const int32_t* targets,
-                                   const uint8_t* mask, float grad_scale, uint64_t seed) {
+                                   const uint8_t* mask, float grad_scale, uint64_t seed,
+                                   double aux_weight) {
+  aux_weight_ = aux_weight;
+  aux_loss_ = 0;
   for (int64_t n = 0; n < N_; ++n) {
     if (targets[n] < 0 || targets[n] >= c_.vocab) {
       Fail("target id " + std::to_string(targets[n]) + " is outside the vocabulary");

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "adapters/lora.h"
+#include "adapters/tree.h"
 #include "model/weights.h"
 #include "ops/ops.h"
 
@@ -30,14 +31,24 @@ class TrainModel {
  public:
   // `grads` null: the base is frozen (no weight gradients). `adapter` null: no LoRA.
   // `checkpoint`: keep only each layer's input and recompute the layer in backward.
+  // `soft_capable`: a tree adapter may be trained with soft routing (its activations then
+  // hold every leaf's A·x).
   TrainModel(const ModelWeights& w, const ModelGrads* grads, Adapter* adapter, int B, int T,
-             bool checkpoint);
+             bool checkpoint, bool soft_capable = false);
+
+  // Tree adapters: soft or hard routing from now on, and the auxiliary losses' weights.
+  void SetRouting(bool soft, const AuxLoss& aux);
+  // The auxiliary routing loss of the last ForwardBackward (scaled as it entered the gradient).
+  double last_aux_loss() const { return aux_loss_; }
+  // The routing of block l in the last forward (tree adapters).
+  const Routing& routing(int l) const { return routing_[static_cast<size_t>(l)]; }
 
   // Forward + backward of one micro-batch: inputs, targets (B, T) token ids, mask (B, T) 1 =
   // target carries loss. Gradients are added (scaled by grad_scale) to the existing ones.
   // Returns Σ mask·CE over the micro-batch. dropout_seed varies the LoRA dropout per step.
+  // `aux_weight` multiplies the routing losses (1 / grad-accum steps).
   double ForwardBackward(const int32_t* inputs, const int32_t* targets, const uint8_t* mask,
-                         float grad_scale, uint64_t dropout_seed);
+                         float grad_scale, uint64_t dropout_seed, double aux_weight = 1.0);
   // Forward only (no dropout): Σ mask·CE. Rows with fewer than T real tokens pass mask 0.
   double ForwardLoss(const int32_t* inputs, const int32_t* targets, const uint8_t* mask);
 
@@ -80,6 +91,13 @@ class TrainModel {
   int B_, T_;
   int64_t N_;
   bool checkpoint_;
+  bool soft_capable_;
+  bool soft_ = false;
+  GateKind gate_ = GateKind::kPath;
+  AuxLoss aux_;
+  double aux_weight_ = 1.0, aux_loss_ = 0.0;
+  std::vector<Routing> routing_;  // (L) when the adapter is a tree
+  TreeScratch tree_scratch_;
   RopeTable rope_;
   std::vector<int32_t> pos_;  // (N) position of each token: n % T
 

@@ -1,0 +1,403 @@
+#include "adapters/tree.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace tinylora {
+
+namespace {
+
+double Sigmoid(double z) { return 1.0 / (1.0 + std::exp(-z)); }
+
+void Grow(std::vector<float>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+}
+
+// Counting sort of the tokens by leaf (stable): rt.order, rt.offsets.
+void Group(Routing* rt) {
+  const int L = 1 << rt->depth;
+  rt->offsets.assign(static_cast<size_t>(L) + 1, 0);
+  for (int64_t n = 0; n < rt->N; ++n) ++rt->offsets[static_cast<size_t>(rt->leaf[n]) + 1];
+  for (int j = 0; j < L; ++j)
+    rt->offsets[static_cast<size_t>(j) + 1] += rt->offsets[static_cast<size_t>(j)];
+  std::vector<int64_t> next(rt->offsets.begin(), rt->offsets.end() - 1);
+  rt->order.resize(static_cast<size_t>(rt->N));
+  for (int64_t n = 0; n < rt->N; ++n) {
+    rt->order[static_cast<size_t>(next[static_cast<size_t>(rt->leaf[n])]++)] =
+        static_cast<int32_t>(n);
+  }
+}
+
+void Reset(Routing* rt, int depth, int64_t N, bool soft) {
+  rt->depth = depth;
+  rt->N = N;
+  rt->soft = soft;
+  rt->leaf.assign(static_cast<size_t>(N), 0);
+  rt->path_z.assign(static_cast<size_t>(N * depth), 0.0f);
+  rt->gate.assign(static_cast<size_t>(N), 1.0f);
+  rt->dgate.assign(static_cast<size_t>(N), 0.0f);
+  const int L = 1 << depth;
+  if (soft) {
+    rt->probs.assign(static_cast<size_t>(N * L), 0.0f);
+    rt->dprobs.assign(static_cast<size_t>(N * L), 0.0f);
+  } else {
+    rt->probs.clear();
+    rt->dprobs.clear();
+  }
+}
+
+}  // namespace
+
+void RouteHard(const RouterWeights& r, const float* x, int64_t N, GateKind gate, Routing* rt) {
+  const int d = r.depth;
+  Reset(rt, d, N, false);
+  rt->gate_kind = gate;
+  const int64_t C = r.hidden;
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* xn = x + n * C;
+    int node = 0;
+    double p = 1.0;
+    for (int k = 0; k < d; ++k) {
+      const float* w = r.W + static_cast<int64_t>(node) * C;
+      float z = r.b[node];
+      for (int64_t i = 0; i < C; ++i) z += w[i] * xn[i];
+      const int bit = z >= 0.0f ? 1 : 0;
+      rt->path_z[static_cast<size_t>(n * d + k)] = z;
+      const double s = Sigmoid(z);
+      p *= bit ? s : 1.0 - s;
+      node = 2 * node + 1 + bit;
+    }
+    rt->leaf[static_cast<size_t>(n)] = node - ((1 << d) - 1);
+    rt->gate[static_cast<size_t>(n)] = gate == GateKind::kPath ? static_cast<float>(p) : 1.0f;
+  }
+  Group(rt);
+}
+
+void RouteSoft(const RouterWeights& r, const float* x, int64_t N, Routing* rt) {
+  const int d = r.depth, L = 1 << d, M = L - 1;
+  Reset(rt, d, N, true);
+  rt->gate_kind = GateKind::kPath;
+  rt->z.assign(static_cast<size_t>(N * M), 0.0f);
+  for (int64_t n = 0; n < N; ++n)
+    std::memcpy(&rt->z[static_cast<size_t>(n * M)], r.b, sizeof(float) * M);
+  // z (N, M) = x (N, C) · Wᵀ + b
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(N), M,
+              static_cast<int>(r.hidden), 1.0f, x, static_cast<int>(r.hidden), r.W,
+              static_cast<int>(r.hidden), 1.0f, rt->z.data(), M);
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* z = &rt->z[static_cast<size_t>(n * M)];
+    for (int j = 0; j < L; ++j) {  // p_j = Π σ(±z) along j's path
+      double p = 1.0;
+      int node = 0;
+      for (int k = 0; k < d; ++k) {
+        const int bit = (j >> (d - 1 - k)) & 1;
+        const double s = Sigmoid(z[node]);
+        p *= bit ? s : 1.0 - s;
+        node = 2 * node + 1 + bit;
+      }
+      rt->probs[static_cast<size_t>(n * L + j)] = static_cast<float>(p);
+    }
+    int node = 0;  // the hard path
+    double p = 1.0;
+    for (int k = 0; k < d; ++k) {
+      const int bit = z[node] >= 0.0f ? 1 : 0;
+      rt->path_z[static_cast<size_t>(n * d + k)] = z[node];
+      const double s = Sigmoid(z[node]);
+      p *= bit ? s : 1.0 - s;
+      node = 2 * node + 1 + bit;
+    }
+    rt->leaf[static_cast<size_t>(n)] = node - M;
+    rt->gate[static_cast<size_t>(n)] = static_cast<float>(p);
+  }
+  Group(rt);
+}
+
+namespace {
+
+// Per node along the hard paths: visits, right turns, Σσ. Returns Σ visits (= N·d).
+double NodeStats(const Routing& rt, std::vector<double>* count, std::vector<double>* right,
+                 std::vector<double>* sig) {
+  const int d = rt.depth, M = (1 << d) - 1;
+  count->assign(static_cast<size_t>(M), 0.0);
+  right->assign(static_cast<size_t>(M), 0.0);
+  sig->assign(static_cast<size_t>(M), 0.0);
+  for (int64_t n = 0; n < rt.N; ++n) {
+    int node = 0;
+    for (int k = 0; k < d; ++k) {
+      const float z = rt.path_z[static_cast<size_t>(n * d + k)];
+      const int bit = z >= 0.0f ? 1 : 0;
+      (*count)[static_cast<size_t>(node)] += 1;
+      (*right)[static_cast<size_t>(node)] += bit;
+      (*sig)[static_cast<size_t>(node)] += Sigmoid(z);
+      node = 2 * node + 1 + bit;
+    }
+  }
+  return static_cast<double>(rt.N) * d;
+}
+
+double Entropy(double z) {
+  const double s = Sigmoid(z);
+  const double a = s > 0 ? -s * std::log(s) : 0.0, b = s < 1 ? -(1 - s) * std::log(1 - s) : 0.0;
+  return a + b;
+}
+
+}  // namespace
+
+double RouterAuxLoss(const Routing& rt, const AuxLoss& aux) {
+  if (rt.N == 0 || rt.depth == 0) return 0.0;
+  const int d = rt.depth, M = (1 << d) - 1;
+  double loss = 0;
+  if (aux.hardening > 0) {
+    double h = 0;
+    if (rt.soft) {
+      for (float z : rt.z) h += Entropy(z);
+      h /= static_cast<double>(rt.N) * M;
+    } else {
+      for (float z : rt.path_z) h += Entropy(z);
+      h /= static_cast<double>(rt.N) * d;
+    }
+    loss += aux.hardening * h;
+  }
+  if (aux.balance > 0) {
+    std::vector<double> count, right, sig;
+    const double visits = NodeStats(rt, &count, &right, &sig);
+    double b = 0;
+    for (int m = 0; m < M; ++m) {
+      const double c = count[static_cast<size_t>(m)];
+      if (c == 0) continue;
+      const double fr = right[static_cast<size_t>(m)] / c, pr = sig[static_cast<size_t>(m)] / c;
+      b += c / visits * 2.0 * (fr * pr + (1 - fr) * (1 - pr));
+    }
+    loss += aux.balance * b;
+  }
+  return aux.scale * loss;
+}
+
+double RouterBackward(const RouterWeights& r, const float* x, const Routing& rt, const AuxLoss& aux,
+                      float* dx) {
+  const int d = rt.depth, L = 1 << d, M = L - 1;
+  const int64_t N = rt.N, C = r.hidden;
+  std::vector<float> dz(static_cast<size_t>(N * M), 0.0f);  // (N, M)
+  // balance: each visit of node m moves σ by λ·2·(f_R − f_L) / visits
+  std::vector<double> count, right, sig;
+  const double visits = NodeStats(rt, &count, &right, &sig);
+  for (int64_t n = 0; n < N; ++n) {
+    float* dzn = &dz[static_cast<size_t>(n * M)];
+    int node = 0;
+    for (int k = 0; k < d; ++k) {
+      const double z = rt.path_z[static_cast<size_t>(n * d + k)];
+      const int bit = z >= 0 ? 1 : 0;
+      const double s = Sigmoid(z);
+      double g = 0;
+      if (!rt.soft) {  // the gate: path g = p (dg/dz = g·(b − σ)), unit: d log p / dz = b − σ
+        const double dgate = rt.dgate[static_cast<size_t>(n)];
+        g += dgate * (rt.gate_kind == GateKind::kPath ? rt.gate[static_cast<size_t>(n)] : 1.0) *
+             (bit - s);
+        if (aux.hardening > 0) g += aux.scale * aux.hardening / visits * (-z * s * (1 - s));
+      }
+      if (aux.balance > 0) {
+        const double c = count[static_cast<size_t>(node)];
+        const double fr = right[static_cast<size_t>(node)] / c;
+        g += aux.scale * aux.balance * 2.0 * (fr - (1 - fr)) / visits * s * (1 - s);
+      }
+      dzn[node] += static_cast<float>(g);
+      node = 2 * node + 1 + bit;
+    }
+    if (rt.soft) {
+      const float* z = &rt.z[static_cast<size_t>(n * M)];
+      for (int j = 0; j < L; ++j) {  // dp_j/dz_node = p_j·(b − σ(z_node)) on j's path
+        const double dp =
+            rt.dprobs[static_cast<size_t>(n * L + j)] * rt.probs[static_cast<size_t>(n * L + j)];
+        int nd = 0;
+        for (int k = 0; k < d; ++k) {
+          const int bit = (j >> (d - 1 - k)) & 1;
+          dzn[nd] += static_cast<float>(dp * (bit - Sigmoid(z[nd])));
+          nd = 2 * nd + 1 + bit;
+        }
+      }
+      if (aux.hardening > 0) {
+        const double k = aux.scale * aux.hardening / (static_cast<double>(N) * M);
+        for (int m = 0; m < M; ++m) {
+          const double s = Sigmoid(z[m]);
+          dzn[m] += static_cast<float>(k * (-z[m] * s * (1 - s)));
+        }
+      }
+    }
+  }
+  // dW (M, C) += dzᵀ · x ;  db += Σ_n dz ;  dx (N, C) += dz · W
+  const int n = static_cast<int>(N), c = static_cast<int>(C);
+  if (r.dW != nullptr) {
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, c, n, 1.0f, dz.data(), M, x, c, 1.0f,
+                r.dW, c);
+    for (int64_t t = 0; t < N; ++t)
+      for (int m = 0; m < M; ++m) r.db[m] += dz[static_cast<size_t>(t * M + m)];
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, c, M, 1.0f, dz.data(), M, r.W, c, 1.0f,
+              dx, c);
+  return RouterAuxLoss(rt, aux);
+}
+
+void TreeLoraForwardHard(const LoraWeights& l, float s, const float* x, int64_t N,
+                         const Routing& rt, float* u, float* y, TreeScratch& sc) {
+  const int r = l.r, R = l.R(), in = static_cast<int>(l.in), out = static_cast<int>(l.out);
+  Grow(sc.xg, N * in);
+  Grow(sc.yg, N * out);
+  Grow(sc.ug, N * r);
+  for (int j = 0; j < l.leaves; ++j) {
+    const int64_t begin = rt.offsets[static_cast<size_t>(j)],
+                  nj = rt.offsets[static_cast<size_t>(j) + 1] - begin;
+    if (nj == 0) continue;
+    const int32_t* rows = &rt.order[static_cast<size_t>(begin)];
+    for (int64_t t = 0; t < nj; ++t)
+      std::memcpy(&sc.xg[static_cast<size_t>(t * in)], x + rows[t] * l.in, sizeof(float) * in);
+    // U_j (nj, r) = X_j · A_jᵀ
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nj), r, in, 1.0f,
+                sc.xg.data(), in, l.A + static_cast<int64_t>(j) * r * in, in, 0.0f, sc.ug.data(),
+                r);
+    for (int64_t t = 0; t < nj; ++t) {
+      float* ut = &sc.ug[static_cast<size_t>(t * r)];
+      std::memcpy(u + rows[t] * r, ut, sizeof(float) * r);
+      const float g = rt.gate[static_cast<size_t>(rows[t])];
+      for (int k = 0; k < r; ++k) ut[k] *= g;
+    }
+    // Y_j (nj, out) = s · (g ∘ U_j) · B_jᵀ, B_j = columns [j·r, (j+1)·r) of B
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nj), out, r, s,
+                sc.ug.data(), r, l.B + static_cast<int64_t>(j) * r, R, 0.0f, sc.yg.data(), out);
+    for (int64_t t = 0; t < nj; ++t) {
+      float* yr = y + rows[t] * l.out;
+      const float* src = &sc.yg[static_cast<size_t>(t * out)];
+      for (int i = 0; i < out; ++i) yr[i] += src[i];
+    }
+  }
+}
+
+void TreeLoraBackwardHard(const LoraWeights& l, float s, const float* x, const float* u,
+                          const float* dy, int64_t N, Routing& rt, float* dx, TreeScratch& sc) {
+  const int r = l.r, R = l.R(), in = static_cast<int>(l.in), out = static_cast<int>(l.out);
+  Grow(sc.xg, N * in);
+  Grow(sc.yg, N * out);
+  Grow(sc.ug, N * r);
+  Grow(sc.vg, N * r);
+  for (int j = 0; j < l.leaves; ++j) {
+    const int64_t begin = rt.offsets[static_cast<size_t>(j)],
+                  nj = rt.offsets[static_cast<size_t>(j) + 1] - begin;
+    if (nj == 0) continue;
+    const int32_t* rows = &rt.order[static_cast<size_t>(begin)];
+    const int n = static_cast<int>(nj);
+    for (int64_t t = 0; t < nj; ++t) {
+      std::memcpy(&sc.yg[static_cast<size_t>(t * out)], dy + rows[t] * l.out, sizeof(float) * out);
+      const float g = rt.gate[static_cast<size_t>(rows[t])];
+      for (int k = 0; k < r; ++k) sc.ug[static_cast<size_t>(t * r + k)] = g * u[rows[t] * r + k];
+    }
+    float* dA = l.dA + static_cast<int64_t>(j) * r * in;
+    float* dB = l.dB + static_cast<int64_t>(j) * r;
+    // dB_j (out, r; row stride R) += s · dY_jᵀ · (g ∘ U_j)
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, n, s, sc.yg.data(), out,
+                sc.ug.data(), r, 1.0f, dB, R);
+    // dU'_j (nj, r) = s · dY_j · B_j
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, r, out, s, sc.yg.data(), out,
+                l.B + static_cast<int64_t>(j) * r, R, 0.0f, sc.vg.data(), r);
+    for (int64_t t = 0; t < nj; ++t) {  // dgate += dU'·U; dU = g ∘ dU'
+      const float g = rt.gate[static_cast<size_t>(rows[t])];
+      float* v = &sc.vg[static_cast<size_t>(t * r)];
+      double dg = 0;
+      for (int k = 0; k < r; ++k) {
+        dg += static_cast<double>(v[k]) * u[rows[t] * r + k];
+        v[k] *= g;
+      }
+      rt.dgate[static_cast<size_t>(rows[t])] += static_cast<float>(dg);
+      std::memcpy(&sc.xg[static_cast<size_t>(t * in)], x + rows[t] * l.in, sizeof(float) * in);
+    }
+    // dA_j (r, in) += dU_jᵀ · X_j
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, n, 1.0f, sc.vg.data(), r,
+                sc.xg.data(), in, 1.0f, dA, in);
+    // dX_j (nj, in) = dU_j · A_j, scattered into dx
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, r, 1.0f, sc.vg.data(), r,
+                l.A + static_cast<int64_t>(j) * r * in, in, 0.0f, sc.xg.data(), in);
+    for (int64_t t = 0; t < nj; ++t) {
+      float* d = dx + rows[t] * l.in;
+      const float* src = &sc.xg[static_cast<size_t>(t * in)];
+      for (int i = 0; i < in; ++i) d[i] += src[i];
+    }
+  }
+}
+
+void TreeLoraForwardSoft(const LoraWeights& l, float s, const float* x, int64_t N,
+                         const Routing& rt, float* u, float* y, TreeScratch& sc) {
+  const int r = l.r, R = l.R(), L = l.leaves, in = static_cast<int>(l.in),
+            out = static_cast<int>(l.out);
+  const int n = static_cast<int>(N);
+  // U (N, R) = x · Aᵀ (every leaf), saved; U' = U with chunk j scaled by p_j
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, R, in, 1.0f, x, in, l.A, in, 0.0f, u, R);
+  Grow(sc.ug, N * R);
+  for (int64_t t = 0; t < N; ++t)
+    for (int j = 0; j < L; ++j) {
+      const float p = rt.probs[static_cast<size_t>(t * L + j)];
+      for (int k = 0; k < r; ++k)
+        sc.ug[static_cast<size_t>(t * R + j * r + k)] = p * u[t * R + j * r + k];
+    }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, R, s, sc.ug.data(), R, l.B, R, 1.0f,
+              y, out);
+}
+
+void TreeLoraBackwardSoft(const LoraWeights& l, float s, const float* x, const float* u,
+                          const float* dy, int64_t N, Routing& rt, float* dx, TreeScratch& sc) {
+  const int r = l.r, R = l.R(), L = l.leaves, in = static_cast<int>(l.in),
+            out = static_cast<int>(l.out);
+  const int n = static_cast<int>(N);
+  Grow(sc.ug, N * R);
+  Grow(sc.vg, N * R);
+  for (int64_t t = 0; t < N; ++t)
+    for (int j = 0; j < L; ++j) {
+      const float p = rt.probs[static_cast<size_t>(t * L + j)];
+      for (int k = 0; k < r; ++k)
+        sc.ug[static_cast<size_t>(t * R + j * r + k)] = p * u[t * R + j * r + k];
+    }
+  // dB (out, R) += s · dyᵀ · U' ;  dU' (N, R) = s · dy · B
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, R, n, s, dy, out, sc.ug.data(), R, 1.0f,
+              l.dB, R);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, R, out, s, dy, out, l.B, R, 0.0f,
+              sc.vg.data(), R);
+  for (int64_t t = 0; t < N; ++t)
+    for (int j = 0; j < L; ++j) {  // dp_j += dU'_j · U_j ; dU_j = p_j · dU'_j
+      const float p = rt.probs[static_cast<size_t>(t * L + j)];
+      double dp = 0;
+      for (int k = 0; k < r; ++k) {
+        float& v = sc.vg[static_cast<size_t>(t * R + j * r + k)];
+        dp += static_cast<double>(v) * u[t * R + j * r + k];
+        v *= p;
+      }
+      rt.dprobs[static_cast<size_t>(t * L + j)] += static_cast<float>(dp);
+    }
+  // dA (R, in) += dUᵀ · x ;  dx (N, in) += dU · A
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, in, n, 1.0f, sc.vg.data(), R, x, in, 1.0f,
+              l.dA, in);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, R, 1.0f, sc.vg.data(), R, l.A, in,
+              1.0f, dx, in);
+}
+
+void TreeLoraForwardHardReference(const LoraWeights& l, float s, const float* x, int64_t N,
+                                  const Routing& rt, float* y) {
+  for (int64_t t = 0; t < N; ++t) {
+    const int j = rt.leaf[static_cast<size_t>(t)];
+    const double g = rt.gate[static_cast<size_t>(t)];
+    std::vector<double> u(static_cast<size_t>(l.r), 0.0);
+    for (int k = 0; k < l.r; ++k)
+      for (int64_t i = 0; i < l.in; ++i)
+        u[static_cast<size_t>(k)] +=
+            static_cast<double>(l.A[(j * l.r + k) * l.in + i]) * x[t * l.in + i];
+    for (int64_t o = 0; o < l.out; ++o) {
+      double acc = 0;
+      for (int k = 0; k < l.r; ++k)
+        acc += static_cast<double>(l.B[o * l.R() + j * l.r + k]) * u[static_cast<size_t>(k)];
+      y[t * l.out + o] += static_cast<float>(s * g * acc);
+    }
+  }
+}
+
+}  // namespace tinylora
