@@ -148,6 +148,22 @@ double Entropy(double z) {
 
 }  // namespace
 
+RoutingStats ComputeRoutingStats(const Routing& rt) {
+  RoutingStats st;
+  st.usage.assign(static_cast<size_t>(1) << rt.depth, 0);
+  for (int32_t j : rt.leaf) ++st.usage[static_cast<size_t>(j)];
+  double h = 0, decided = 0;
+  for (float z : rt.path_z) {
+    h += Entropy(z);
+    const double s = Sigmoid(z);
+    decided += (s < 0.05 || s > 0.95) ? 1 : 0;
+  }
+  const double n = static_cast<double>(rt.path_z.size());
+  st.entropy = n > 0 ? h / n : 0;
+  st.decided = n > 0 ? decided / n : 0;
+  return st;
+}
+
 double RouterAuxLoss(const Routing& rt, const AuxLoss& aux) {
   if (rt.N == 0 || rt.depth == 0) return 0.0;
   const int d = rt.depth, M = (1 << d) - 1;

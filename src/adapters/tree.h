@@ -51,6 +51,15 @@ double RouterBackward(const RouterWeights& r, const float* x, const Routing& rt,
 // The auxiliary loss alone (forward only), scaled.
 double RouterAuxLoss(const Routing& rt, const AuxLoss& aux);
 
+// What a block's routing looks like: leaf usage, mean binary entropy of the decisions on the
+// tokens' paths, and the fraction of those decisions with σ within 0.05 of 0 or 1.
+struct RoutingStats {
+  std::vector<int64_t> usage;  // (L) tokens per leaf
+  double entropy = 0;          // mean H(σ(z)) in nats over path decisions
+  double decided = 0;          // fraction of path decisions with σ < 0.05 or σ > 0.95
+};
+RoutingStats ComputeRoutingStats(const Routing& rt);
+
 // Growable gather/scatter buffers of the grouped kernels.
 struct TreeScratch {
   std::vector<float> xg, yg, ug, vg;

@@ -29,14 +29,24 @@ KvCache::KvCache(const LlamaConfig& c, int n_seqs, int capacity)
 }
 
 LlamaModel::LlamaModel(const ModelWeights& w, const Adapter* adapter)
-    : w_(w), adapter_(adapter), rope_(w.config.head_dim, w.config.max_pos, w.config.rope_theta) {}
+    : w_(w), adapter_(adapter), rope_(w.config.head_dim, w.config.max_pos, w.config.rope_theta) {
+  if (adapter_ != nullptr && adapter_->depth() > 0) {
+    leaf_counts_.assign(static_cast<size_t>(w.config.n_layers),
+                        std::vector<int64_t>(static_cast<size_t>(1) << adapter_->depth(), 0));
+  }
+}
 
 void LlamaModel::Project(int l, Module m, const Tensor& w, const float* x, int64_t T, float* y) {
   MatMul(w, x, T, y);
   const LoraWeights* lw = adapter_ ? adapter_->Get(l, m) : nullptr;
   if (lw == nullptr) return;
   Resize(lora_u_, T * lw->r);
-  LoraForward(*lw, static_cast<float>(adapter_->config().scale()), x, T, lora_u_.data(), y);
+  const float s = static_cast<float>(adapter_->config().scale());
+  if (adapter_->depth() == 0) {
+    LoraForward(*lw, s, x, T, lora_u_.data(), y);
+  } else {  // inference always routes hard
+    TreeLoraForwardHard(*lw, s, x, T, routing_, lora_u_.data(), y, tree_scratch_);
+  }
 }
 
 std::vector<LlamaModel::Run> LlamaModel::Validate(const Batch& b, const KvCache& cache) const {
@@ -117,6 +127,13 @@ void LlamaModel::Forward(const Batch& batch, KvCache& cache, std::vector<float>*
     const LayerWeights& L = w_.layers[static_cast<size_t>(layer)];
     // attention block
     RmsNorm(x_.data(), L.attn_norm.f32(), T, C, static_cast<float>(c.rms_eps), xn_.data());
+    if (const RouterWeights* router = adapter_ ? adapter_->Router(layer) : nullptr) {
+      RouteHard(*router, xn_.data(), T,
+                adapter_->config().gate == "unit" ? GateKind::kUnit : GateKind::kPath, &routing_);
+      for (int64_t t = 0; t < T; ++t)
+        ++leaf_counts_[static_cast<size_t>(layer)]
+                      [static_cast<size_t>(routing_.leaf[static_cast<size_t>(t)])];
+    }
     Project(layer, Module::kQ, L.wq, xn_.data(), T, q_.data());  // q (T, NH*HD)
     Project(layer, Module::kK, L.wk, xn_.data(), T, k_.data());  // k (T, KVH*HD)
     Project(layer, Module::kV, L.wv, xn_.data(), T, v_.data());  // v (T, KVH*HD)

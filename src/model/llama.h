@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "adapters/lora.h"
+#include "adapters/tree.h"
 #include "model/weights.h"
 #include "ops/ops.h"
 
@@ -53,6 +54,8 @@ class LlamaModel {
   explicit LlamaModel(const ModelWeights& w, const Adapter* adapter = nullptr);
   const LlamaConfig& config() const { return w_.config; }
   const ModelWeights& weights() const { return w_; }
+  // Per block, how many tokens each leaf received since construction (tree adapters).
+  const std::vector<std::vector<int64_t>>& leaf_counts() const { return leaf_counts_; }
 
   // Runs the batch through the model, updating the cache. logits: (n, V) for the tokens with
   // want_logits, in batch order. Bad token ids, sequences or positions: Error (exit 2).
@@ -69,8 +72,11 @@ class LlamaModel {
 
   const ModelWeights& w_;
   const Adapter* adapter_;
+  Routing routing_;  // the current block's hard routing (tree adapters)
+  TreeScratch tree_scratch_;
   RopeTable rope_;
   // Activations, grown to the largest batch seen and reused.
+  std::vector<std::vector<int64_t>> leaf_counts_;  // (L, 2^d)
   std::vector<float> x_, xn_, q_, k_, v_, att_, h1_, h2_, scratch_, lora_u_;
 };
 

@@ -8,13 +8,14 @@ namespace tinylora {
 AdamW::AdamW(ParamBlock* params)
     : p_(params),
       m_(static_cast<size_t>(params->total()), 0.0f),
-      v_(static_cast<size_t>(params->total()), 0.0f) {}
+      v_(static_cast<size_t>(params->total()), 0.0f),
+      lr_scale_(static_cast<size_t>(params->size()), 1.0) {}
 
 void AdamW::Step(const AdamWOptions& o, double lr, int64_t step) {
   const double bc1 = 1.0 - std::pow(o.beta1, static_cast<double>(step));
   const double bc2 = 1.0 - std::pow(o.beta2, static_cast<double>(step));
   const float b1 = static_cast<float>(o.beta1), b2 = static_cast<float>(o.beta2);
-  const float step_size = static_cast<float>(lr / bc1);
+
   const float inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
   const float eps = static_cast<float>(o.eps);
   for (int i = 0; i < p_->size(); ++i) {
@@ -23,8 +24,10 @@ void AdamW::Step(const AdamWOptions& o, double lr, int64_t step) {
     const int64_t off = p - p_->values().data(), n = p_->numel(i);
     float* m = m_.data() + off;
     float* v = v_.data() + off;
+    const double lr_i = lr * lr_scale_[static_cast<size_t>(i)];
+    const float step_size = static_cast<float>(lr_i / bc1);
     const bool decay = o.weight_decay > 0 && (o.decay_vectors || p_->shape(i).size() >= 2);
-    const float keep = decay ? static_cast<float>(1.0 - lr * o.weight_decay) : 1.0f;
+    const float keep = decay ? static_cast<float>(1.0 - lr_i * o.weight_decay) : 1.0f;
 #pragma omp parallel for schedule(static) if (n > 65536)
     for (int64_t k = 0; k < n; ++k) {
       m[k] = b1 * m[k] + (1.0f - b1) * g[k];

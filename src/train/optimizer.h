@@ -21,12 +21,15 @@ class AdamW {
   explicit AdamW(ParamBlock* params);
   // One update with learning rate `lr`; `step` counts from 1 (bias correction).
   void Step(const AdamWOptions& o, double lr, int64_t step);
+  // Tensor i of the block learns at lr · scale (e.g. the routers' own rate).
+  void SetLrScale(int i, double scale) { lr_scale_[static_cast<size_t>(i)] = scale; }
   std::vector<float>& m() { return m_; }  // first moments, same layout as the parameters
   std::vector<float>& v() { return v_; }  // second moments
 
  private:
   ParamBlock* p_;
   std::vector<float> m_, v_;
+  std::vector<double> lr_scale_;
 };
 
 // sqrt(Σ g²) over every gradient, summed in double in fixed-size chunks in a fixed order, so

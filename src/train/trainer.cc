@@ -129,7 +129,9 @@ TrainSummary Trainer::Run() {
   while (state.step < o_.steps && !g_stop) {
     const auto t0 = std::chrono::steady_clock::now();
     const int64_t step = state.step + 1;
+    if (o_.before_step) o_.before_step(step);
     params_.ZeroGrads();
+    double aux_sum = 0;
     // Each micro-batch is normalised by its own target count, then averaged over micro-batches.
     double loss_sum = 0;
     int64_t tokens = 0;
@@ -138,8 +140,10 @@ TrainSummary Trainer::Run() {
       double count = 0;
       for (uint8_t m : mask) count += m;
       const float scale = count > 0 ? static_cast<float>(1.0 / (count * o_.grad_accum)) : 0.0f;
-      const double total = model_.ForwardBackward(in.data(), tgt.data(), mask.data(), scale,
-                                                  StepSeed(o_.seed, step, micro));
+      const double total =
+          model_.ForwardBackward(in.data(), tgt.data(), mask.data(), scale,
+                                 StepSeed(o_.seed, step, micro), 1.0 / o_.grad_accum);
+      aux_sum += model_.last_aux_loss();
       loss_sum += count > 0 ? total / count : 0.0;
       tokens += static_cast<int64_t>(B) * T;
     }
@@ -171,6 +175,8 @@ TrainSummary Trainer::Run() {
     nlohmann::json line = {
         {"step", step},      {"loss", loss},           {"lr", lr},
         {"grad_norm", norm}, {"tokens", state.tokens}, {"tokens_per_s", tokens / dt}};
+    if (aux_sum != 0) line["aux_loss"] = aux_sum;
+    if (o_.add_metrics) o_.add_metrics(line);
     if (o_.stop_after > 0 && step - start_step >= o_.stop_after) g_stop = 1;
     const bool last = step == o_.steps || g_stop;
     if ((o_.eval_every > 0 && step % o_.eval_every == 0) || (last && val_ != nullptr)) {

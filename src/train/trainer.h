@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "data/sampler.h"
@@ -33,6 +34,10 @@ struct TrainerOptions {
   std::string out;              // output directory
   std::string run_json = "{}";  // options that a resumed run must share
   std::string title = "training loss";
+  // Called before each step (e.g. to switch soft routing to hard), and to add to each
+  // metrics line (e.g. routing statistics).
+  std::function<void(int64_t step)> before_step;
+  std::function<void(nlohmann::json& line)> add_metrics;
 };
 
 struct TrainSummary {
@@ -47,6 +52,7 @@ class Trainer {
   // for each checkpoint and for the final output in `out`.
   Trainer(TrainModel& model, ParamBlock& params, const TokenCache& train, const TokenCache* val,
           const TrainerOptions& options, std::function<void(const std::string& dir)> save_artifact);
+  AdamW& optimizer() { return adam_; }
   TrainSummary Run();
   // Mean masked loss over (at most eval_batches micro-batches of) `data`.
   double Evaluate(const TokenCache& data);

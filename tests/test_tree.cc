@@ -1,0 +1,191 @@
+// Tree-routed LoRA: against the PyTorch reference (tests/reference/make_tree_fixtures.py) in
+// hard (path and unit gates), soft and depth-3 all-linear modes; grouped execution against the
+// per-token loop; saturated soft routing against hard; routing independent of the batch.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "adapters/tree.h"
+#include "formats/safetensors.h"
+#include "model/llama.h"
+#include "test_util.h"
+#include "train/train_model.h"
+#include "util/error.h"
+#include "util/file.h"
+
+namespace tinylora {
+namespace {
+
+std::vector<double> ReadF64(const SafetensorsFile& f, const std::string& name) {
+  const TensorInfo* t = f.Find(name);
+  EXPECT_NE(t, nullptr) << name;
+  if (t == nullptr) return {};
+  std::vector<double> v(static_cast<size_t>(t->numel()));
+  std::memcpy(v.data(), f.Data(*t), t->nbytes);
+  return v;
+}
+
+class TreeFixture : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(TreeFixture, LossesLeavesAndGradientsMatchPyTorch) {
+  const std::string dir = test::FixturePath("tree/" + GetParam());
+  auto base = ModelWeights::Load(dir);
+  auto adapter = Adapter::Load(dir + "/adapter", base->config, /*with_grads=*/true);
+  auto routing = nlohmann::json::parse(ReadTextFile(dir + "/routing.json"));
+  auto batch = nlohmann::json::parse(ReadTextFile(dir + "/batch.json"));
+  const int B = static_cast<int>(batch["inputs"].size()),
+            T = static_cast<int>(batch["inputs"][0].size());
+  std::vector<int32_t> in, tgt;
+  std::vector<uint8_t> mask;
+  double count = 0;
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < T; ++t) {
+      in.push_back(batch["inputs"][b][t].get<int32_t>());
+      tgt.push_back(batch["targets"][b][t].get<int32_t>());
+      mask.push_back(batch["mask"][b][t].get<uint8_t>());
+      count += mask.back();
+    }
+  const bool soft = routing["routing"] == "soft";
+  TrainModel model(*base, nullptr, adapter.get(), B, T, false, soft);
+  model.SetRouting(
+      soft, AuxLoss{routing["hardening"].get<double>(), routing["balance"].get<double>(), 1});
+  const double task = model.ForwardBackward(in.data(), tgt.data(), mask.data(),
+                                            static_cast<float>(1.0 / count), 0) /
+                      count;
+  SafetensorsFile expected(dir + "/expected.safetensors");
+  EXPECT_NEAR(task, ReadF64(expected, "loss_task")[0], 1e-5);
+  EXPECT_NEAR(model.last_aux_loss(), ReadF64(expected, "loss_aux")[0], 1e-6);
+  for (int l = 0; l < base->config.n_layers; ++l) {
+    const std::vector<double> leaves = ReadF64(expected, "leaf." + std::to_string(l));
+    ASSERT_EQ(leaves.size(), model.routing(l).leaf.size());
+    for (size_t n = 0; n < leaves.size(); ++n)
+      EXPECT_EQ(model.routing(l).leaf[n], static_cast<int>(leaves[n])) << l;
+  }
+  ParamBlock& params = adapter->params();
+  for (int i = 0; i < params.size(); ++i) {
+    const std::vector<double> ref = ReadF64(expected, "grad." + params.name(i));
+    ASSERT_EQ(static_cast<int64_t>(ref.size()), params.numel(i)) << params.name(i);
+    double max_ref = 0, max_err = 0;
+    for (size_t k = 0; k < ref.size(); ++k) {
+      max_ref = std::max(max_ref, std::fabs(ref[k]));
+      max_err = std::max(max_err, std::fabs(ref[k] - params.grad(i)[k]));
+    }
+    EXPECT_LE(max_err, 1e-4 * max_ref + 1e-9) << params.name(i) << ": max |g| " << max_ref;
+  }
+}
+INSTANTIATE_TEST_SUITE_P(Tree, TreeFixture,
+                         ::testing::Values("hard_path", "hard_unit", "soft", "depth3_all"));
+
+// A depth-3 adapter with every tensor random.
+std::unique_ptr<Adapter> RandomTree(const LlamaConfig& c, int depth) {
+  AdapterConfig ac;
+  ac.r = 3;
+  ac.alpha = 6;
+  ac.tree_depth = depth;
+  ac.targets = ParseTargets("all-linear", "test");
+  auto a = Adapter::Create(c, ac, 21, false);
+  std::mt19937 rng(22);
+  std::normal_distribution<float> nd(0.0f, 0.3f);
+  for (int i = 0; i < a->params().size(); ++i)
+    if (a->params().name(i).find("lora_B") != std::string::npos)
+      for (int64_t k = 0; k < a->params().numel(i); ++k) a->params().value(i)[k] = nd(rng);
+  return a;
+}
+
+TEST(TreeKernels, GroupedEqualsPerTokenLoop) {
+  auto base = ModelWeights::Load(test::FixturePath("forward/gqa"));
+  auto adapter = RandomTree(base->config, 3);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int64_t N = 50, C = base->config.hidden;
+  std::vector<float> x(static_cast<size_t>(N * C));
+  for (float& v : x) v = nd(rng);
+  Routing rt;
+  RouteHard(*adapter->Router(0), x.data(), N, GateKind::kPath, &rt);
+  int used = 0;
+  for (int j = 0; j < 8; ++j)
+    used += rt.offsets[static_cast<size_t>(j) + 1] > rt.offsets[static_cast<size_t>(j)];
+  EXPECT_GE(used, 4);
+  for (Module m : {Module::kQ, Module::kK}) {
+    const LoraWeights& lw = *adapter->Get(0, m);
+    std::vector<float> y(static_cast<size_t>(N * lw.out), 0.5f), ref = y,
+                                                                 u(static_cast<size_t>(N * lw.r));
+    TreeScratch sc;
+    TreeLoraForwardHard(lw, 2.0f, x.data(), N, rt, u.data(), y.data(), sc);
+    TreeLoraForwardHardReference(lw, 2.0f, x.data(), N, rt, ref.data());
+    for (size_t i = 0; i < y.size(); ++i) ASSERT_NEAR(y[i], ref[i], 1e-5) << i;
+  }
+}
+
+TEST(TreeKernels, SaturatedSoftEqualsHard) {
+  auto base = ModelWeights::Load(test::FixturePath("forward/gqa"));
+  auto adapter = RandomTree(base->config, 2);
+  for (int l = 0; l < base->config.n_layers; ++l) {  // σ(z) = 0 or 1: soft becomes hard
+    const RouterWeights* r = adapter->Router(l);
+    for (int64_t k = 0; k < r->nodes() * r->hidden; ++k) r->W[k] *= 1e4f;
+  }
+  std::vector<int32_t> in = {3, 17, 4, 99, 23, 8, 61, 5, 2, 40};
+  std::vector<int32_t> tgt = {17, 4, 99, 23, 8, 61, 5, 2, 40, 7};
+  std::vector<uint8_t> mask(10, 1);
+  TrainModel hard(*base, nullptr, adapter.get(), 2, 5, false, true);
+  hard.SetRouting(false, AuxLoss{});
+  TrainModel soft(*base, nullptr, adapter.get(), 2, 5, false, true);
+  soft.SetRouting(true, AuxLoss{});
+  EXPECT_NEAR(hard.ForwardLoss(in.data(), tgt.data(), mask.data()),
+              soft.ForwardLoss(in.data(), tgt.data(), mask.data()), 1e-4);
+}
+
+TEST(TreeKernels, RoutingOfATokenDoesNotDependOnItsBatch) {
+  auto base = ModelWeights::Load(test::FixturePath("forward/gqa"));
+  auto adapter = RandomTree(base->config, 3);
+  LlamaModel model(*base, adapter.get());
+  const std::vector<int> a = {5, 9, 14, 2, 77, 31}, b = {8, 40, 41};
+  auto run = [&](const std::vector<std::vector<int>>& seqs) {
+    KvCache cache(model.config(), static_cast<int>(seqs.size()), 16);
+    Batch batch;
+    for (size_t s = 0; s < seqs.size(); ++s)
+      for (size_t i = 0; i < seqs[s].size(); ++i)
+        batch.Add(seqs[s][i], static_cast<int>(s), static_cast<int>(i), true);
+    std::vector<float> logits;
+    model.Forward(batch, cache, &logits);
+    return logits;
+  };
+  const std::vector<float> alone = run({a}), together = run({b, a});
+  const size_t V = static_cast<size_t>(model.config().vocab), off = b.size() * V;
+  for (size_t i = 0; i < alone.size(); ++i) ASSERT_NEAR(alone[i], together[off + i], 1e-5) << i;
+  // Decoding token by token with the cache gives the same logits as the whole prompt.
+  KvCache cache(model.config(), 1, 16);
+  std::vector<float> logits;
+  for (size_t i = 0; i < a.size(); ++i) {
+    Batch one;
+    one.Add(a[i], 0, static_cast<int>(i), true);
+    model.Forward(one, cache, &logits);
+    for (size_t k = 0; k < V; ++k) ASSERT_NEAR(logits[k], alone[i * V + k], 1e-5) << i;
+  }
+}
+
+TEST(TreeFiles, DisagreeingAdapterIsRefused) {
+  test::TempDir tmp;
+  const std::string src = test::FixturePath("tree/hard_path");
+  auto base = ModelWeights::Load(src);
+  std::filesystem::copy(src + "/adapter", tmp / "a", std::filesystem::copy_options::recursive);
+  auto cfg = nlohmann::json::parse(ReadTextFile(tmp / "a/adapter_config.json"));
+  cfg["tree_depth"] = 3;  // the file holds depth-2 tensors
+  test::WriteFile(tmp / "a/adapter_config.json", cfg.dump());
+  try {
+    Adapter::Load(tmp / "a", base->config, false);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("implies [16, 32]"), std::string::npos) << e.what();
+  }
+  cfg["tree_depth"] = 13;
+  test::WriteFile(tmp / "a/adapter_config.json", cfg.dump());
+  EXPECT_THROW(Adapter::Load(tmp / "a", base->config, false), Error);
+}
+
+}  // namespace
+}  // namespace tinylora
