@@ -73,6 +73,8 @@ class Adapter {
   void Save(const std::string& dir) const;
 
   const AdapterConfig& config() const { return config_; }
+  // JSON saved as adapter_config.json's "training" record.
+  void SetTrainingRecord(const std::string& json) { config_.training_json = json; }
   // The adapter of (layer, module), or null when that projection is not adapted.
   const LoraWeights* Get(int layer, Module m) const {
     const LoraWeights& w = modules_[static_cast<size_t>(layer)][static_cast<size_t>(m)];

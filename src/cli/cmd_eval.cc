@@ -105,8 +105,19 @@ void RunEval(const EvalOptions& o) {
   std::fprintf(stderr, "%seval: %lld tokens in %.1f s (%.1f tokens/s)\n", progress ? "\r" : "",
                static_cast<long long>(scored), seconds, scored / seconds);
   const double loss = total_loss / static_cast<double>(scored);
-  std::cout << nlohmann::json{{"tokens", scored}, {"loss", loss}, {"ppl", std::exp(loss)}}.dump()
-            << "\n";
+  nlohmann::json out = {{"tokens", scored}, {"loss", loss}, {"ppl", std::exp(loss)}};
+  if (adapter && adapter->depth() > 0) {  // how the tree routed these tokens, per block
+    nlohmann::json usage = nlohmann::json::array();
+    double entropy = 0, decided = 0;
+    const std::vector<RoutingStats> stats = model.routing_stats();
+    for (const RoutingStats& s : stats) {
+      usage.push_back(s.usage);
+      entropy += s.entropy / static_cast<double>(stats.size());
+      decided += s.decided / static_cast<double>(stats.size());
+    }
+    out["routing"] = {{"entropy", entropy}, {"decided", decided}, {"leaf_usage", usage}};
+  }
+  std::cout << out.dump() << "\n";
 }
 
 }  // namespace

@@ -69,18 +69,68 @@ void InspectModel(const std::string& dir) {
   std::cout << out.dump() << "\n";
 }
 
+void InspectAdapter(const std::string& dir) {
+  const std::string cfg_path = JoinPath(dir, "adapter_config.json");
+  nlohmann::json cfg = nlohmann::json::parse(ReadTextFile(cfg_path), nullptr, false);
+  if (cfg.is_discarded() || !cfg.is_object()) Fail(cfg_path + ": not valid JSON");
+  SafetensorsFile st(JoinPath(dir, "adapter_model.safetensors"));
+  int64_t params = 0, router = 0;
+  int layers = 0;
+  for (const TensorInfo& t : st.header().tensors) {
+    params += t.numel();
+    if (t.name.find("tree_router") != std::string::npos) {
+      router += t.numel();
+      layers += t.name.find(".weight") != std::string::npos;
+    }
+  }
+  const int depth = cfg.value("tree_depth", 0);
+  // A token uses one leaf of each projection and d router rows per block.
+  const int64_t leaf_params = (params - router) >> depth;
+  const int64_t active = leaf_params + (depth > 0 ? router / ((1 << depth) - 1) * depth : 0);
+  nlohmann::json out = {{"kind", "adapter"},
+                        {"dir", dir},
+                        {"r", cfg.value("r", 0)},
+                        {"lora_alpha", cfg.value("lora_alpha", 0.0)},
+                        {"tree_depth", depth},
+                        {"gate", cfg.value("gate", std::string("path"))},
+                        {"target_modules", cfg.value("target_modules", nlohmann::json::array())},
+                        {"params", params},
+                        {"router_params", router},
+                        {"active_params_per_token", active},
+                        {"tensors", st.header().tensors.size()}};
+  if (cfg.contains("training")) out["training"] = cfg["training"];
+  std::fprintf(
+      stderr,
+      "%s adapter: r=%d, %d leaves per projection, %lld parameters (%lld active per token)\n",
+      depth > 0 ? "tree-LoRA" : "LoRA", cfg.value("r", 0), 1 << depth,
+      static_cast<long long>(params), static_cast<long long>(active));
+  if (cfg.contains("training") && cfg["training"].contains("routing_stats")) {
+    const auto& rs = cfg["training"]["routing_stats"];
+    std::fprintf(stderr,
+                 "routing at the end of training: entropy %.3f nats, %.0f%% of decisions decided\n",
+                 rs.value("entropy", 0.0), 100 * rs.value("decided", 0.0));
+    int block = 0;
+    for (const auto& usage : rs["leaf_usage"])
+      std::fprintf(stderr, "  block %d leaf usage %s\n", block++, usage.dump().c_str());
+  }
+  (void)layers;
+  std::cout << out.dump() << "\n";
+}
+
 }  // namespace
 
 void AddInspectCommand(CLI::App& app) {
   auto dir = std::make_shared<std::string>();
-  CLI::App* cmd = app.add_subcommand("inspect", "show what a model directory holds");
+  CLI::App* cmd = app.add_subcommand("inspect", "show what a model or adapter directory holds");
   cmd->add_option("dir", *dir, "the directory")->required();
   cmd->callback([dir]() {
     if (!IsDirectory(*dir)) Fail(*dir + ": not a directory");
-    if (FileExists(JoinPath(*dir, "config.json"))) {
+    if (FileExists(JoinPath(*dir, "adapter_config.json"))) {
+      InspectAdapter(*dir);
+    } else if (FileExists(JoinPath(*dir, "config.json"))) {
       InspectModel(*dir);
     } else {
-      Fail(*dir + ": no config.json; not a model directory");
+      Fail(*dir + ": neither a model (config.json) nor an adapter (adapter_config.json) directory");
     }
   });
 }

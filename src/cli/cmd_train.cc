@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "adapters/lora.h"
+#include "adapters/tree.h"
 #include "cli/common.h"
 #include "data/token_cache.h"
 #include "model/tokenizer.h"
@@ -197,7 +198,25 @@ struct LoraTrainOptions {
   std::string model, targets = "q_proj,v_proj";
   int rank = 8;
   double alpha = 16, dropout = 0;
+  // tree adapters
+  int tree_depth = 0;
+  std::string routing = "hard", gate = "path";
+  int64_t hard_from = -1;  // soft-then-hard: first hard step (default: half the steps)
+  double hardening = 0.0, balance = 0.01, router_lr = 0;
 };
+
+// Per block: leaf usage, mean decision entropy, share of decided decisions.
+nlohmann::json RoutingJson(const std::vector<RoutingStats>& blocks) {
+  nlohmann::json usage = nlohmann::json::array();
+  double entropy = 0, decided = 0;
+  for (const RoutingStats& s : blocks) {
+    usage.push_back(s.usage);
+    entropy += s.entropy;
+    decided += s.decided;
+  }
+  const double n = std::max<double>(1, static_cast<double>(blocks.size()));
+  return {{"entropy", entropy / n}, {"decided", decided / n}, {"leaf_usage", usage}};
+}
 
 void RunTrain(const LoraTrainOptions& lo) {
   const CommonTrainOptions& o = lo.common;
@@ -215,29 +234,73 @@ void RunTrain(const LoraTrainOptions& lo) {
   ac.alpha = lo.alpha;
   ac.dropout = lo.dropout;
   ac.targets = ParseTargets(lo.targets, "--targets");
+  ac.tree_depth = lo.tree_depth;
+  ac.gate = lo.gate;
+  const bool tree = lo.tree_depth > 0;
+  if (!tree && lo.routing != "hard") Fail("--routing: needs --tree-depth of at least 1");
   Data data = PrepareData(o, tok_path, c.vocab);
   auto adapter = Adapter::Create(c, ac, o.seed, /*with_grads=*/true);
-  nlohmann::json run = {{"mode", "lora"},    {"model", lo.model},     {"rank", lo.rank},
-                        {"alpha", lo.alpha}, {"targets", lo.targets}, {"dropout", lo.dropout}};
+  nlohmann::json run = {{"mode", "lora"},
+                        {"model", lo.model},
+                        {"rank", lo.rank},
+                        {"alpha", lo.alpha},
+                        {"targets", lo.targets},
+                        {"dropout", lo.dropout},
+                        {"tree_depth", lo.tree_depth},
+                        {"routing", lo.routing},
+                        {"gate", lo.gate}};
   TrainerOptions t = MakeTrainerOptions(o, data.caches->train, run);
-  t.title = "LoRA r=" + std::to_string(lo.rank) + " on " + lo.model;
+  t.title = (tree ? "tree-LoRA depth " + std::to_string(lo.tree_depth) + ", r=" : "LoRA r=") +
+            std::to_string(lo.rank) + " on " + lo.model;
+  TrainModel model(*base, nullptr, adapter.get(), o.batch_size, o.seq_len, o.checkpoint_activations,
+                   /*soft_capable=*/lo.routing != "hard");
+  const AuxLoss aux{lo.hardening, lo.balance, 1.0};
+  const int64_t hard_from = lo.hard_from >= 0 ? lo.hard_from : t.steps / 2 + 1;
+  nlohmann::json last_routing;
+  if (tree) {
+    model.SetRouting(lo.routing != "hard", aux);
+    if (lo.routing == "soft-then-hard") {
+      t.before_step = [&model, aux, hard_from](int64_t step) {
+        model.SetRouting(step < hard_from, aux);
+      };
+    }
+    t.add_metrics = [&model, &c, &last_routing](nlohmann::json& line) {
+      std::vector<RoutingStats> blocks;
+      for (int l = 0; l < c.n_layers; ++l) blocks.push_back(ComputeRoutingStats(model.routing(l)));
+      line["routing"] = last_routing = RoutingJson(blocks);
+    };
+  }
+  std::fprintf(
+      stderr, "%s r=%d alpha=%g on %s: %lld trainable parameters, activations %.0f MB\n",
+      tree ? ("tree-LoRA depth " + std::to_string(lo.tree_depth) + " (" + lo.routing + ")").c_str()
+           : "LoRA",
+      lo.rank, lo.alpha, lo.targets.c_str(), static_cast<long long>(adapter->ParamCount()),
+      model.ActivationBytes() / 1e6);
   nlohmann::json training = {{"base_model", lo.model},
                              {"steps", t.steps},
                              {"lr", o.lr},
                              {"batch_size", o.batch_size},
                              {"seq_len", o.seq_len},
                              {"grad_accum", o.grad_accum},
-                             {"seed", o.seed}};
-  AdapterConfig saved = ac;
-  saved.training_json = training.dump();
-  TrainModel model(*base, nullptr, adapter.get(), o.batch_size, o.seq_len,
-                   o.checkpoint_activations);
-  std::fprintf(stderr, "LoRA r=%d alpha=%g on %s: %lld trainable parameters, activations %.0f MB\n",
-               lo.rank, lo.alpha, lo.targets.c_str(), static_cast<long long>(adapter->ParamCount()),
-               model.ActivationBytes() / 1e6);
+                             {"seed", o.seed},
+                             {"routing", lo.routing},
+                             {"hardening", lo.hardening},
+                             {"balance", lo.balance}};
   Adapter* a = adapter.get();
   Trainer trainer(model, adapter->params(), data.caches->train, data.val_cache(), t,
-                  [a](const std::string& dir) { a->Save(dir); });
+                  [a, &training, &last_routing](const std::string& dir) {
+                    nlohmann::json record = training;
+                    if (!last_routing.is_null()) record["routing_stats"] = last_routing;
+                    a->SetTrainingRecord(record.dump());
+                    a->Save(dir);
+                  });
+  if (tree && lo.router_lr > 0) {
+    for (int i = 0; i < adapter->params().size(); ++i) {
+      if (adapter->params().name(i).find("tree_router") != std::string::npos) {
+        trainer.optimizer().SetLrScale(i, lo.router_lr / o.lr);
+      }
+    }
+  }
   const TrainSummary s = trainer.Run();
   PrintSummary(s, o.out, adapter->ParamCount(), model.ActivationBytes());
 }
@@ -317,6 +380,25 @@ void AddTrainCommands(CLI::App& app) {
   train->add_option("--dropout", lo->dropout, "LoRA dropout on the adapter input")
       ->check(CLI::Range(0.0, 0.9));
   train->add_option("--targets", lo->targets, "modules to adapt: q_proj,k_proj,… or all-linear");
+  train
+      ->add_option("--tree-depth", lo->tree_depth,
+                   "tree of 2^D LoRA leaves per projection (0: plain LoRA)")
+      ->check(CLI::Range(0, kMaxTreeDepth));
+  train->add_option("--routing", lo->routing, "hard | soft | soft-then-hard")
+      ->check(CLI::IsMember({"hard", "soft", "soft-then-hard"}));
+  train
+      ->add_option("--hard-from", lo->hard_from,
+                   "soft-then-hard: first hard step (default: half way)")
+      ->check(CLI::NonNegativeNumber);
+  train
+      ->add_option("--gate", lo->gate, "path (g = p of the leaf) | unit (g = 1, gradient of log p)")
+      ->check(CLI::IsMember({"path", "unit"}));
+  train->add_option("--hardening", lo->hardening, "weight of the routing-entropy loss")
+      ->check(CLI::NonNegativeNumber);
+  train->add_option("--balance", lo->balance, "weight of the leaf-balance loss")
+      ->check(CLI::NonNegativeNumber);
+  train->add_option("--router-lr", lo->router_lr, "learning rate of the routers (default: --lr)")
+      ->check(CLI::PositiveNumber);
   AddCommonFlags(train, &lo->common);
   train->callback([lo]() { RunTrain(*lo); });
 

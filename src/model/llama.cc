@@ -31,9 +31,21 @@ KvCache::KvCache(const LlamaConfig& c, int n_seqs, int capacity)
 LlamaModel::LlamaModel(const ModelWeights& w, const Adapter* adapter)
     : w_(w), adapter_(adapter), rope_(w.config.head_dim, w.config.max_pos, w.config.rope_theta) {
   if (adapter_ != nullptr && adapter_->depth() > 0) {
-    leaf_counts_.assign(static_cast<size_t>(w.config.n_layers),
-                        std::vector<int64_t>(static_cast<size_t>(1) << adapter_->depth(), 0));
+    routing_totals_.resize(static_cast<size_t>(w.config.n_layers));
+    for (auto& t : routing_totals_) t.usage.assign(static_cast<size_t>(1) << adapter_->depth(), 0);
   }
+}
+
+std::vector<RoutingStats> LlamaModel::routing_stats() const {
+  std::vector<RoutingStats> out;
+  for (const RoutingTotals& t : routing_totals_) {
+    RoutingStats s;
+    s.usage = t.usage;
+    s.entropy = t.decisions > 0 ? t.entropy / static_cast<double>(t.decisions) : 0;
+    s.decided = t.decisions > 0 ? t.decided / static_cast<double>(t.decisions) : 0;
+    out.push_back(s);
+  }
+  return out;
 }
 
 void LlamaModel::Project(int l, Module m, const Tensor& w, const float* x, int64_t T, float* y) {
@@ -130,9 +142,13 @@ void LlamaModel::Forward(const Batch& batch, KvCache& cache, std::vector<float>*
     if (const RouterWeights* router = adapter_ ? adapter_->Router(layer) : nullptr) {
       RouteHard(*router, xn_.data(), T,
                 adapter_->config().gate == "unit" ? GateKind::kUnit : GateKind::kPath, &routing_);
-      for (int64_t t = 0; t < T; ++t)
-        ++leaf_counts_[static_cast<size_t>(layer)]
-                      [static_cast<size_t>(routing_.leaf[static_cast<size_t>(t)])];
+      const RoutingStats st = ComputeRoutingStats(routing_);
+      RoutingTotals& tot = routing_totals_[static_cast<size_t>(layer)];
+      const int64_t decisions = static_cast<int64_t>(routing_.path_z.size());
+      for (size_t j = 0; j < st.usage.size(); ++j) tot.usage[j] += st.usage[j];
+      tot.entropy += st.entropy * static_cast<double>(decisions);
+      tot.decided += st.decided * static_cast<double>(decisions);
+      tot.decisions += decisions;
     }
     Project(layer, Module::kQ, L.wq, xn_.data(), T, q_.data());  // q (T, NH*HD)
     Project(layer, Module::kK, L.wk, xn_.data(), T, k_.data());  // k (T, KVH*HD)

@@ -54,8 +54,9 @@ class LlamaModel {
   explicit LlamaModel(const ModelWeights& w, const Adapter* adapter = nullptr);
   const LlamaConfig& config() const { return w_.config; }
   const ModelWeights& weights() const { return w_; }
-  // Per block, how many tokens each leaf received since construction (tree adapters).
-  const std::vector<std::vector<int64_t>>& leaf_counts() const { return leaf_counts_; }
+  // Per block, the routing of every token run since construction (tree adapters): leaf
+  // usage, mean decision entropy, share of decided decisions.
+  std::vector<RoutingStats> routing_stats() const;
 
   // Runs the batch through the model, updating the cache. logits: (n, V) for the tokens with
   // want_logits, in batch order. Bad token ids, sequences or positions: Error (exit 2).
@@ -76,7 +77,12 @@ class LlamaModel {
   TreeScratch tree_scratch_;
   RopeTable rope_;
   // Activations, grown to the largest batch seen and reused.
-  std::vector<std::vector<int64_t>> leaf_counts_;  // (L, 2^d)
+  struct RoutingTotals {
+    std::vector<int64_t> usage;  // (2^d)
+    double entropy = 0, decided = 0;
+    int64_t decisions = 0;
+  };
+  std::vector<RoutingTotals> routing_totals_;  // (L)
   std::vector<float> x_, xn_, q_, k_, v_, att_, h1_, h2_, scratch_, lora_u_;
 };
 
