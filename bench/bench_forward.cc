@@ -3,6 +3,7 @@
 //   prefill: achieved GFLOP/s (matmuls + attention) / sgemm GFLOP/s at the model's shapes
 //   decode:  bytes of weights (+ KV cache) read per token × tokens/s / read bandwidth
 // Usage: bench_forward MODEL_DIR [--prefill T] [--decode N] [--threads N]
+//                     [--lora-rank R [--tree-depth D] [--targets q_proj,v_proj|all-linear]]
 // Table on stderr, one JSON line on stdout.
 #include <cblas.h>
 #include <omp.h>
@@ -14,6 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "adapters/lora.h"
 #include "ceilings.h"
 #include "model/llama.h"
 #include "util/error.h"
@@ -34,7 +36,8 @@ int Main(int argc, char** argv) {
     return 2;
   }
   const std::string dir = argv[1];
-  int prefill = 512, decode = 32, threads = omp_get_num_procs();
+  int prefill = 512, decode = 32, threads = omp_get_num_procs(), rank = 0, depth = 0;
+  std::string targets = "q_proj,v_proj";
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     const int v = std::atoi(argv[i + 1]);
@@ -44,6 +47,12 @@ int Main(int argc, char** argv) {
       decode = v;
     else if (flag == "--threads")
       threads = v;
+    else if (flag == "--lora-rank")
+      rank = v;
+    else if (flag == "--tree-depth")
+      depth = v;
+    else if (flag == "--targets")
+      targets = argv[i + 1];
     else {
       std::fprintf(stderr, "error: unknown flag %s\n", flag.c_str());
       return 2;
@@ -55,7 +64,17 @@ int Main(int argc, char** argv) {
   auto w = ModelWeights::Load(dir);
   const LlamaConfig& c = w->config;
   prefill = std::min(prefill, c.max_pos - decode - 1);
-  LlamaModel model(*w);
+  // Optionally a random (tree-)LoRA adapter on top: its decode cost is what is measured.
+  std::unique_ptr<Adapter> adapter;
+  if (rank > 0) {
+    AdapterConfig ac;
+    ac.r = rank;
+    ac.alpha = 2.0 * rank;
+    ac.tree_depth = depth;
+    ac.targets = ParseTargets(targets, "--targets");
+    adapter = Adapter::Create(w->config, ac, 1, false);
+  }
+  LlamaModel model(*w, adapter.get());
 
   // Ceilings at this model's shapes.
   const int64_t C = c.hidden, F = c.intermediate, Q = c.q_dim(), KV = c.kv_dim(), T = prefill;

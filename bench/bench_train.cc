@@ -40,7 +40,7 @@ int Main(int argc, char** argv) {
     return 2;
   }
   const std::string dir = argv[1];
-  int B = 1, T = 256, rank = 8, steps = 3, threads = omp_get_num_procs();
+  int B = 1, T = 256, rank = 8, steps = 3, threads = omp_get_num_procs(), depth = 0;
   std::string targets = "q_proj,v_proj";
   bool pretrain = false, checkpoint = false;
   for (int i = 2; i < argc; ++i) {
@@ -57,6 +57,8 @@ int Main(int argc, char** argv) {
       targets = value();
     else if (f == "--rank")
       rank = std::atoi(value().c_str());
+    else if (f == "--tree-depth")
+      depth = std::atoi(value().c_str());
     else if (f == "--steps")
       steps = std::atoi(value().c_str());
     else if (f == "--threads")
@@ -84,6 +86,7 @@ int Main(int argc, char** argv) {
     ac.r = rank;
     ac.alpha = 2.0 * rank;
     ac.targets = ParseTargets(targets, "--targets");
+    ac.tree_depth = depth;
     adapter = Adapter::Create(c, ac, 1, true);
     params = &adapter->params();
   }
@@ -121,7 +124,8 @@ int Main(int argc, char** argv) {
     for (const Tensor* t : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down})
       matrix_params += static_cast<double>(t->numel());
   const double head = static_cast<double>(w->lm_head.numel());
-  const double lora = pretrain ? 0 : static_cast<double>(adapter->ParamCount());
+  // LoRA FLOPs: one leaf's worth per token (hard routing), plus d router rows per block.
+  const double lora = pretrain ? 0 : static_cast<double>(adapter->ParamCount()) / (1 << depth);
   const double attn = 2.0 * 2.0 * c.n_layers * B * c.n_heads * c.head_dim * (T * (T + 1) / 2.0);
   double flops = 2.0 * N * (matrix_params + head + lora) + attn;  // forward
   flops +=
@@ -131,7 +135,10 @@ int Main(int argc, char** argv) {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
   const double rss_mb = static_cast<double>(ru.ru_maxrss) / 1024.0;
-  const std::string what = pretrain ? "pretrain" : "LoRA r=" + std::to_string(rank) + " " + targets;
+  const std::string what =
+      pretrain ? "pretrain"
+               : (depth > 0 ? "tree d=" + std::to_string(depth) + " " : std::string()) +
+                     "LoRA r=" + std::to_string(rank) + " " + targets;
   std::fprintf(
       stderr,
       "%s, %s, B=%d T=%d%s, %d threads\n"

@@ -56,7 +56,7 @@ void RouteHard(const RouterWeights& r, const float* x, int64_t N, GateKind gate,
   Reset(rt, d, N, false);
   rt->gate_kind = gate;
   const int64_t C = r.hidden;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N > 16)
   for (int64_t n = 0; n < N; ++n) {
     const float* xn = x + n * C;
     int node = 0;
