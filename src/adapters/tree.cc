@@ -1,6 +1,7 @@
 #include "adapters/tree.h"
 
 #include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -258,19 +259,25 @@ double RouterBackward(const RouterWeights& r, const float* x, const Routing& rt,
   return RouterAuxLoss(rt, aux);
 }
 
-void TreeLoraForwardHard(const LoraWeights& l, float s, const float* x, int64_t N,
-                         const Routing& rt, float* u, float* y, TreeScratch& sc) {
+void TreeLoraForwardHard(const LoraWeights& l, float s, const float* x, int64_t /*N*/,
+                         const Routing& rt, float* u, float* y, TreeScratch& scratch) {
   const int r = l.r, R = l.R(), in = static_cast<int>(l.in), out = static_cast<int>(l.out);
-  Grow(sc.xg, N * in);
-  Grow(sc.yg, N * out);
-  Grow(sc.ug, N * r);
+  scratch.threads.resize(static_cast<size_t>(omp_get_max_threads()));
+  // Leaves in parallel: a token belongs to one leaf, so every write below is to rows (or leaf
+  // tensors) that no other leaf touches.
+#pragma omp parallel for schedule(dynamic, 1) if (l.leaves > 1 && rt.N >= 32)
   for (int j = 0; j < l.leaves; ++j) {
-    const int64_t begin = rt.offsets[static_cast<size_t>(j)],
-                  nj = rt.offsets[static_cast<size_t>(j) + 1] - begin;
+    const int64_t begin = rt.offsets[static_cast<size_t>(j)];
+    const int64_t nj = rt.offsets[static_cast<size_t>(j) + 1] - begin;
     if (nj == 0) continue;
+    TreeScratch::Buffers& sc = scratch.threads[static_cast<size_t>(omp_get_thread_num())];
+    Grow(sc.xg, nj * in);
+    Grow(sc.yg, nj * out);
+    Grow(sc.ug, nj * r);
     const int32_t* rows = &rt.order[static_cast<size_t>(begin)];
-    for (int64_t t = 0; t < nj; ++t)
+    for (int64_t t = 0; t < nj; ++t) {
       std::memcpy(&sc.xg[static_cast<size_t>(t * in)], x + rows[t] * l.in, sizeof(float) * in);
+    }
     // U_j (nj, r) = X_j · A_jᵀ
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nj), r, in, 1.0f,
                 sc.xg.data(), in, l.A + static_cast<int64_t>(j) * r * in, in, 0.0f, sc.ug.data(),
@@ -293,16 +300,20 @@ void TreeLoraForwardHard(const LoraWeights& l, float s, const float* x, int64_t 
 }
 
 void TreeLoraBackwardHard(const LoraWeights& l, float s, const float* x, const float* u,
-                          const float* dy, int64_t N, Routing& rt, float* dx, TreeScratch& sc) {
+                          const float* dy, int64_t /*N: rt.N*/, Routing& rt, float* dx,
+                          TreeScratch& scratch) {
   const int r = l.r, R = l.R(), in = static_cast<int>(l.in), out = static_cast<int>(l.out);
-  Grow(sc.xg, N * in);
-  Grow(sc.yg, N * out);
-  Grow(sc.ug, N * r);
-  Grow(sc.vg, N * r);
+  scratch.threads.resize(static_cast<size_t>(omp_get_max_threads()));
+#pragma omp parallel for schedule(dynamic, 1) if (l.leaves > 1 && rt.N >= 32)
   for (int j = 0; j < l.leaves; ++j) {
-    const int64_t begin = rt.offsets[static_cast<size_t>(j)],
-                  nj = rt.offsets[static_cast<size_t>(j) + 1] - begin;
+    const int64_t begin = rt.offsets[static_cast<size_t>(j)];
+    const int64_t nj = rt.offsets[static_cast<size_t>(j) + 1] - begin;
     if (nj == 0) continue;
+    TreeScratch::Buffers& sc = scratch.threads[static_cast<size_t>(omp_get_thread_num())];
+    Grow(sc.xg, nj * in);
+    Grow(sc.yg, nj * out);
+    Grow(sc.ug, nj * r);
+    Grow(sc.vg, nj * r);
     const int32_t* rows = &rt.order[static_cast<size_t>(begin)];
     const int n = static_cast<int>(nj);
     for (int64_t t = 0; t < nj; ++t) {

@@ -60,9 +60,14 @@ struct RoutingStats {
 };
 RoutingStats ComputeRoutingStats(const Routing& rt);
 
-// Growable gather/scatter buffers of the grouped kernels.
+// Growable gather/scatter buffers of the grouped kernels, one set per thread (leaves run in
+// parallel, each with single-threaded GEMMs).
 struct TreeScratch {
-  std::vector<float> xg, yg, ug, vg;
+  struct Buffers {
+    std::vector<float> xg, yg, ug, vg;
+  };
+  std::vector<Buffers> threads;
+  std::vector<float> ug, vg;  // soft mode: (N, R)
 };
 
 // Hard: y (N, out) += s · g_n · B_{leaf n} (A_{leaf n} x_n); u (N, r) saves A_leaf x.
