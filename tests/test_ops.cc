@@ -119,6 +119,26 @@ TEST(Attention, MatchesReference) {
   }
 }
 
+TEST(Attention, GroupDecodeMatchesReference) {
+  for (const AttentionShape s :
+       {AttentionShape{8, 2, 16}, AttentionShape{4, 4, 8}, AttentionShape{6, 1, 6}}) {
+    for (int64_t p0 : {0, 1, 37}) {
+      const int64_t ldq = s.n_heads * s.head_dim, ldkv = s.n_kv_heads * s.head_dim, len = p0 + 1;
+      std::vector<float> q = Random(static_cast<size_t>(ldq), 31),
+                         k = Random(static_cast<size_t>(len * ldkv), 32);
+      std::vector<float> v = Random(static_cast<size_t>(len * ldkv), 33), out(q.size()),
+                         ref(q.size());
+      std::vector<float> scratch(static_cast<size_t>(s.n_heads / s.n_kv_heads * len));
+      for (int g = 0; g < s.n_kv_heads; ++g) {
+        AttentionGroupDecode(s, g, q.data(), k.data(), v.data(), ldkv, p0, out.data(),
+                             scratch.data());
+      }
+      AttentionReference(s, q.data(), ldq, k.data(), v.data(), ldkv, 1, p0, ref.data(), ldq);
+      EXPECT_LT(MaxAbsDiff(out, ref), 1e-5f) << "heads " << s.n_heads << " p0 " << p0;
+    }
+  }
+}
+
 TEST(Attention, FirstTokenCopiesItsValue) {  // one visible key: output = that value, any query
   const AttentionShape s{2, 1, 4};
   std::vector<float> q = Random(8, 6), k = Random(4, 7), v = Random(4, 8), out(8), scratch(1);

@@ -120,7 +120,11 @@ void LlamaModel::Forward(const Batch& batch, KvCache& cache, std::vector<float>*
   Resize(h1_, T * std::max(F, C));
   Resize(h2_, T * std::max(F, C));  // up (T, F), then down's output (T, C)
   int64_t longest = 0;
-  for (const Run& r : runs) longest = std::max(longest, std::min<int64_t>(r.n, 64) * (r.p0 + r.n));
+  const int64_t group = c.n_heads / c.n_kv_heads;
+  for (const Run& r : runs) {
+    longest =
+        std::max(longest, std::max<int64_t>(std::min<int64_t>(r.n, 64), group) * (r.p0 + r.n));
+  }
   const int threads = omp_get_max_threads();
   Resize(scratch_, longest * threads);
 
@@ -160,14 +164,22 @@ void LlamaModel::Forward(const Batch& batch, KvCache& cache, std::vector<float>*
       std::memcpy(cache.K(layer, batch.seq[t]) + p, &k_[t * KV], sizeof(float) * KV);
       std::memcpy(cache.V(layer, batch.seq[t]) + p, &v_[t * KV], sizeof(float) * KV);
     }
+    // Single-token runs (decode) take a KV group's heads together; longer runs go per head.
     const int64_t tasks = static_cast<int64_t>(runs.size()) * c.n_heads;
 #pragma omp parallel for schedule(dynamic)
     for (int64_t task = 0; task < tasks; ++task) {
       const Run& r = runs[static_cast<size_t>(task / c.n_heads)];
       const int head = static_cast<int>(task % c.n_heads);
-      AttentionHead(shape, head, &q_[r.begin * Q], Q, cache.K(layer, r.seq), cache.V(layer, r.seq),
-                    KV, r.n, r.p0, &att_[r.begin * Q], Q,
-                    &scratch_[static_cast<size_t>(omp_get_thread_num() * longest)]);
+      float* scratch = &scratch_[static_cast<size_t>(omp_get_thread_num() * longest)];
+      if (r.n == 1) {
+        const int group = c.n_heads / c.n_kv_heads;
+        if (head % group != 0) continue;  // the group's first head does the whole group
+        AttentionGroupDecode(shape, head / group, &q_[r.begin * Q], cache.K(layer, r.seq),
+                             cache.V(layer, r.seq), KV, r.p0, &att_[r.begin * Q], scratch);
+      } else {
+        AttentionHead(shape, head, &q_[r.begin * Q], Q, cache.K(layer, r.seq),
+                      cache.V(layer, r.seq), KV, r.n, r.p0, &att_[r.begin * Q], Q, scratch);
+      }
     }
     Project(layer, Module::kO, L.wo, att_.data(), T, h1_.data());  // (T, C)
     AddInPlace(x_.data(), h1_.data(), T * C);

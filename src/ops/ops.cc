@@ -144,6 +144,22 @@ void AttentionHead(const AttentionShape& s, int head, const float* q, int64_t ld
   }
 }
 
+void AttentionGroupDecode(const AttentionShape& s, int kvh, const float* q, const float* k,
+                          const float* v, int64_t ldkv, int64_t p0, float* out, float* scratch) {
+  const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
+  const int len = static_cast<int>(p0 + 1);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const float* qg = q + static_cast<int64_t>(kvh) * group * hd;  // (group, HD), rows contiguous
+  // scores (group, len) = scale · q_g · k_gᵀ ; every key up to p0 is visible
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, group, len, hd, scale, qg, hd, k + kvh * hd,
+              static_cast<int>(ldkv), 0.0f, scratch, len);
+  for (int h = 0; h < group; ++h) Softmax(scratch + static_cast<int64_t>(h) * len, len);
+  // out_g (group, HD) = probs · v_g
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, group, hd, len, 1.0f, scratch, len,
+              v + kvh * hd, static_cast<int>(ldkv), 0.0f,
+              out + static_cast<int64_t>(kvh) * group * hd, hd);
+}
+
 void AttentionTrainHead(const AttentionShape& s, int head, const float* q, int64_t ldq,
                         const float* k, const float* v, int64_t ldkv, int64_t T, float* probs,
                         float* out, int64_t ldo) {

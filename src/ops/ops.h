@@ -53,6 +53,12 @@ void AttentionHead(const AttentionShape& s, int head, const float* q, int64_t ld
                    const float* v, int64_t ldkv, int64_t n, int64_t p0, float* out, int64_t ldo,
                    float* scratch);
 
+// Decode: one query token at position p0 (a run of n = 1), the NH/KVH query heads of KV group
+// `kvh` at once — their rows of q are contiguous, so K_g and V_g are read once for the group,
+// not once per head. q, out: the token's (NH·HD) rows; scratch holds (NH/KVH)·(p0+1) floats.
+void AttentionGroupDecode(const AttentionShape& s, int kvh, const float* q, const float* k,
+                          const float* v, int64_t ldkv, int64_t p0, float* out, float* scratch);
+
 // Training: causal self-attention of one sequence of T tokens (positions 0..T-1) for one
 // query head, saving the probabilities. q (T, ·) ldq; k, v (T, ·) ldkv; probs (T, T).
 void AttentionTrainHead(const AttentionShape& s, int head, const float* q, int64_t ldq,
