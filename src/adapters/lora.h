@@ -45,7 +45,14 @@ struct LoraWeights {
   float* B = nullptr;   // (out, leaves·r)
   float* dA = nullptr;  // gradients, or null when not training
   float* dB = nullptr;
+  // Inference may hold B leaf-major instead, (leaves, out, r): a leaf's B is then one
+  // contiguous block rather than r columns strided across every row.
+  bool b_leaf_major = false;
   int R() const { return leaves * r; }
+  const float* LeafB(int j) const {  // leaf j's B (out, r), row stride LeafBStride()
+    return b_leaf_major ? B + static_cast<int64_t>(j) * out * r : B + static_cast<int64_t>(j) * r;
+  }
+  int LeafBStride() const { return b_leaf_major ? r : R(); }
 };
 
 // A block's router (tree_depth > 0): node logits z = W x̂ + b over the heap-ordered nodes.

@@ -261,7 +261,7 @@ double RouterBackward(const RouterWeights& r, const float* x, const Routing& rt,
 
 void TreeLoraForwardHard(const LoraWeights& l, float s, const float* x, int64_t /*N*/,
                          const Routing& rt, float* u, float* y, TreeScratch& scratch) {
-  const int r = l.r, R = l.R(), in = static_cast<int>(l.in), out = static_cast<int>(l.out);
+  const int r = l.r, in = static_cast<int>(l.in), out = static_cast<int>(l.out);
   scratch.threads.resize(static_cast<size_t>(omp_get_max_threads()));
   // Leaves in parallel: a token belongs to one leaf, so every write below is to rows (or leaf
   // tensors) that no other leaf touches.
@@ -290,7 +290,7 @@ void TreeLoraForwardHard(const LoraWeights& l, float s, const float* x, int64_t 
     }
     // Y_j (nj, out) = s · (g ∘ U_j) · B_jᵀ, B_j = columns [j·r, (j+1)·r) of B
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nj), out, r, s,
-                sc.ug.data(), r, l.B + static_cast<int64_t>(j) * r, R, 0.0f, sc.yg.data(), out);
+                sc.ug.data(), r, l.LeafB(j), l.LeafBStride(), 0.0f, sc.yg.data(), out);
     for (int64_t t = 0; t < nj; ++t) {
       float* yr = y + rows[t] * l.out;
       const float* src = &sc.yg[static_cast<size_t>(t * out)];
