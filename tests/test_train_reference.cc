@@ -38,16 +38,6 @@ struct Fixture {
   }
 };
 
-std::vector<double> ReadF64(const SafetensorsFile& f, const std::string& name) {
-  const TensorInfo* t = f.Find(name);
-  EXPECT_NE(t, nullptr) << name;
-  if (t == nullptr) return {};
-  EXPECT_EQ(t->dtype, DType::kF64);
-  std::vector<double> v(static_cast<size_t>(t->numel()));
-  std::memcpy(v.data(), f.Data(*t), t->nbytes);
-  return v;
-}
-
 // Runs one forward/backward and compares loss and every gradient with the reference.
 void CompareGradients(TrainModel& model, ParamBlock& params, const Fixture& fx) {
   SafetensorsFile expected(fx.dir + "/expected.safetensors");
@@ -55,18 +45,8 @@ void CompareGradients(TrainModel& model, ParamBlock& params, const Fixture& fx) 
   const double loss = model.ForwardBackward(fx.in.data(), fx.tgt.data(), fx.mask.data(),
                                             static_cast<float>(1.0 / fx.count), 0) /
                       fx.count;
-  EXPECT_NEAR(loss, ReadF64(expected, "loss")[0], 1e-5);
-  for (int i = 0; i < params.size(); ++i) {
-    const std::vector<double> ref = ReadF64(expected, "grad." + params.name(i));
-    ASSERT_EQ(static_cast<int64_t>(ref.size()), params.numel(i)) << params.name(i);
-    double max_ref = 0, max_err = 0;
-    for (size_t k = 0; k < ref.size(); ++k) {
-      max_ref = std::max(max_ref, std::fabs(ref[k]));
-      max_err = std::max(max_err, std::fabs(ref[k] - params.grad(i)[k]));
-    }
-    // relative to the tensor's largest gradient (float32 drift is ~2e-6 of it)
-    EXPECT_LE(max_err, 1e-4 * max_ref + 1e-9) << params.name(i) << ": max |g| " << max_ref;
-  }
+  EXPECT_NEAR(loss, test::ReadF64(expected, "loss")[0], 1e-5);
+  test::ExpectGradientsMatch(params, expected);
 }
 
 // Ten AdamW steps on the same batch: the loss before each step matches the reference.

@@ -20,15 +20,6 @@
 namespace tinylora {
 namespace {
 
-std::vector<double> ReadF64(const SafetensorsFile& f, const std::string& name) {
-  const TensorInfo* t = f.Find(name);
-  EXPECT_NE(t, nullptr) << name;
-  if (t == nullptr) return {};
-  std::vector<double> v(static_cast<size_t>(t->numel()));
-  std::memcpy(v.data(), f.Data(*t), t->nbytes);
-  return v;
-}
-
 class TreeFixture : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(TreeFixture, LossesLeavesAndGradientsMatchPyTorch) {
@@ -57,25 +48,15 @@ TEST_P(TreeFixture, LossesLeavesAndGradientsMatchPyTorch) {
                                             static_cast<float>(1.0 / count), 0) /
                       count;
   SafetensorsFile expected(dir + "/expected.safetensors");
-  EXPECT_NEAR(task, ReadF64(expected, "loss_task")[0], 1e-5);
-  EXPECT_NEAR(model.last_aux_loss(), ReadF64(expected, "loss_aux")[0], 1e-6);
+  EXPECT_NEAR(task, test::ReadF64(expected, "loss_task")[0], 1e-5);
+  EXPECT_NEAR(model.last_aux_loss(), test::ReadF64(expected, "loss_aux")[0], 1e-6);
   for (int l = 0; l < base->config.n_layers; ++l) {
-    const std::vector<double> leaves = ReadF64(expected, "leaf." + std::to_string(l));
+    const std::vector<double> leaves = test::ReadF64(expected, "leaf." + std::to_string(l));
     ASSERT_EQ(leaves.size(), model.routing(l).leaf.size());
     for (size_t n = 0; n < leaves.size(); ++n)
       EXPECT_EQ(model.routing(l).leaf[n], static_cast<int>(leaves[n])) << l;
   }
-  ParamBlock& params = adapter->params();
-  for (int i = 0; i < params.size(); ++i) {
-    const std::vector<double> ref = ReadF64(expected, "grad." + params.name(i));
-    ASSERT_EQ(static_cast<int64_t>(ref.size()), params.numel(i)) << params.name(i);
-    double max_ref = 0, max_err = 0;
-    for (size_t k = 0; k < ref.size(); ++k) {
-      max_ref = std::max(max_ref, std::fabs(ref[k]));
-      max_err = std::max(max_err, std::fabs(ref[k] - params.grad(i)[k]));
-    }
-    EXPECT_LE(max_err, 1e-4 * max_ref + 1e-9) << params.name(i) << ": max |g| " << max_ref;
-  }
+  test::ExpectGradientsMatch(adapter->params(), expected);
 }
 INSTANTIATE_TEST_SUITE_P(Tree, TreeFixture,
                          ::testing::Values("hard_path", "hard_unit", "soft", "depth3_all"));

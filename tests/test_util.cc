@@ -1,11 +1,15 @@
 #include "test_util.h"
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sentencepiece_trainer.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -63,6 +67,29 @@ CliResult RunCli(const std::vector<std::string>& args) {
 void WriteFile(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary);
   out << bytes;
+}
+
+std::vector<double> ReadF64(const SafetensorsFile& f, const std::string& name) {
+  const TensorInfo* t = f.Find(name);
+  EXPECT_NE(t, nullptr) << name;
+  if (t == nullptr) return {};
+  EXPECT_EQ(t->dtype, DType::kF64) << name;
+  std::vector<double> v(static_cast<size_t>(t->numel()));
+  std::memcpy(v.data(), f.Data(*t), t->nbytes);
+  return v;
+}
+
+void ExpectGradientsMatch(const ParamBlock& params, const SafetensorsFile& expected) {
+  for (int i = 0; i < params.size(); ++i) {
+    const std::vector<double> ref = ReadF64(expected, "grad." + params.name(i));
+    ASSERT_EQ(static_cast<int64_t>(ref.size()), params.numel(i)) << params.name(i);
+    double max_ref = 0, max_err = 0;
+    for (size_t k = 0; k < ref.size(); ++k) {
+      max_ref = std::max(max_ref, std::fabs(ref[k]));
+      max_err = std::max(max_err, std::fabs(ref[k] - params.grad(i)[k]));
+    }
+    EXPECT_LE(max_err, 1e-4 * max_ref + 1e-9) << params.name(i) << ": max |g| " << max_ref;
+  }
 }
 
 std::string FixturePath(const std::string& name) {

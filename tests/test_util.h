@@ -4,6 +4,9 @@
 #include <string>
 #include <vector>
 
+#include "formats/safetensors.h"
+#include "train/param_block.h"
+
 namespace tinylora::test {
 
 // A fresh directory under /tmp, removed (recursively) when destroyed.
@@ -27,6 +30,12 @@ CliResult RunCli(const std::vector<std::string>& args);
 
 void WriteFile(const std::string& path, const std::string& bytes);
 std::string FixturePath(const std::string& name);  // tests/fixtures/NAME
+
+// A float64 tensor of a reference fixture (a test failure, and empty, when absent).
+std::vector<double> ReadF64(const SafetensorsFile& f, const std::string& name);
+// Every gradient of `params` against "grad.<name>" in the fixture: the largest error of each
+// tensor within 1e-4 of its largest reference value (float32 drift is ~2e-6 of it).
+void ExpectGradientsMatch(const ParamBlock& params, const SafetensorsFile& expected);
 
 // Trains a small SentencePiece model on generated text into `dir`/tokenizer.model.
 std::string TrainTinyTokenizer(const std::string& dir, int vocab_size);

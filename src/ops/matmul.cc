@@ -10,6 +10,13 @@ namespace tinylora {
 namespace {
 constexpr int64_t kRowBlock = 16;    // rows of W per task of the streaming kernel
 constexpr int64_t kPanelRows = 256;  // rows of a BF16 W widened at a time for sgemm
+// Widens rows [r0, r0 + nr) of a BF16 W into panel (nr, in), in parallel.
+void WidenPanel(const Tensor& w, int64_t r0, int64_t nr, float* panel) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < nr; ++r)
+    WidenBf16(w.bf16() + (r0 + r) * w.cols, w.cols, panel + r * w.cols);
+}
+
 }  // namespace
 
 void MatMul(const Tensor& w, const float* x, int64_t T, float* y) {
@@ -32,8 +39,7 @@ void MatMul(const Tensor& w, const float* x, int64_t T, float* y) {
   std::vector<float> panel(static_cast<size_t>(std::min(out, kPanelRows) * in));
   for (int64_t r0 = 0; r0 < out; r0 += kPanelRows) {
     const int64_t nr = std::min(kPanelRows, out - r0);
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < nr; ++r) WidenBf16(w.bf16() + (r0 + r) * in, in, panel.data() + r * in);
+    WidenPanel(w, r0, nr, panel.data());
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), static_cast<int>(nr),
                 static_cast<int>(in), 1.0f, x, static_cast<int>(in), panel.data(),
                 static_cast<int>(in), 0.0f, y + r0, static_cast<int>(out));
@@ -52,8 +58,7 @@ void MatMulBackwardX(const Tensor& w, const float* dy, int64_t T, float* dx, boo
   std::vector<float> panel(static_cast<size_t>(std::min(out, kPanelRows) * in));
   for (int64_t r0 = 0; r0 < out; r0 += kPanelRows) {
     const int64_t nr = std::min(kPanelRows, out - r0);
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < nr; ++r) WidenBf16(w.bf16() + (r0 + r) * in, in, panel.data() + r * in);
+    WidenPanel(w, r0, nr, panel.data());
     const float beta = (r0 == 0 && !accumulate) ? 0.0f : 1.0f;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(T),
                 static_cast<int>(in), static_cast<int>(nr), 1.0f, dy + r0, static_cast<int>(out),
