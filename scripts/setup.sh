@@ -8,6 +8,7 @@ PACKAGES=(
   libopenblas-openmp-dev libsentencepiece-dev nlohmann-json3-dev libcli11-dev libhwy-dev
   libgtest-dev libbenchmark-dev
   clang libclang-rt-14-dev clang-format
+  fortunes fortunes-de fortunes-es fortunes-it
 )
 
 missing=()

@@ -28,5 +28,6 @@ void AddInspectCommand(CLI::App& app);
 void AddTokenizerCommand(CLI::App& app);
 void AddTrainCommands(CLI::App& app);
 void AddMergeCommand(CLI::App& app);
+void AddDataCommand(CLI::App& app);
 
 }  // namespace tinylora
