@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "model/tokenizer.h"
 #include "test_util.h"
 #include "util/file.h"
 
@@ -161,6 +162,15 @@ TEST(Cli, InitInspectGenerateEvalWithTokenizer) {
   auto j = nlohmann::json::parse(r.out);
   // A random model is close to uniform over the vocabulary: loss near log(300).
   EXPECT_NEAR(j["loss"].get<double>(), std::log(300.0), 0.5);
+  // JSONL: each document is BOS + text + EOS, packed as training packs them.
+  test::WriteFile(tmp / "docs.jsonl",
+                  "{\"text\": \"the lazy dog\"}\n\n{\"text\": \"over the fox\"}\n");
+  r = RunCli({"eval", "--model", tmp / "m", "--data", tmp / "docs.jsonl"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  Tokenizer tk(tok);
+  const size_t expected =
+      tk.Encode("the lazy dog", false).size() + tk.Encode("over the fox", false).size() + 4;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["tokens"].get<size_t>(), expected - 1);
   // init refuses to overwrite what a user saved
   ExpectBadInput({"init", "--preset", "tiny", "--out", tmp / "m"}, "already holds a model");
 }

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "data/sources.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
 #include "util/error.h"
@@ -50,7 +51,17 @@ void RunEval(const EvalOptions& o) {
     if (!FileExists(tok_path))
       Fail(o.model + ": no tokenizer.model; give --token-ids instead of --data");
     Tokenizer tok(tok_path);
-    ids = tok.Encode(ReadTextFile(o.data), /*add_bos=*/true);
+    const bool jsonl = o.data.size() > 6 && o.data.compare(o.data.size() - 6, 6, ".jsonl") == 0;
+    if (!jsonl) {
+      ids = tok.Encode(ReadTextFile(o.data), /*add_bos=*/true);
+    } else {  // every document as BOS + text + EOS, one after the other (as training packs them)
+      ReadDocuments(ListSources({o.data}), [&](Document& d) {
+        const std::vector<int> piece = tok.Encode(d.prompt + d.text, /*add_bos=*/!d.continuation);
+        if (!d.continuation && !ids.empty()) ids.push_back(tok.eos_id());
+        ids.insert(ids.end(), piece.begin(), piece.end());
+      });
+      if (!ids.empty()) ids.push_back(tok.eos_id());
+    }
   }
   for (size_t i = 0; i < ids.size(); ++i) {
     if (ids[i] >= c.vocab) {
@@ -127,8 +138,9 @@ void AddEvalCommand(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("eval", "held-out loss and perplexity");
   cmd->add_option("--model", o->model, "model directory")->required();
   cmd->add_option("--adapter", o->adapter, "a LoRA adapter directory to apply");
-  auto* d =
-      cmd->add_option("--data", o->data, "a text file (tokenised as one document, BOS added)");
+  auto* d = cmd->add_option(
+      "--data", o->data,
+      "a text file (one document, BOS added) or .jsonl (BOS + text + EOS per line)");
   auto* t = cmd->add_option("--token-ids", o->token_ids,
                             "a file of whitespace-separated token ids (no BOS added)");
   d->excludes(t);
