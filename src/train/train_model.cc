@@ -127,47 +127,23 @@ TrainModel::TrainModel(const ModelWeights& w, const ModelGrads* grads, Adapter* 
   }
 }
 
+namespace {
+// The weight and gradient of each Module, in Module's order (q, k, v, o, gate, up, down).
+constexpr const Tensor LayerWeights::*kModuleWeight[kNumModules] = {
+    &LayerWeights::wq,     &LayerWeights::wk,   &LayerWeights::wv,    &LayerWeights::wo,
+    &LayerWeights::w_gate, &LayerWeights::w_up, &LayerWeights::w_down};
+constexpr float* LayerGrads::*kModuleGrad[kNumModules] = {
+    &LayerGrads::wq,     &LayerGrads::wk,   &LayerGrads::wv,    &LayerGrads::wo,
+    &LayerGrads::w_gate, &LayerGrads::w_up, &LayerGrads::w_down};
+}  // namespace
+
 const Tensor& TrainModel::Weight(int l, Module m) const {
-  const LayerWeights& L = w_.layers[static_cast<size_t>(l)];
-  switch (m) {
-    case Module::kQ:
-      return L.wq;
-    case Module::kK:
-      return L.wk;
-    case Module::kV:
-      return L.wv;
-    case Module::kO:
-      return L.wo;
-    case Module::kGate:
-      return L.w_gate;
-    case Module::kUp:
-      return L.w_up;
-    case Module::kDown:
-      break;
-  }
-  return L.w_down;
+  return w_.layers[static_cast<size_t>(l)].*kModuleWeight[static_cast<int>(m)];
 }
 
 float* TrainModel::WeightGrad(int l, Module m) const {
   if (grads_ == nullptr) return nullptr;
-  const LayerGrads& g = grads_->layers[static_cast<size_t>(l)];
-  switch (m) {
-    case Module::kQ:
-      return g.wq;
-    case Module::kK:
-      return g.wk;
-    case Module::kV:
-      return g.wv;
-    case Module::kO:
-      return g.wo;
-    case Module::kGate:
-      return g.w_gate;
-    case Module::kUp:
-      return g.w_up;
-    case Module::kDown:
-      break;
-  }
-  return g.w_down;
+  return grads_->layers[static_cast<size_t>(l)].*kModuleGrad[static_cast<int>(m)];
 }
 
 bool TrainModel::Dropout(int l, Module m, uint64_t seed, const float* x, int64_t in,
