@@ -244,27 +244,9 @@ std::unique_ptr<Adapter> Adapter::Load(const std::string& dir, const LlamaConfig
            " but the adapter's config (r, tree_depth, targets) on this base model implies " +
            text(a->params_.shape(i)) + " (maybe wrong base model?)");
     }
-    const uint8_t* src = st.Data(*t);
-    float* dst = a->params_.value(i);
-    const int64_t n = a->params_.numel(i);
-    for (int64_t k = 0; k < n; ++k) {
-      uint16_t h;
-      switch (t->dtype) {
-        case DType::kF32:
-          std::memcpy(dst + k, src + 4 * k, 4);
-          break;
-        case DType::kBF16:
-          std::memcpy(&h, src + 2 * k, 2);
-          dst[k] = Bf16ToF32(h);
-          break;
-        case DType::kF16:
-          std::memcpy(&h, src + 2 * k, 2);
-          dst[k] = F16ToF32(h);
-          break;
-        default:
-          Fail(st_path + ": tensor '" + t->name + "' has dtype " + DTypeName(t->dtype) +
-               "; only F32, F16 and BF16 are supported");
-      }
+    if (!WidenToF32(t->dtype, st.Data(*t), a->params_.numel(i), a->params_.value(i))) {
+      Fail(st_path + ": tensor '" + t->name + "' has dtype " + DTypeName(t->dtype) +
+           "; only F32, F16 and BF16 are supported");
     }
   }
   for (const TensorInfo& t : st.header().tensors) {

@@ -223,10 +223,7 @@ void RunTrain(const LoraTrainOptions& lo) {
   SetThreads(o.threads);
   auto base = ModelWeights::Load(lo.model);
   const LlamaConfig& c = base->config;
-  if (o.seq_len > c.max_pos) {
-    Fail("--seq-len " + std::to_string(o.seq_len) + " is longer than the model's context (" +
-         std::to_string(c.max_pos) + ")");
-  }
+  CheckSeqLen(o.seq_len, c);  // before tokenising any data
   const std::string tok_path = JoinPath(lo.model, "tokenizer.model");
   if (!FileExists(tok_path)) Fail(lo.model + ": no tokenizer.model to tokenise --data with");
   AdapterConfig ac;
@@ -342,10 +339,7 @@ void RunPretrain(const PretrainOptions& po) {
   }
   if (!FileExists(tokenizer)) Fail(tokenizer + ": tokenizer file not found");
   const LlamaConfig& c = base->weights.config;
-  if (o.seq_len > c.max_pos) {
-    Fail("--seq-len " + std::to_string(o.seq_len) + " is longer than the model's context (" +
-         std::to_string(c.max_pos) + ")");
-  }
+  CheckSeqLen(o.seq_len, c);  // before tokenising any data
   Data data = PrepareData(o, tokenizer, c.vocab);
   nlohmann::json run = {{"mode", "pretrain"},
                         {"config", nlohmann::json::parse(ConfigToJson(c))},

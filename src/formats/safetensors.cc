@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "util/error.h"
+#include "util/half.h"
 
 namespace tinylora {
 
@@ -53,6 +54,20 @@ int64_t TensorInfo::numel() const {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   return n;
+}
+
+bool WidenToF32(DType dtype, const uint8_t* src, int64_t n, float* dst) {
+  if (dtype == DType::kF32) {
+    std::memcpy(dst, src, static_cast<size_t>(n) * 4);
+    return true;
+  }
+  if (dtype != DType::kF16 && dtype != DType::kBF16) return false;
+  for (int64_t i = 0; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, src + 2 * i, 2);
+    dst[i] = dtype == DType::kF16 ? F16ToF32(h) : Bf16ToF32(h);
+  }
+  return true;
 }
 
 SafetensorsHeader ParseSafetensors(const uint8_t* bytes, size_t size, const std::string& what) {

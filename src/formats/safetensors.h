@@ -39,6 +39,10 @@ struct SafetensorsHeader {
 // `what` names the file in error messages. Throws Error (exit 2).
 SafetensorsHeader ParseSafetensors(const uint8_t* bytes, size_t size, const std::string& what);
 
+// dst (n) = the F32, F16 or BF16 values at src (any alignment), widened to F32.
+// False, with dst untouched, for any other dtype.
+bool WidenToF32(DType dtype, const uint8_t* src, int64_t n, float* dst);
+
 // One safetensors file, memory-mapped.
 class SafetensorsFile {
  public:

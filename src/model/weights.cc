@@ -107,25 +107,8 @@ class WeightLoader {
     if (keep_dtype) {
       std::memcpy(buf.data(), src, buf.size());
     } else {
-      float* dst = reinterpret_cast<float*>(buf.data());
-      const int64_t n = t.numel();
-      for (int64_t i = 0; i < n; ++i) {
-        uint16_t h;
-        float f;
-        switch (info->dtype) {
-          case DType::kF16:
-            std::memcpy(&h, src + 2 * i, 2);
-            dst[i] = F16ToF32(h);
-            break;
-          case DType::kBF16:
-            std::memcpy(&h, src + 2 * i, 2);
-            dst[i] = Bf16ToF32(h);
-            break;
-          default:
-            std::memcpy(&f, src + 4 * i, 4);
-            dst[i] = f;
-        }
-      }
+      WidenToF32(info->dtype, src, t.numel(),
+                 reinterpret_cast<float*>(buf.data()));  // checked above
     }
     file->file().Release(info->offset, info->nbytes);  // the original is not kept
     t.data = buf.data();

@@ -44,6 +44,13 @@ class Carver {
 
 }  // namespace
 
+void CheckSeqLen(int T, const LlamaConfig& c) {
+  if (T > c.max_pos) {
+    Fail("--seq-len " + std::to_string(T) + " is longer than the model's context (" +
+         std::to_string(c.max_pos) + ")");
+  }
+}
+
 TrainModel::TrainModel(const ModelWeights& w, const ModelGrads* grads, Adapter* adapter, int B,
                        int T, bool checkpoint, bool soft_capable)
     : w_(w),
@@ -56,10 +63,7 @@ TrainModel::TrainModel(const ModelWeights& w, const ModelGrads* grads, Adapter* 
       checkpoint_(checkpoint),
       soft_capable_(soft_capable && adapter != nullptr && adapter->depth() > 0),
       rope_(w.config.head_dim, w.config.max_pos, w.config.rope_theta) {
-  if (T > c_.max_pos) {
-    Fail("--seq-len " + std::to_string(T) + " is longer than the model's context (" +
-         std::to_string(c_.max_pos) + ")");
-  }
+  CheckSeqLen(T, c_);
   if (adapter_ != nullptr) {
     routing_.resize(static_cast<size_t>(c_.n_layers));
     gate_ = adapter_->config().gate == "unit" ? GateKind::kUnit : GateKind::kPath;

@@ -27,6 +27,9 @@ struct ModelGrads {
   float* lm_head = nullptr;
 };
 
+// Error (exit 2) unless T tokens fit the model's context.
+void CheckSeqLen(int T, const LlamaConfig& c);
+
 class TrainModel {
  public:
   // `grads` null: the base is frozen (no weight gradients). `adapter` null: no LoRA.
