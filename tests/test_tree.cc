@@ -13,6 +13,7 @@
 #include "formats/safetensors.h"
 #include "model/llama.h"
 #include "test_util.h"
+#include "train/optimizer.h"
 #include "train/train_model.h"
 #include "util/error.h"
 #include "util/file.h"
@@ -56,7 +57,7 @@ TEST_P(TreeFixture, LossesLeavesAndGradientsMatchPyTorch) {
     for (size_t n = 0; n < leaves.size(); ++n)
       EXPECT_EQ(model.routing(l).leaf[n], static_cast<int>(leaves[n])) << l;
   }
-  test::ExpectGradientsMatch(adapter->params(), expected);
+  test::ExpectGradientsMatch(adapter->params(), expected, adapter.get());
 }
 INSTANTIATE_TEST_SUITE_P(Tree, TreeFixture,
                          ::testing::Values("hard_path", "hard_unit", "soft", "depth3_all"));
@@ -166,6 +167,122 @@ TEST(TreeFiles, DisagreeingAdapterIsRefused) {
   cfg["tree_depth"] = 13;
   test::WriteFile(tmp / "a/adapter_config.json", cfg.dump());
   EXPECT_THROW(Adapter::Load(tmp / "a", base->config, false), Error);
+}
+
+// Large banks: a hard step gives gradients to, and moves, only the leaves its tokens used;
+// the others keep their bytes and get no optimizer state.
+TEST(TreeBank, OnlyRoutedLeavesGetGradientsAndUpdates) {
+  auto base = ModelWeights::Load(test::FixturePath("forward/gqa"));
+  AdapterConfig ac;
+  ac.r = 2;
+  ac.tree_depth = 6;  // 64 leaves, 10 tokens
+  ac.targets = ParseTargets("q_proj,down_proj", "test");
+  auto adapter = Adapter::Create(base->config, ac, 5, /*with_grads=*/true);
+  ParamBlock& p = adapter->params();
+  for (int i = 0; i < p.size(); ++i)  // B non-zero so that A gets gradients
+    if (p.name(i).find("lora_B") != std::string::npos)
+      for (int64_t k = 0; k < p.numel(i); ++k) p.value(i)[k] = 0.1f * static_cast<float>(k % 7);
+  const std::vector<float> before = p.values();
+  std::vector<int32_t> in = {3, 17, 4, 99, 23, 8, 61, 5, 2, 40};
+  std::vector<int32_t> tgt = {17, 4, 99, 23, 8, 61, 5, 2, 40, 7};
+  std::vector<uint8_t> mask(10, 1);
+  TrainModel model(*base, nullptr, adapter.get(), 2, 5, false);
+  model.SetRouting(false, AuxLoss{0, 0.01, 1});
+  p.ZeroGrads();
+  model.ForwardBackward(in.data(), tgt.data(), mask.data(), 0.1f, 0);
+  AdamW adam(&p);
+  AdamWOptions o;
+  o.weight_decay = 0.1;
+  adam.Step(o, 1e-2, 1);
+  int64_t expected_touched = 0;
+  for (int l = 0; l < base->config.n_layers; ++l) {
+    std::vector<uint8_t> used(64, 0);
+    for (int32_t j : model.routing(l).leaf) used[static_cast<size_t>(j)] = 1;
+    int n_used = 0;
+    for (uint8_t u : used) n_used += u;
+    EXPECT_LE(n_used, 10);
+    for (Module m : {Module::kQ, Module::kDown}) {
+      for (char which : {'A', 'B'}) {
+        const int i = p.Find(LoraTensorName(l, m, which));
+        ASSERT_GE(i, 0);
+        ASSERT_EQ(p.segments(i), 64);
+        std::vector<int> with_state;
+        for (int j = 0; j < 64; ++j) {
+          EXPECT_EQ(p.TouchedSegmentGrad(i, j) != nullptr, used[static_cast<size_t>(j)] == 1)
+              << p.name(i) << " leaf " << j;
+          if (used[static_cast<size_t>(j)]) with_state.push_back(j);
+          const int64_t n = p.segment_numel(i), off = p.value(i) - p.values().data() + j * n;
+          const bool same = std::memcmp(p.value(i) + j * n, &before[static_cast<size_t>(off)],
+                                        sizeof(float) * static_cast<size_t>(n)) == 0;
+          EXPECT_EQ(same, !used[static_cast<size_t>(j)]) << p.name(i) << " leaf " << j;
+        }
+        EXPECT_EQ(adam.SegmentsWithState(i), with_state) << p.name(i);
+        expected_touched += n_used;
+      }
+    }
+  }
+  // Router rows: only the nodes on the tokens' paths (at most 10·6 per block, of 63).
+  for (int l = 0; l < base->config.n_layers; ++l) {
+    const int i = p.Find(RouterTensorName(l, false));
+    int visited = 0;
+    for (int m = 0; m < 63; ++m) visited += p.TouchedSegmentGrad(i, m) != nullptr;
+    EXPECT_GE(visited, 6);
+    EXPECT_LE(visited, 60);
+    expected_touched += visited;
+  }
+  EXPECT_EQ(p.touched_segments(), expected_touched);
+  p.ZeroGrads();
+  EXPECT_EQ(p.touched_segments(), 0);
+}
+
+// Lazy AdamW is torch's AdamW when every segment is used in every step.
+TEST(TreeBank, LazyAdamEqualsDenseWhenEveryLeafIsUsed) {
+  ParamBlock dense, lazy;
+  dense.Add("w", {8, 3});
+  lazy.Add("w", {8, 3}, 4);
+  dense.Allocate(true);
+  lazy.Allocate(true);
+  for (int k = 0; k < 24; ++k) dense.value(0)[k] = lazy.value(0)[k] = 0.1f * static_cast<float>(k);
+  AdamW a(&dense), b(&lazy);
+  AdamWOptions o;
+  o.weight_decay = 0.05;
+  for (int step = 1; step <= 5; ++step) {
+    dense.ZeroGrads();
+    lazy.ZeroGrads();
+    for (int s = 3; s >= 0; --s) {  // touched out of order on purpose
+      float* g = lazy.SegmentGrad(0, s);
+      for (int k = 0; k < 6; ++k) {
+        const float v = std::sin(static_cast<float>(step * 31 + s * 6 + k));
+        g[k] = v;
+        dense.grad(0)[s * 6 + k] = v;
+      }
+    }
+    EXPECT_DOUBLE_EQ(GradNorm(dense), GradNorm(lazy));
+    a.Step(o, 1e-2, step);
+    b.Step(o, 1e-2, step);
+    for (int k = 0; k < 24; ++k) ASSERT_EQ(dense.value(0)[k], lazy.value(0)[k]) << step << " " << k;
+  }
+  EXPECT_EQ(b.SegmentSteps(0, 2), 5);
+}
+
+// In memory a leaf's B is one contiguous block; the file keeps PEFT's (out, leaves·r).
+TEST(TreeFiles, SavedTreeHasPeftLayoutAndRoundTrips) {
+  test::TempDir tmp;
+  auto base = ModelWeights::Load(test::FixturePath("forward/gqa"));
+  auto a = RandomTree(base->config, 2);
+  a->Save(tmp / "a");
+  SafetensorsFile f(tmp / "a/adapter_model.safetensors");
+  const LoraWeights& lw = *a->Get(1, Module::kV);
+  const TensorInfo* t = f.Find(LoraTensorName(1, Module::kV, 'B'));
+  ASSERT_NE(t, nullptr);
+  ASSERT_EQ(t->shape, (std::vector<int64_t>{lw.out, 4 * lw.r}));
+  const float* file = reinterpret_cast<const float*>(f.Data(*t));
+  for (int64_t o = 0; o < lw.out; ++o)
+    for (int j = 0; j < 4; ++j)
+      for (int k = 0; k < lw.r; ++k)
+        ASSERT_EQ(file[o * 4 * lw.r + j * lw.r + k], lw.LeafB(j)[o * lw.r + k]) << o << j << k;
+  auto back = Adapter::Load(tmp / "a", base->config, false);
+  EXPECT_EQ(back->params().values(), a->params().values());
 }
 
 }  // namespace

@@ -79,14 +79,17 @@ std::vector<double> ReadF64(const SafetensorsFile& f, const std::string& name) {
   return v;
 }
 
-void ExpectGradientsMatch(const ParamBlock& params, const SafetensorsFile& expected) {
+void ExpectGradientsMatch(const ParamBlock& params, const SafetensorsFile& expected,
+                          const Adapter* adapter) {
   for (int i = 0; i < params.size(); ++i) {
     const std::vector<double> ref = ReadF64(expected, "grad." + params.name(i));
     ASSERT_EQ(static_cast<int64_t>(ref.size()), params.numel(i)) << params.name(i);
+    std::vector<float> grad = params.DenseGrad(i);
+    if (adapter != nullptr) grad = adapter->ToFileLayout(i, grad.data());
     double max_ref = 0, max_err = 0;
     for (size_t k = 0; k < ref.size(); ++k) {
       max_ref = std::max(max_ref, std::fabs(ref[k]));
-      max_err = std::max(max_err, std::fabs(ref[k] - params.grad(i)[k]));
+      max_err = std::max(max_err, std::fabs(ref[k] - grad[k]));
     }
     EXPECT_LE(max_err, 1e-4 * max_ref + 1e-9) << params.name(i) << ": max |g| " << max_ref;
   }

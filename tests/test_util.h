@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "adapters/lora.h"
 #include "formats/safetensors.h"
 #include "train/param_block.h"
 
@@ -35,7 +36,10 @@ std::string FixturePath(const std::string& name);  // tests/fixtures/NAME
 std::vector<double> ReadF64(const SafetensorsFile& f, const std::string& name);
 // Every gradient of `params` against "grad.<name>" in the fixture: the largest error of each
 // tensor within 1e-4 of its largest reference value (float32 drift is ~2e-6 of it).
-void ExpectGradientsMatch(const ParamBlock& params, const SafetensorsFile& expected);
+// Every tensor's gradient against "grad.<name>" (F64, in file layout: pass the adapter whose
+// tensors they are to convert a tree's leaf-major B).
+void ExpectGradientsMatch(const ParamBlock& params, const SafetensorsFile& expected,
+                          const Adapter* adapter = nullptr);
 
 // Trains a small SentencePiece model on generated text into `dir`/tokenizer.model.
 std::string TrainTinyTokenizer(const std::string& dir, int vocab_size);

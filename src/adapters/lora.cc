@@ -81,6 +81,31 @@ std::string RouterTensorName(int layer, bool bias) {
          (bias ? "bias" : "weight");
 }
 
+bool Adapter::LeafMajorB(int i) const {
+  const std::string& name = params_.name(i);
+  const std::string tail = "lora_B.weight";
+  return config_.tree_depth > 0 && name.size() >= tail.size() &&
+         name.compare(name.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+std::vector<int64_t> Adapter::FileShape(int i) const {
+  const std::vector<int64_t>& s = params_.shape(i);
+  return LeafMajorB(i) ? std::vector<int64_t>{s[1], s[0] * s[2]} : s;
+}
+
+std::vector<float> Adapter::ToFileLayout(int i, const float* data) const {
+  const int64_t n = params_.numel(i);
+  if (!LeafMajorB(i)) return std::vector<float>(data, data + n);
+  const std::vector<int64_t>& ls = params_.shape(i);
+  const int64_t L = ls[0], out = ls[1], r = ls[2];
+  std::vector<float> file(static_cast<size_t>(n));
+  for (int64_t j = 0; j < L; ++j)
+    for (int64_t o = 0; o < out; ++o)
+      std::copy(data + (j * out + o) * r, data + (j * out + o + 1) * r,
+                file.begin() + (o * L + j) * r);
+  return file;
+}
+
 void Adapter::Build(const LlamaConfig& base, bool with_grads) {
   const int d = config_.tree_depth;
   if (d < 0 || d > kMaxTreeDepth) {
@@ -101,12 +126,16 @@ void Adapter::Build(const LlamaConfig& base, bool with_grads) {
       if (!targeted) continue;
       auto [out, in] = ModuleShape(base, m);
       auto& idx = index[static_cast<size_t>(l) * kNumModules + static_cast<size_t>(m)];
-      idx[0] = params_.Add(LoraTensorName(l, m, 'A'), {R, in});
-      idx[1] = params_.Add(LoraTensorName(l, m, 'B'), {out, R});
+      // One segment per leaf; B leaf-major in memory (see LoraWeights).
+      idx[0] = params_.Add(LoraTensorName(l, m, 'A'), {R, in}, leaves);
+      idx[1] = params_.Add(LoraTensorName(l, m, 'B'),
+                           leaves > 1 ? std::vector<int64_t>{leaves, out, config_.r}
+                                      : std::vector<int64_t>{out, config_.r},
+                           leaves);
     }
     if (d > 0) {
       router_index[static_cast<size_t>(l)] = {
-          params_.Add(RouterTensorName(l, false), {leaves - 1, base.hidden}),
+          params_.Add(RouterTensorName(l, false), {leaves - 1, base.hidden}, leaves - 1),
           params_.Add(RouterTensorName(l, true), {leaves - 1})};
     }
   }
@@ -119,12 +148,12 @@ void Adapter::Build(const LlamaConfig& base, bool with_grads) {
       LoraWeights& w = modules_[static_cast<size_t>(l)][static_cast<size_t>(m)];
       w.r = config_.r;
       w.leaves = leaves;
-      w.in = params_.shape(idx[0])[1];
-      w.out = params_.shape(idx[1])[0];
+      std::tie(w.out, w.in) = ModuleShape(base, m);
       w.A = params_.value(idx[0]);
       w.B = params_.value(idx[1]);
-      w.dA = params_.grad(idx[0]);
-      w.dB = params_.grad(idx[1]);
+      w.grads = with_grads ? &params_ : nullptr;
+      w.a_index = idx[0];
+      w.b_index = idx[1];
     }
     if (d > 0) {
       const auto& ri = router_index[static_cast<size_t>(l)];
@@ -133,8 +162,9 @@ void Adapter::Build(const LlamaConfig& base, bool with_grads) {
       rw.hidden = base.hidden;
       rw.W = params_.value(ri[0]);
       rw.b = params_.value(ri[1]);
-      rw.dW = params_.grad(ri[0]);
-      rw.db = params_.grad(ri[1]);
+      rw.grads = with_grads ? &params_ : nullptr;
+      rw.w_index = ri[0];
+      rw.b_index = ri[1];
     }
   }
 }
@@ -231,10 +261,12 @@ std::unique_ptr<Adapter> Adapter::Load(const std::string& dir, const LlamaConfig
   a->Build(base, with_grads);
   const std::string st_path = JoinPath(dir, "adapter_model.safetensors");
   SafetensorsFile st(st_path);
+  std::vector<float> peft_b;  // a tree's B in the file's layout, before it goes leaf-major
   for (int i = 0; i < a->params_.size(); ++i) {
     const TensorInfo* t = st.Find(a->params_.name(i));
     if (t == nullptr) Fail(st_path + ": tensor '" + a->params_.name(i) + "' is missing");
-    if (t->shape != a->params_.shape(i)) {
+    const std::vector<int64_t> shape = a->FileShape(i);
+    if (t->shape != shape) {
       const auto text = [](const std::vector<int64_t>& shape) {
         std::string out = "[";
         for (size_t k = 0; k < shape.size(); ++k) out += (k ? ", " : "") + std::to_string(shape[k]);
@@ -242,11 +274,23 @@ std::unique_ptr<Adapter> Adapter::Load(const std::string& dir, const LlamaConfig
       };
       Fail(st_path + ": tensor '" + a->params_.name(i) + "' has shape " + text(t->shape) +
            " but the adapter's config (r, tree_depth, targets) on this base model implies " +
-           text(a->params_.shape(i)) + " (maybe wrong base model?)");
+           text(shape) + " (maybe wrong base model?)");
     }
-    if (!WidenToF32(t->dtype, st.Data(*t), a->params_.numel(i), a->params_.value(i))) {
+    const int64_t n = a->params_.numel(i);
+    const bool leaf_major = a->LeafMajorB(i);
+    if (leaf_major) peft_b.resize(static_cast<size_t>(n));
+    if (!WidenToF32(t->dtype, st.Data(*t), n, leaf_major ? peft_b.data() : a->params_.value(i))) {
       Fail(st_path + ": tensor '" + t->name + "' has dtype " + DTypeName(t->dtype) +
            "; only F32, F16 and BF16 are supported");
+    }
+    if (leaf_major) {  // (out, L·r) → (L, out, r)
+      const std::vector<int64_t>& ls = a->params_.shape(i);
+      const int64_t L = ls[0], out = ls[1], r = ls[2];
+      float* dst = a->params_.value(i);
+      for (int64_t o = 0; o < out; ++o)
+        for (int64_t j = 0; j < L; ++j)
+          std::memcpy(dst + (j * out + o) * r, &peft_b[static_cast<size_t>((o * L + j) * r)],
+                      sizeof(float) * static_cast<size_t>(r));
     }
   }
   for (const TensorInfo& t : st.header().tensors) {
@@ -275,7 +319,24 @@ void Adapter::Save(const std::string& dir) const {
   j["training"] = nlohmann::json::parse(config_.training_json);
   std::vector<TensorToWrite> tensors;
   for (int i = 0; i < params_.size(); ++i) {
-    tensors.push_back({params_.name(i), DType::kF32, params_.shape(i), params_.value(i)});
+    if (!LeafMajorB(i)) {
+      tensors.push_back({params_.name(i), DType::kF32, params_.shape(i), params_.value(i)});
+      continue;
+    }
+    // (L, out, r) → PEFT's (out, L·r), a row at a time
+    const std::vector<int64_t>& ls = params_.shape(i);
+    const int64_t L = ls[0], out = ls[1], r = ls[2];
+    const float* src = params_.value(i);
+    tensors.push_back({params_.name(i), DType::kF32, FileShape(i), nullptr,
+                       [src, L, out, r](const ByteSink& sink) {
+                         std::vector<float> row(static_cast<size_t>(L * r));
+                         for (int64_t o = 0; o < out; ++o) {
+                           for (int64_t j = 0; j < L; ++j)
+                             std::memcpy(&row[static_cast<size_t>(j * r)], src + (j * out + o) * r,
+                                         sizeof(float) * static_cast<size_t>(r));
+                           sink(row.data(), sizeof(float) * row.size());
+                         }
+                       }});
   }
   WriteSafetensors(JoinPath(dir, "adapter_model.safetensors"), tensors, {{"format", "pt"}});
   WriteFileAtomic(JoinPath(dir, "adapter_config.json"), j.dump(2) + "\n");
@@ -294,14 +355,14 @@ void LoraBackward(const LoraWeights& l, float s, const float* x_in, const float*
                   int64_t N, float* du) {
   const int n = static_cast<int>(N), in = static_cast<int>(l.in), out = static_cast<int>(l.out);
   // dB (out, r) += s · dyᵀ · u
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, l.r, n, s, dy, out, u, l.r, 1.0f, l.dB,
-              l.r);
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, l.r, n, s, dy, out, u, l.r, 1.0f,
+              l.LeafGradB(0), l.r);
   // du (N, r) = s · dy · B
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, l.r, out, s, dy, out, l.B, l.r, 0.0f,
               du, l.r);
   // dA (r, in) += duᵀ · x
   cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, l.r, in, n, 1.0f, du, l.r, x_in, in, 1.0f,
-              l.dA, in);
+              l.LeafGradA(0), in);
 }
 
 void LoraBackwardX(const LoraWeights& l, const float* du, int64_t N, float* dx) {

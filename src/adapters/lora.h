@@ -36,34 +36,41 @@ struct AdapterConfig {
 };
 
 // One adapted projection's tensors, views into the adapter's ParamBlock. A tree adapter
-// stacks its 2^d leaves: leaf j owns rows [j·r, (j+1)·r) of A and those columns of B.
+// stacks its 2^d leaves: leaf j owns rows [j·r, (j+1)·r) of A and, in memory, the j-th
+// (out, r) block of B. Files hold B in PEFT's layout (out, leaves·r), where a leaf's columns
+// stride every row; memory keeps each leaf contiguous, so a leaf is two contiguous blocks and
+// the only unit of gradient and optimizer state.
 struct LoraWeights {
   int64_t in = 0, out = 0;
-  int r = 0;            // rank of one leaf
-  int leaves = 1;       // 2^d
-  float* A = nullptr;   // (leaves·r, in)
-  float* B = nullptr;   // (out, leaves·r)
-  float* dA = nullptr;  // gradients, or null when not training
-  float* dB = nullptr;
-  // Inference may hold B leaf-major instead, (leaves, out, r): a leaf's B is then one
-  // contiguous block rather than r columns strided across every row.
-  bool b_leaf_major = false;
+  int r = 0;                    // rank of one leaf
+  int leaves = 1;               // 2^d
+  float* A = nullptr;           // (leaves·r, in)
+  float* B = nullptr;           // (leaves, out, r)
+  ParamBlock* grads = nullptr;  // the adapter's parameters when training, else null
+  int a_index = -1, b_index = -1;
   int R() const { return leaves * r; }
-  const float* LeafB(int j) const {  // leaf j's B (out, r), row stride LeafBStride()
-    return b_leaf_major ? B + static_cast<int64_t>(j) * out * r : B + static_cast<int64_t>(j) * r;
-  }
-  int LeafBStride() const { return b_leaf_major ? r : R(); }
+  const float* LeafA(int j) const { return A + static_cast<int64_t>(j) * r * in; }
+  const float* LeafB(int j) const { return B + static_cast<int64_t>(j) * out * r; }
+  // Leaf j's gradients, (r, in) and (out, r), zeroed on first use in a step. Not thread-safe.
+  float* LeafGradA(int j) const { return grads->SegmentGrad(a_index, j); }
+  float* LeafGradB(int j) const { return grads->SegmentGrad(b_index, j); }
+  bool training() const { return grads != nullptr && grads->with_grads(); }
 };
 
 // A block's router (tree_depth > 0): node logits z = W x̂ + b over the heap-ordered nodes.
+// Each node's row of W is its own gradient segment, so hard routing's backward touches only
+// the d nodes on each token's path.
 struct RouterWeights {
   int depth = 0;
   int64_t hidden = 0;
-  float* W = nullptr;   // (2^d − 1, hidden)
-  float* b = nullptr;   // (2^d − 1)
-  float* dW = nullptr;  // gradients, or null
-  float* db = nullptr;
+  float* W = nullptr;           // (2^d − 1, hidden)
+  float* b = nullptr;           // (2^d − 1)
+  ParamBlock* grads = nullptr;  // when training, else null
+  int w_index = -1, b_index = -1;
   int nodes() const { return (1 << depth) - 1; }
+  float* NodeGradW(int node) const { return grads->SegmentGrad(w_index, node); }
+  float* GradB() const { return grads->grad(b_index); }
+  bool training() const { return grads != nullptr && grads->with_grads(); }
 };
 
 constexpr int kMaxTreeDepth = 12;
@@ -95,10 +102,15 @@ class Adapter {
   ParamBlock& params() { return params_; }
   const ParamBlock& params() const { return params_; }
   int64_t ParamCount() const { return params_.total(); }
+  // Tensor i's shape and data as adapter files hold them (a tree's B: PEFT's (out, leaves·r)),
+  // from `data` in memory layout (its values, or a gradient).
+  std::vector<int64_t> FileShape(int i) const;
+  std::vector<float> ToFileLayout(int i, const float* data) const;
 
  private:
   Adapter() = default;
   void Build(const LlamaConfig& base, bool with_grads);
+  bool LeafMajorB(int i) const;  // a tree's B: leaf-major here, PEFT in files
   AdapterConfig config_;
   ParamBlock params_;
   std::vector<std::array<LoraWeights, kNumModules>> modules_;  // (L, 7)

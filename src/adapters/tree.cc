@@ -199,15 +199,17 @@ double RouterBackward(const RouterWeights& r, const float* x, const Routing& rt,
                       float* dx) {
   const int d = rt.depth, L = 1 << d, M = L - 1;
   const int64_t N = rt.N, C = r.hidden;
-  std::vector<float> dz(static_cast<size_t>(N * M), 0.0f);  // (N, M)
+  // dz of the nodes on each token's hard path, (N, d), and which nodes those are.
+  std::vector<float> dzp(static_cast<size_t>(N * d), 0.0f);
+  std::vector<int32_t> path(static_cast<size_t>(N * d));
   // balance: each visit of node m moves σ by λ·2·(f_R − f_L) / visits
   std::vector<double> count, right, sig;
   const double visits = NodeStats(rt, &count, &right, &sig);
   for (int64_t n = 0; n < N; ++n) {
-    float* dzn = &dz[static_cast<size_t>(n * M)];
     int node = 0;
     for (int k = 0; k < d; ++k) {
-      const double z = rt.path_z[static_cast<size_t>(n * d + k)];
+      const size_t v = static_cast<size_t>(n * d + k);
+      const double z = rt.path_z[v];
       const int bit = z >= 0 ? 1 : 0;
       const double s = Sigmoid(z);
       double g = 0;
@@ -222,10 +224,18 @@ double RouterBackward(const RouterWeights& r, const float* x, const Routing& rt,
         const double fr = right[static_cast<size_t>(node)] / c;
         g += aux.scale * aux.balance * 2.0 * (fr - (1 - fr)) / visits * s * (1 - s);
       }
-      dzn[node] += static_cast<float>(g);
+      dzp[v] = static_cast<float>(g);
+      path[v] = node;
       node = 2 * node + 1 + bit;
     }
-    if (rt.soft) {
+  }
+  const int c = static_cast<int>(C);
+  if (rt.soft) {
+    // Every node has a gradient: dz (N, M) = path terms + mixture + hardening, then GEMMs.
+    std::vector<float> dz(static_cast<size_t>(N * M), 0.0f);
+    for (int64_t n = 0; n < N; ++n) {
+      float* dzn = &dz[static_cast<size_t>(n * M)];
+      for (int k = 0; k < d; ++k) dzn[path[static_cast<size_t>(n * d + k)]] += dzp[n * d + k];
       const float* z = &rt.z[static_cast<size_t>(n * M)];
       for (int j = 0; j < L; ++j) {  // dp_j/dz_node = p_j·(b − σ(z_node)) on j's path
         const double dp =
@@ -245,17 +255,63 @@ double RouterBackward(const RouterWeights& r, const float* x, const Routing& rt,
         }
       }
     }
+    // dW (M, C) += dzᵀ · x ;  db += Σ_n dz ;  dx (N, C) += dz · W
+    const int n = static_cast<int>(N);
+    if (r.training()) {
+      std::vector<float> dW(static_cast<size_t>(M * C));
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, c, n, 1.0f, dz.data(), M, x, c, 0.0f,
+                  dW.data(), c);
+      float* db = r.GradB();
+      for (int m = 0; m < M; ++m) {
+        float* g = r.NodeGradW(m);
+        for (int64_t i = 0; i < C; ++i) g[i] += dW[static_cast<size_t>(m * C + i)];
+        for (int64_t t = 0; t < N; ++t) db[m] += dz[static_cast<size_t>(t * M + m)];
+      }
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, c, M, 1.0f, dz.data(), M, r.W, c,
+                1.0f, dx, c);
+    return RouterAuxLoss(rt, aux);
   }
-  // dW (M, C) += dzᵀ · x ;  db += Σ_n dz ;  dx (N, C) += dz · W
-  const int n = static_cast<int>(N), c = static_cast<int>(C);
-  if (r.dW != nullptr) {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, c, n, 1.0f, dz.data(), M, x, c, 1.0f,
-                r.dW, c);
-    for (int64_t t = 0; t < N; ++t)
-      for (int m = 0; m < M; ++m) r.db[m] += dz[static_cast<size_t>(t * M + m)];
+  // Hard: only the visited nodes have a gradient. Group the N·d visits by node (counting
+  // sort), then each visited node's row of dW sums its visits' dz·x in token order.
+  if (r.training()) {
+    std::vector<int64_t> start(static_cast<size_t>(M) + 1, 0);
+    for (int32_t node : path) ++start[static_cast<size_t>(node) + 1];
+    for (int m = 0; m < M; ++m) start[static_cast<size_t>(m) + 1] += start[static_cast<size_t>(m)];
+    std::vector<int64_t> next(start.begin(), start.end() - 1), by_node(path.size());
+    for (size_t v = 0; v < path.size(); ++v) by_node[static_cast<size_t>(next[path[v]]++)] = v;
+    std::vector<int> nodes;
+    std::vector<float*> grads;
+    for (int m = 0; m < M; ++m) {
+      if (start[static_cast<size_t>(m) + 1] == start[static_cast<size_t>(m)]) continue;
+      nodes.push_back(m);
+      grads.push_back(r.NodeGradW(m));
+    }
+    float* db = r.GradB();
+#pragma omp parallel for schedule(dynamic, 1) if (N * d >= 64)
+    for (size_t i = 0; i < nodes.size(); ++i) {
+      const int m = nodes[i];
+      float* g = grads[i];
+      double bsum = 0;
+      for (int64_t e = start[static_cast<size_t>(m)]; e < start[static_cast<size_t>(m) + 1]; ++e) {
+        const int64_t v = by_node[static_cast<size_t>(e)];
+        const float w = dzp[static_cast<size_t>(v)];
+        const float* xn = x + v / d * C;
+        for (int64_t k = 0; k < C; ++k) g[k] += w * xn[k];
+        bsum += w;
+      }
+      db[m] += static_cast<float>(bsum);
+    }
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, c, M, 1.0f, dz.data(), M, r.W, c, 1.0f,
-              dx, c);
+#pragma omp parallel for schedule(static) if (N >= 16)
+  for (int64_t n = 0; n < N; ++n) {
+    float* dxn = dx + n * C;
+    for (int k = 0; k < d; ++k) {
+      const float w = dzp[static_cast<size_t>(n * d + k)];
+      const float* wr = r.W + static_cast<int64_t>(path[static_cast<size_t>(n * d + k)]) * C;
+      for (int64_t i = 0; i < C; ++i) dxn[i] += w * wr[i];
+    }
+  }
   return RouterAuxLoss(rt, aux);
 }
 
@@ -280,17 +336,16 @@ void TreeLoraForwardHard(const LoraWeights& l, float s, const float* x, int64_t 
     }
     // U_j (nj, r) = X_j · A_jᵀ
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nj), r, in, 1.0f,
-                sc.xg.data(), in, l.A + static_cast<int64_t>(j) * r * in, in, 0.0f, sc.ug.data(),
-                r);
+                sc.xg.data(), in, l.LeafA(j), in, 0.0f, sc.ug.data(), r);
     for (int64_t t = 0; t < nj; ++t) {
       float* ut = &sc.ug[static_cast<size_t>(t * r)];
       std::memcpy(u + rows[t] * r, ut, sizeof(float) * r);
       const float g = rt.gate[static_cast<size_t>(rows[t])];
       for (int k = 0; k < r; ++k) ut[k] *= g;
     }
-    // Y_j (nj, out) = s · (g ∘ U_j) · B_jᵀ, B_j = columns [j·r, (j+1)·r) of B
+    // Y_j (nj, out) = s · (g ∘ U_j) · B_jᵀ
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nj), out, r, s,
-                sc.ug.data(), r, l.LeafB(j), l.LeafBStride(), 0.0f, sc.yg.data(), out);
+                sc.ug.data(), r, l.LeafB(j), r, 0.0f, sc.yg.data(), out);
     for (int64_t t = 0; t < nj; ++t) {
       float* yr = y + rows[t] * l.out;
       const float* src = &sc.yg[static_cast<size_t>(t * out)];
@@ -302,13 +357,23 @@ void TreeLoraForwardHard(const LoraWeights& l, float s, const float* x, int64_t 
 void TreeLoraBackwardHard(const LoraWeights& l, float s, const float* x, const float* u,
                           const float* dy, int64_t /*N: rt.N*/, Routing& rt, float* dx,
                           TreeScratch& scratch) {
-  const int r = l.r, R = l.R(), in = static_cast<int>(l.in), out = static_cast<int>(l.out);
+  const int r = l.r, in = static_cast<int>(l.in), out = static_cast<int>(l.out);
   scratch.threads.resize(static_cast<size_t>(omp_get_max_threads()));
-#pragma omp parallel for schedule(dynamic, 1) if (l.leaves > 1 && rt.N >= 32)
+  // The touched leaves and their gradients (allocated here, serially): the work list.
+  std::vector<int> used;
+  std::vector<float*> dAs, dBs;
   for (int j = 0; j < l.leaves; ++j) {
+    if (rt.offsets[static_cast<size_t>(j) + 1] == rt.offsets[static_cast<size_t>(j)]) continue;
+    used.push_back(j);
+    dAs.push_back(l.LeafGradA(j));
+    dBs.push_back(l.LeafGradB(j));
+  }
+  const int n_used = static_cast<int>(used.size());
+#pragma omp parallel for schedule(dynamic, 1) if (n_used > 1 && rt.N >= 32)
+  for (int u_i = 0; u_i < n_used; ++u_i) {
+    const int j = used[static_cast<size_t>(u_i)];
     const int64_t begin = rt.offsets[static_cast<size_t>(j)];
     const int64_t nj = rt.offsets[static_cast<size_t>(j) + 1] - begin;
-    if (nj == 0) continue;
     TreeScratch::Buffers& sc = scratch.threads[static_cast<size_t>(omp_get_thread_num())];
     Grow(sc.xg, nj * in);
     Grow(sc.yg, nj * out);
@@ -321,14 +386,14 @@ void TreeLoraBackwardHard(const LoraWeights& l, float s, const float* x, const f
       const float g = rt.gate[static_cast<size_t>(rows[t])];
       for (int k = 0; k < r; ++k) sc.ug[static_cast<size_t>(t * r + k)] = g * u[rows[t] * r + k];
     }
-    float* dA = l.dA + static_cast<int64_t>(j) * r * in;
-    float* dB = l.dB + static_cast<int64_t>(j) * r;
-    // dB_j (out, r; row stride R) += s · dY_jᵀ · (g ∘ U_j)
+    float* dA = dAs[static_cast<size_t>(u_i)];
+    float* dB = dBs[static_cast<size_t>(u_i)];
+    // dB_j (out, r) += s · dY_jᵀ · (g ∘ U_j)
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, n, s, sc.yg.data(), out,
-                sc.ug.data(), r, 1.0f, dB, R);
+                sc.ug.data(), r, 1.0f, dB, r);
     // dU'_j (nj, r) = s · dY_j · B_j
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, r, out, s, sc.yg.data(), out,
-                l.B + static_cast<int64_t>(j) * r, R, 0.0f, sc.vg.data(), r);
+                l.LeafB(j), r, 0.0f, sc.vg.data(), r);
     for (int64_t t = 0; t < nj; ++t) {  // dgate += dU'·U; dU = g ∘ dU'
       const float g = rt.gate[static_cast<size_t>(rows[t])];
       float* v = &sc.vg[static_cast<size_t>(t * r)];
@@ -345,7 +410,7 @@ void TreeLoraBackwardHard(const LoraWeights& l, float s, const float* x, const f
                 sc.xg.data(), in, 1.0f, dA, in);
     // dX_j (nj, in) = dU_j · A_j, scattered into dx
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, r, 1.0f, sc.vg.data(), r,
-                l.A + static_cast<int64_t>(j) * r * in, in, 0.0f, sc.xg.data(), in);
+                l.LeafA(j), in, 0.0f, sc.xg.data(), in);
     for (int64_t t = 0; t < nj; ++t) {
       float* d = dx + rows[t] * l.in;
       const float* src = &sc.xg[static_cast<size_t>(t * in)];
@@ -368,8 +433,10 @@ void TreeLoraForwardSoft(const LoraWeights& l, float s, const float* x, int64_t 
       for (int k = 0; k < r; ++k)
         sc.ug[static_cast<size_t>(t * R + j * r + k)] = p * u[t * R + j * r + k];
     }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, R, s, sc.ug.data(), R, l.B, R, 1.0f,
-              y, out);
+  for (int j = 0; j < L; ++j) {  // y += s · U'_j · B_jᵀ
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, r, s, sc.ug.data() + j * r, R,
+                l.LeafB(j), r, 1.0f, y, out);
+  }
 }
 
 void TreeLoraBackwardSoft(const LoraWeights& l, float s, const float* x, const float* u,
@@ -385,11 +452,12 @@ void TreeLoraBackwardSoft(const LoraWeights& l, float s, const float* x, const f
       for (int k = 0; k < r; ++k)
         sc.ug[static_cast<size_t>(t * R + j * r + k)] = p * u[t * R + j * r + k];
     }
-  // dB (out, R) += s · dyᵀ · U' ;  dU' (N, R) = s · dy · B
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, R, n, s, dy, out, sc.ug.data(), R, 1.0f,
-              l.dB, R);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, R, out, s, dy, out, l.B, R, 0.0f,
-              sc.vg.data(), R);
+  for (int j = 0; j < L; ++j) {  // dB_j (out, r) += s · dyᵀ · U'_j ;  dU'_j (N, r) = s · dy · B_j
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, n, s, dy, out,
+                sc.ug.data() + j * r, R, 1.0f, l.LeafGradB(j), r);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, r, out, s, dy, out, l.LeafB(j), r,
+                0.0f, sc.vg.data() + j * r, R);
+  }
   for (int64_t t = 0; t < N; ++t)
     for (int j = 0; j < L; ++j) {  // dp_j += dU'_j · U_j ; dU_j = p_j · dU'_j
       const float p = rt.probs[static_cast<size_t>(t * L + j)];
@@ -401,9 +469,11 @@ void TreeLoraBackwardSoft(const LoraWeights& l, float s, const float* x, const f
       }
       rt.dprobs[static_cast<size_t>(t * L + j)] += static_cast<float>(dp);
     }
-  // dA (R, in) += dUᵀ · x ;  dx (N, in) += dU · A
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, in, n, 1.0f, sc.vg.data(), R, x, in, 1.0f,
-              l.dA, in);
+  for (int j = 0; j < L; ++j) {  // dA_j (r, in) += dU_jᵀ · x
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, n, 1.0f, sc.vg.data() + j * r, R, x,
+                in, 1.0f, l.LeafGradA(j), in);
+  }
+  // dx (N, in) += dU · A
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, R, 1.0f, sc.vg.data(), R, l.A, in,
               1.0f, dx, in);
 }
@@ -421,7 +491,7 @@ void TreeLoraForwardHardReference(const LoraWeights& l, float s, const float* x,
     for (int64_t o = 0; o < l.out; ++o) {
       double acc = 0;
       for (int k = 0; k < l.r; ++k)
-        acc += static_cast<double>(l.B[o * l.R() + j * l.r + k]) * u[static_cast<size_t>(k)];
+        acc += static_cast<double>(l.LeafB(j)[o * l.r + k]) * u[static_cast<size_t>(k)];
       y[t * l.out + o] += static_cast<float>(s * g * acc);
     }
   }

@@ -188,7 +188,20 @@ void WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>&
   for (const auto& t : tensors) {
     size_t n = DTypeSize(t.dtype);
     for (int64_t d : t.shape) n *= static_cast<size_t>(d);
-    w.Write(t.data, n);
+    if (n == 0) continue;
+    if (t.data != nullptr) {
+      w.Write(t.data, n);
+      continue;
+    }
+    size_t produced = 0;
+    t.produce([&](const void* bytes, size_t size) {
+      w.Write(bytes, size);
+      produced += size;
+    });
+    if (produced != n) {
+      FailRuntime(path + ": tensor '" + t.name + "' produced " + std::to_string(produced) +
+                  " bytes, expected " + std::to_string(n));
+    }
   }
   w.Commit();
 }

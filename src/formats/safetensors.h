@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -58,12 +59,16 @@ class SafetensorsFile {
   SafetensorsHeader header_;
 };
 
-// A tensor to write: `data` holds numel * DTypeSize(dtype) bytes.
+// A tensor to write: `data` holds numel * DTypeSize(dtype) bytes, or, when `data` is null,
+// `produce` streams them through the sink it is given (e.g. a tensor stored in pieces or in
+// another layout), in order; a producer that yields another byte count is a bug (exit 1).
+using ByteSink = std::function<void(const void* bytes, size_t size)>;
 struct TensorToWrite {
   std::string name;
   DType dtype;
   std::vector<int64_t> shape;
-  const void* data;
+  const void* data = nullptr;
+  std::function<void(const ByteSink& sink)> produce = nullptr;
 };
 
 // Writes atomically (temp name, fsync, rename). Header padded with spaces to 8 bytes.

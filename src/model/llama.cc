@@ -31,25 +31,6 @@ KvCache::KvCache(const LlamaConfig& c, int n_seqs, int capacity)
 LlamaModel::LlamaModel(const ModelWeights& w, const Adapter* adapter)
     : w_(w), adapter_(adapter), rope_(w.config.head_dim, w.config.max_pos, w.config.rope_theta) {
   if (adapter_ != nullptr && adapter_->depth() > 0) {
-    leaf_major_.resize(static_cast<size_t>(w.config.n_layers));
-    for (int l = 0; l < w.config.n_layers; ++l) {
-      for (int m = 0; m < kNumModules; ++m) {
-        const LoraWeights* src = adapter_->Get(l, static_cast<Module>(m));
-        if (src == nullptr) continue;
-        std::vector<float>& b =
-            leaf_major_b_.emplace_back(static_cast<size_t>(src->out * src->R()));
-        for (int j = 0; j < src->leaves; ++j)
-          for (int64_t o = 0; o < src->out; ++o)
-            for (int k = 0; k < src->r; ++k)
-              b[static_cast<size_t>((j * src->out + o) * src->r + k)] =
-                  src->B[o * src->R() + j * src->r + k];
-        LoraWeights& dst = leaf_major_[static_cast<size_t>(l)][static_cast<size_t>(m)];
-        dst = *src;
-        dst.B = b.data();
-        dst.dA = dst.dB = nullptr;
-        dst.b_leaf_major = true;
-      }
-    }
     routing_totals_.resize(static_cast<size_t>(w.config.n_layers));
     for (auto& t : routing_totals_) t.usage.assign(static_cast<size_t>(1) << adapter_->depth(), 0);
   }
@@ -76,8 +57,7 @@ void LlamaModel::Project(int l, Module m, const Tensor& w, const float* x, int64
   if (adapter_->depth() == 0) {
     LoraForward(*lw, s, x, T, lora_u_.data(), y);
   } else {  // inference always routes hard
-    const LoraWeights& leaf_major = leaf_major_[static_cast<size_t>(l)][static_cast<size_t>(m)];
-    TreeLoraForwardHard(leaf_major, s, x, T, routing_, lora_u_.data(), y, tree_scratch_);
+    TreeLoraForwardHard(*lw, s, x, T, routing_, lora_u_.data(), y, tree_scratch_);
   }
 }
 

@@ -74,10 +74,6 @@ class LlamaModel {
   const ModelWeights& w_;
   const Adapter* adapter_;
   Routing routing_;  // the current block's hard routing (tree adapters)
-  // Tree adapters: each projection's leaves with B copied leaf-major (LoraWeights::LeafB),
-  // so decoding a token reads one contiguous block per leaf.
-  std::vector<std::array<LoraWeights, kNumModules>> leaf_major_;
-  std::vector<std::vector<float>> leaf_major_b_;
   TreeScratch tree_scratch_;
   RopeTable rope_;
   // Activations, grown to the largest batch seen and reused.

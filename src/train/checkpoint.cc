@@ -23,11 +23,36 @@ void SaveCheckpoint(const std::string& out_dir, const ParamBlock& params, AdamW&
   fs::remove_all(tmp, ec);
   MakeDirectories(tmp);
   std::vector<TensorToWrite> values, moments;
+  std::vector<std::vector<int64_t>> index(static_cast<size_t>(params.size()));  // kept alive
   for (int i = 0; i < params.size(); ++i) {
-    values.push_back({params.name(i), DType::kF32, params.shape(i), params.value(i)});
-    const int64_t off = params.value(i) - params.values().data();
-    moments.push_back({"m." + params.name(i), DType::kF32, params.shape(i), opt.m().data() + off});
-    moments.push_back({"v." + params.name(i), DType::kF32, params.shape(i), opt.v().data() + off});
+    const std::string& name = params.name(i);
+    values.push_back({name, DType::kF32, params.shape(i), params.value(i)});
+    if (!params.sparse(i)) {
+      moments.push_back({"m." + name, DType::kF32, params.shape(i), opt.m(i)});
+      moments.push_back({"v." + name, DType::kF32, params.shape(i), opt.v(i)});
+      continue;
+    }
+    // A segmented tensor: only the segments with state, as (k, segment) rows, with their
+    // indices and update counts.
+    const std::vector<int> segs = opt.SegmentsWithState(i);
+    std::vector<int64_t>& rows = index[static_cast<size_t>(i)];
+    for (int s : segs) rows.push_back(s);
+    for (int s : segs) rows.push_back(opt.SegmentSteps(i, s));
+    const int64_t k = static_cast<int64_t>(segs.size()), n = params.segment_numel(i);
+    for (const char* which : {"m.", "v."}) {
+      const bool is_m = which[0] == 'm';
+      moments.push_back({which + name,
+                         DType::kF32,
+                         {k, n},
+                         nullptr,
+                         [&opt, i, segs, is_m, n](const ByteSink& sink) {
+                           for (int s : segs) {
+                             sink(is_m ? opt.SegmentM(i, s) : opt.SegmentV(i, s),
+                                  sizeof(float) * static_cast<size_t>(n));
+                           }
+                         }});
+    }
+    moments.push_back({"segments." + name, DType::kI64, {2, k}, rows.data()});
   }
   WriteSafetensors(JoinPath(tmp, "params.safetensors"), values);
   WriteSafetensors(JoinPath(tmp, "optimizer.safetensors"), moments);
@@ -85,10 +110,35 @@ bool LoadCheckpoint(const std::string& out_dir, ParamBlock* params, AdamW* opt, 
   SafetensorsFile values(JoinPath(dir, "params.safetensors"));
   SafetensorsFile moments(JoinPath(dir, "optimizer.safetensors"));
   for (int i = 0; i < params->size(); ++i) {
-    ReadInto(values, params->name(i), params->shape(i), params->value(i));
-    const int64_t off = params->value(i) - params->values().data();
-    ReadInto(moments, "m." + params->name(i), params->shape(i), opt->m().data() + off);
-    ReadInto(moments, "v." + params->name(i), params->shape(i), opt->v().data() + off);
+    const std::string& name = params->name(i);
+    ReadInto(values, name, params->shape(i), params->value(i));
+    if (!params->sparse(i)) {
+      ReadInto(moments, "m." + name, params->shape(i), opt->m(i));
+      ReadInto(moments, "v." + name, params->shape(i), opt->v(i));
+      continue;
+    }
+    const TensorInfo* idx = moments.Find("segments." + name);
+    if (idx == nullptr || idx->dtype != DType::kI64 || idx->shape.size() != 2 ||
+        idx->shape[0] != 2) {
+      Fail(moments.path() + ": tensor 'segments." + name + "' is missing or malformed");
+    }
+    const int64_t k = idx->shape[1], n = params->segment_numel(i);
+    std::vector<int64_t> rows(static_cast<size_t>(2 * k));
+    std::memcpy(rows.data(), moments.Data(*idx), idx->nbytes);
+    std::vector<float> m(static_cast<size_t>(k * n)), v(m.size());
+    ReadInto(moments, "m." + name, {k, n}, m.data());
+    ReadInto(moments, "v." + name, {k, n}, v.data());
+    for (int64_t r = 0; r < k; ++r) {
+      const int64_t s = rows[static_cast<size_t>(r)];
+      if (s < 0 || s >= params->segments(i)) {
+        Fail(moments.path() + ": tensor 'segments." + name + "' names segment " +
+             std::to_string(s) + " of " + std::to_string(params->segments(i)));
+      }
+      const int seg = static_cast<int>(s);
+      std::memcpy(opt->SegmentM(i, seg), &m[static_cast<size_t>(r * n)], sizeof(float) * n);
+      std::memcpy(opt->SegmentV(i, seg), &v[static_cast<size_t>(r * n)], sizeof(float) * n);
+      opt->SegmentSteps(i, seg) = rows[static_cast<size_t>(k + r)];
+    }
   }
   return true;
 }

@@ -1,6 +1,10 @@
 // Training checkpoints: everything a resumed run needs to continue exactly where it stopped.
 //   OUT/checkpoint/params.safetensors     the trained tensors (ParamBlock names)
-//   OUT/checkpoint/optimizer.safetensors  AdamW moments: "m.<name>", "v.<name>"
+//   OUT/checkpoint/optimizer.safetensors  AdamW moments: "m.<name>", "v.<name>"; for a
+//                                         segmented tensor (tree leaves) only the segments
+//                                         with state, as (k, segment) rows, and
+//                                         "segments.<name>" (2, k) I64: their indices, then
+//                                         their update counts
 //   OUT/checkpoint/state.json             step, data position, run options
 // Written as OUT/checkpoint.tmp, then swapped in by renames (the previous checkpoint kept as
 // OUT/checkpoint.old until the new one is in place), so a crash never leaves a half-written

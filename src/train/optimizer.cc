@@ -5,51 +5,118 @@
 
 namespace tinylora {
 
-AdamW::AdamW(ParamBlock* params)
-    : p_(params),
-      m_(static_cast<size_t>(params->total()), 0.0f),
-      v_(static_cast<size_t>(params->total()), 0.0f),
-      lr_scale_(static_cast<size_t>(params->size()), 1.0) {}
+namespace {
 
-void AdamW::Step(const AdamWOptions& o, double lr, int64_t step) {
+struct Hyper {
+  float b1, b2, eps, step_size, inv_sqrt_bc2, keep;
+};
+
+Hyper MakeHyper(const AdamWOptions& o, double lr, int64_t step, bool decay) {
   const double bc1 = 1.0 - std::pow(o.beta1, static_cast<double>(step));
   const double bc2 = 1.0 - std::pow(o.beta2, static_cast<double>(step));
-  const float b1 = static_cast<float>(o.beta1), b2 = static_cast<float>(o.beta2);
+  return {static_cast<float>(o.beta1),
+          static_cast<float>(o.beta2),
+          static_cast<float>(o.eps),
+          static_cast<float>(lr / bc1),
+          static_cast<float>(1.0 / std::sqrt(bc2)),
+          decay ? static_cast<float>(1.0 - lr * o.weight_decay) : 1.0f};
+}
 
-  const float inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
-  const float eps = static_cast<float>(o.eps);
-  for (int i = 0; i < p_->size(); ++i) {
-    float* p = p_->value(i);
-    const float* g = p_->grad(i);
-    const int64_t off = p - p_->values().data(), n = p_->numel(i);
-    float* m = m_.data() + off;
-    float* v = v_.data() + off;
-    const double lr_i = lr * lr_scale_[static_cast<size_t>(i)];
-    const float step_size = static_cast<float>(lr_i / bc1);
-    const bool decay = o.weight_decay > 0 && (o.decay_vectors || p_->shape(i).size() >= 2);
-    const float keep = decay ? static_cast<float>(1.0 - lr_i * o.weight_decay) : 1.0f;
-#pragma omp parallel for schedule(static) if (n > 65536)
-    for (int64_t k = 0; k < n; ++k) {
-      m[k] = b1 * m[k] + (1.0f - b1) * g[k];
-      v[k] = b2 * v[k] + (1.0f - b2) * g[k] * g[k];
-      const float denom = std::sqrt(v[k]) * inv_sqrt_bc2 + eps;
-      p[k] = p[k] * keep - step_size * m[k] / denom;
+void Update(const Hyper& h, const float* g, float* p, float* m, float* v, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) {
+    m[k] = h.b1 * m[k] + (1.0f - h.b1) * g[k];
+    v[k] = h.b2 * v[k] + (1.0f - h.b2) * g[k] * g[k];
+    const float denom = std::sqrt(v[k]) * h.inv_sqrt_bc2 + h.eps;
+    p[k] = p[k] * h.keep - h.step_size * m[k] / denom;
+  }
+}
+
+}  // namespace
+
+AdamW::AdamW(ParamBlock* params) : params_(params), state_(static_cast<size_t>(params->size())) {
+  for (int i = 0; i < params->size(); ++i) {
+    TensorState& t = state_[static_cast<size_t>(i)];
+    if (params->sparse(i)) {
+      t.seg.resize(static_cast<size_t>(params->segments(i)));
+      t.steps.assign(static_cast<size_t>(params->segments(i)), 0);
+    } else {
+      t.m.assign(static_cast<size_t>(params->numel(i)), 0.0f);
+      t.v.assign(static_cast<size_t>(params->numel(i)), 0.0f);
     }
+  }
+}
+
+float* AdamW::SegmentM(int i, int s) {
+  std::unique_ptr<float[]>& mv = state_[static_cast<size_t>(i)].seg[static_cast<size_t>(s)];
+  if (!mv) {
+    const size_t n = 2 * static_cast<size_t>(params_->segment_numel(i));
+    mv.reset(new float[n]);
+    std::fill(mv.get(), mv.get() + n, 0.0f);
+  }
+  return mv.get();
+}
+
+std::vector<int> AdamW::SegmentsWithState(int i) const {
+  std::vector<int> out;
+  const TensorState& t = state_[static_cast<size_t>(i)];
+  for (size_t s = 0; s < t.seg.size(); ++s)
+    if (t.seg[s]) out.push_back(static_cast<int>(s));
+  return out;
+}
+
+int64_t AdamW::segments_with_state() const {
+  int64_t n = 0;
+  for (const TensorState& t : state_)
+    for (const auto& mv : t.seg) n += mv ? 1 : 0;
+  return n;
+}
+
+void AdamW::Step(const AdamWOptions& o, double lr, int64_t step) {
+  struct Piece {
+    Hyper h;
+    const float* g;
+    float *p, *m, *v;
+    int64_t n;
+  };
+  std::vector<Piece> segments;  // touched segments, updated in parallel below
+  params_->ForEachGrad([&](int i, int s, const float* g, int64_t n) {
+    TensorState& t = state_[static_cast<size_t>(i)];
+    const double lr_i = lr * t.lr_scale;
+    const bool decay = o.weight_decay > 0 && (o.decay_vectors || params_->shape(i).size() >= 2);
+    if (s < 0) {
+      const Hyper h = MakeHyper(o, lr_i, step, decay);
+      float* p = params_->value(i);
+#pragma omp parallel for schedule(static) if (n > 65536)
+      for (int64_t c = 0; c < n; c += 4096) {
+        Update(h, g + c, p + c, t.m.data() + c, t.v.data() + c, std::min<int64_t>(4096, n - c));
+      }
+      return;
+    }
+    float* m = SegmentM(i, s);
+    const int64_t steps = ++t.steps[static_cast<size_t>(s)];
+    segments.push_back(
+        {MakeHyper(o, lr_i, steps, decay), g, params_->value(i) + s * n, m, m + n, n});
+  });
+#pragma omp parallel for schedule(dynamic, 4)
+  for (size_t k = 0; k < segments.size(); ++k) {
+    const Piece& x = segments[k];
+    Update(x.h, x.g, x.p, x.m, x.v, x.n);
   }
 }
 
 double GradNorm(const ParamBlock& params) {
   constexpr int64_t kChunk = 1 << 16;
-  const std::vector<float>& g = params.grads();
-  const int64_t n = static_cast<int64_t>(g.size()), chunks = (n + kChunk - 1) / kChunk;
-  std::vector<double> part(static_cast<size_t>(chunks), 0.0);
+  std::vector<std::pair<const float*, int64_t>> chunks;
+  params.ForEachGrad([&](int, int, const float* g, int64_t n) {
+    for (int64_t c = 0; c < n; c += kChunk) chunks.emplace_back(g + c, std::min(kChunk, n - c));
+  });
+  std::vector<double> part(chunks.size(), 0.0);
 #pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < chunks; ++c) {
+  for (size_t c = 0; c < chunks.size(); ++c) {
     double s = 0;
-    const int64_t end = std::min(n, (c + 1) * kChunk);
-    for (int64_t k = c * kChunk; k < end; ++k)
-      s += static_cast<double>(g[static_cast<size_t>(k)]) * g[static_cast<size_t>(k)];
-    part[static_cast<size_t>(c)] = s;
+    const float* g = chunks[c].first;
+    for (int64_t k = 0; k < chunks[c].second; ++k) s += static_cast<double>(g[k]) * g[k];
+    part[c] = s;
   }
   double total = 0;
   for (double s : part) total += s;
@@ -57,20 +124,26 @@ double GradNorm(const ParamBlock& params) {
 }
 
 std::string FirstNonFiniteGrad(const ParamBlock& params) {
-  for (int i = 0; i < params.size(); ++i) {
-    const float* g = params.grad(i);
-    for (int64_t k = 0; k < params.numel(i); ++k) {
-      if (!std::isfinite(g[k])) return params.name(i);
+  std::string bad;
+  params.ForEachGrad([&](int i, int, const float* g, int64_t n) {
+    if (!bad.empty()) return;
+    for (int64_t k = 0; k < n; ++k) {
+      if (!std::isfinite(g[k])) {
+        bad = params.name(i);
+        return;
+      }
     }
-  }
-  return "";
+  });
+  return bad;
 }
 
 double ClipGradNorm(ParamBlock& params, double clip) {
   const double norm = GradNorm(params);
   if (clip > 0 && norm > clip) {
     const float scale = static_cast<float>(clip / (norm + 1e-6));
-    for (float& g : params.grads()) g *= scale;
+    params.ForEachGrad([&](int, int, float* g, int64_t n) {
+      for (int64_t k = 0; k < n; ++k) g[k] *= scale;
+    });
   }
   return norm;
 }

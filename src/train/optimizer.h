@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -16,20 +17,42 @@ struct AdamWOptions {
   bool decay_vectors = false;  // also decay 1-D tensors (norm weights); torch decays all
 };
 
+// Segmented tensors (a tree's leaves, a router's nodes; see ParamBlock) are updated lazily:
+// only segments with a gradient in this step move, their moments are allocated on first use,
+// and each counts its own updates for the bias correction (an unused leaf neither decays nor
+// drifts on stale momentum, and a rarely used one takes full-size steps: FFF's LocalAdam).
+// Dense tensors follow torch.optim.AdamW exactly.
 class AdamW {
  public:
   explicit AdamW(ParamBlock* params);
   // One update with learning rate `lr`; `step` counts from 1 (bias correction).
   void Step(const AdamWOptions& o, double lr, int64_t step);
   // Tensor i of the block learns at lr · scale (e.g. the routers' own rate).
-  void SetLrScale(int i, double scale) { lr_scale_[static_cast<size_t>(i)] = scale; }
-  std::vector<float>& m() { return m_; }  // first moments, same layout as the parameters
-  std::vector<float>& v() { return v_; }  // second moments
+  void SetLrScale(int i, double scale) { state_[static_cast<size_t>(i)].lr_scale = scale; }
+
+  // Checkpoint access. A dense tensor's moments (numel floats each):
+  float* m(int i) { return state_[static_cast<size_t>(i)].m.data(); }
+  float* v(int i) { return state_[static_cast<size_t>(i)].v.data(); }
+  // A segmented tensor's segments that have moments, ascending; their moments (segment_numel
+  // floats each, allocated zero by Segment()) and update counts.
+  std::vector<int> SegmentsWithState(int i) const;
+  float* SegmentM(int i, int s);
+  float* SegmentV(int i, int s) { return SegmentM(i, s) + params_->segment_numel(i); }
+  int64_t& SegmentSteps(int i, int s) {
+    return state_[static_cast<size_t>(i)].steps[static_cast<size_t>(s)];
+  }
+  // Segments holding optimizer state, over all tensors.
+  int64_t segments_with_state() const;
 
  private:
-  ParamBlock* p_;
-  std::vector<float> m_, v_;
-  std::vector<double> lr_scale_;
+  struct TensorState {
+    double lr_scale = 1.0;
+    std::vector<float> m, v;                    // dense tensors
+    std::vector<std::unique_ptr<float[]>> seg;  // segmented: m then v, null until first use
+    std::vector<int64_t> steps;                 // segmented: updates so far
+  };
+  ParamBlock* params_;
+  std::vector<TensorState> state_;
 };
 
 // sqrt(Σ g²) over every gradient, summed in double in fixed-size chunks in a fixed order, so
