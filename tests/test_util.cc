@@ -79,6 +79,17 @@ std::vector<double> ReadF64(const SafetensorsFile& f, const std::string& name) {
   return v;
 }
 
+void ExpectSameValues(const ParamBlock& a, const ParamBlock& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (int i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(a.name(i), b.name(i));
+    ASSERT_EQ(a.numel(i), b.numel(i)) << a.name(i);
+    EXPECT_EQ(std::memcmp(a.value(i), b.value(i), sizeof(float) * static_cast<size_t>(a.numel(i))),
+              0)
+        << a.name(i);
+  }
+}
+
 void ExpectGradientsMatch(const ParamBlock& params, const SafetensorsFile& expected,
                           const Adapter* adapter) {
   for (int i = 0; i < params.size(); ++i) {

@@ -36,6 +36,8 @@ std::string FixturePath(const std::string& name);  // tests/fixtures/NAME
 std::vector<double> ReadF64(const SafetensorsFile& f, const std::string& name);
 // Every gradient of `params` against "grad.<name>" in the fixture: the largest error of each
 // tensor within 1e-4 of its largest reference value (float32 drift is ~2e-6 of it).
+// Every tensor of `a` equals the same-named tensor of `b`, bit for bit.
+void ExpectSameValues(const ParamBlock& a, const ParamBlock& b);
 // Every tensor's gradient against "grad.<name>" (F64, in file layout: pass the adapter whose
 // tensors they are to convert a tree's leaf-major B).
 void ExpectGradientsMatch(const ParamBlock& params, const SafetensorsFile& expected,

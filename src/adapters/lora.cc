@@ -106,7 +106,7 @@ std::vector<float> Adapter::ToFileLayout(int i, const float* data) const {
   return file;
 }
 
-void Adapter::Build(const LlamaConfig& base, bool with_grads) {
+void Adapter::Build(const LlamaConfig& base, bool with_grads, const SafetensorsFile* in_place) {
   const int d = config_.tree_depth;
   if (d < 0 || d > kMaxTreeDepth) {
     Fail("tree_depth " + std::to_string(d) + " is outside 0.." + std::to_string(kMaxTreeDepth));
@@ -137,6 +137,14 @@ void Adapter::Build(const LlamaConfig& base, bool with_grads) {
       router_index[static_cast<size_t>(l)] = {
           params_.Add(RouterTensorName(l, false), {leaves - 1, base.hidden}, leaves - 1),
           params_.Add(RouterTensorName(l, true), {leaves - 1})};
+    }
+  }
+  for (int i = 0; in_place != nullptr && i < params_.size(); ++i) {
+    const TensorInfo* t = in_place->Find(params_.name(i));
+    uint8_t* data = t != nullptr ? in_place->WritableData(*t) : nullptr;
+    if (data != nullptr && t->dtype == DType::kF32 && t->shape == FileShape(i) && !LeafMajorB(i) &&
+        reinterpret_cast<uintptr_t>(data) % alignof(float) == 0) {
+      params_.SetExternal(i, reinterpret_cast<float*>(data));
     }
   }
   params_.Allocate(with_grads);
@@ -258,9 +266,10 @@ std::unique_ptr<Adapter> Adapter::Load(const std::string& dir, const LlamaConfig
 
   std::unique_ptr<Adapter> a(new Adapter());
   a->config_ = c;
-  a->Build(base, with_grads);
   const std::string st_path = JoinPath(dir, "adapter_model.safetensors");
-  SafetensorsFile st(st_path);
+  a->mapped_ = std::make_unique<SafetensorsFile>(st_path, /*copy_on_write=*/!with_grads);
+  const SafetensorsFile& st = *a->mapped_;
+  a->Build(base, with_grads, with_grads ? nullptr : &st);
   std::vector<float> peft_b;  // a tree's B in the file's layout, before it goes leaf-major
   for (int i = 0; i < a->params_.size(); ++i) {
     const TensorInfo* t = st.Find(a->params_.name(i));
@@ -277,6 +286,7 @@ std::unique_ptr<Adapter> Adapter::Load(const std::string& dir, const LlamaConfig
            text(shape) + " (maybe wrong base model?)");
     }
     const int64_t n = a->params_.numel(i);
+    if (a->params_.value(i) == reinterpret_cast<const float*>(st.Data(*t))) continue;  // in place
     const bool leaf_major = a->LeafMajorB(i);
     if (leaf_major) peft_b.resize(static_cast<size_t>(n));
     if (!WidenToF32(t->dtype, st.Data(*t), n, leaf_major ? peft_b.data() : a->params_.value(i))) {
@@ -298,6 +308,7 @@ std::unique_ptr<Adapter> Adapter::Load(const std::string& dir, const LlamaConfig
       Fail(st_path + ": tensor '" + t.name + "' is not part of this adapter's config");
     }
   }
+  if (with_grads) a->mapped_.reset();  // every tensor was copied
   return a;
 }
 

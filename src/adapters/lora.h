@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "formats/safetensors.h"
 #include "model/config.h"
 #include "train/param_block.h"
 
@@ -51,9 +52,14 @@ struct LoraWeights {
   int R() const { return leaves * r; }
   const float* LeafA(int j) const { return A + static_cast<int64_t>(j) * r * in; }
   const float* LeafB(int j) const { return B + static_cast<int64_t>(j) * out * r; }
-  // Leaf j's gradients, (r, in) and (out, r), zeroed on first use in a step. Not thread-safe.
-  float* LeafGradA(int j) const { return grads->SegmentGrad(a_index, j); }
-  float* LeafGradB(int j) const { return grads->SegmentGrad(b_index, j); }
+  // Leaf j's gradients, (r, in) and (out, r), zeroed on first use in a step (with `fresh`: see
+  // ParamBlock::SegmentGrad). Not thread-safe.
+  float* LeafGradA(int j, bool* fresh = nullptr) const {
+    return grads->SegmentGrad(a_index, j, fresh);
+  }
+  float* LeafGradB(int j, bool* fresh = nullptr) const {
+    return grads->SegmentGrad(b_index, j, fresh);
+  }
   bool training() const { return grads != nullptr && grads->with_grads(); }
 };
 
@@ -80,7 +86,10 @@ class Adapter {
   // A fresh adapter: A Kaiming-uniform (PEFT: bound 1/sqrt(in)), B zero.
   static std::unique_ptr<Adapter> Create(const LlamaConfig& base, const AdapterConfig& config,
                                          uint64_t seed, bool with_grads);
-  // A PEFT adapter directory; every tensor checked against the base's shapes.
+  // A PEFT adapter directory; every tensor checked against the base's shapes. The file is
+  // memory-mapped; without gradients (inference) its F32 tensors are used in place (copy-on-
+  // write pages, read from disk when first touched: a leaf never routed to is never read), and
+  // only a tree's B is copied, to go leaf-major.
   static std::unique_ptr<Adapter> Load(const std::string& dir, const LlamaConfig& base,
                                        bool with_grads);
   // adapter_config.json + adapter_model.safetensors, each written atomically.
@@ -109,10 +118,13 @@ class Adapter {
 
  private:
   Adapter() = default;
-  void Build(const LlamaConfig& base, bool with_grads);
+  // Registers the tensors; those found as F32 in `in_place` (same shape and layout) are used
+  // from that mapping instead of being allocated.
+  void Build(const LlamaConfig& base, bool with_grads, const SafetensorsFile* in_place = nullptr);
   bool LeafMajorB(int i) const;  // a tree's B: leaf-major here, PEFT in files
   AdapterConfig config_;
   ParamBlock params_;
+  std::unique_ptr<SafetensorsFile> mapped_;  // the loaded file, when tensors live in it
   std::vector<std::array<LoraWeights, kNumModules>> modules_;  // (L, 7)
   std::vector<RouterWeights> routers_;                         // (L) when tree_depth > 0
 };

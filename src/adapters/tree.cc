@@ -360,13 +360,18 @@ void TreeLoraBackwardHard(const LoraWeights& l, float s, const float* x, const f
   const int r = l.r, in = static_cast<int>(l.in), out = static_cast<int>(l.out);
   scratch.threads.resize(static_cast<size_t>(omp_get_max_threads()));
   // The touched leaves and their gradients (allocated here, serially): the work list.
+  // A leaf's first gradient of the step is written (GEMM β = 0), later ones added.
   std::vector<int> used;
   std::vector<float*> dAs, dBs;
+  std::vector<float> betaA, betaB;
   for (int j = 0; j < l.leaves; ++j) {
     if (rt.offsets[static_cast<size_t>(j) + 1] == rt.offsets[static_cast<size_t>(j)]) continue;
     used.push_back(j);
-    dAs.push_back(l.LeafGradA(j));
-    dBs.push_back(l.LeafGradB(j));
+    bool fresh_a = false, fresh_b = false;
+    dAs.push_back(l.LeafGradA(j, &fresh_a));
+    dBs.push_back(l.LeafGradB(j, &fresh_b));
+    betaA.push_back(fresh_a ? 0.0f : 1.0f);
+    betaB.push_back(fresh_b ? 0.0f : 1.0f);
   }
   const int n_used = static_cast<int>(used.size());
 #pragma omp parallel for schedule(dynamic, 1) if (n_used > 1 && rt.N >= 32)
@@ -390,7 +395,7 @@ void TreeLoraBackwardHard(const LoraWeights& l, float s, const float* x, const f
     float* dB = dBs[static_cast<size_t>(u_i)];
     // dB_j (out, r) += s · dY_jᵀ · (g ∘ U_j)
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, n, s, sc.yg.data(), out,
-                sc.ug.data(), r, 1.0f, dB, r);
+                sc.ug.data(), r, betaB[static_cast<size_t>(u_i)], dB, r);
     // dU'_j (nj, r) = s · dY_j · B_j
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, r, out, s, sc.yg.data(), out,
                 l.LeafB(j), r, 0.0f, sc.vg.data(), r);
@@ -407,7 +412,7 @@ void TreeLoraBackwardHard(const LoraWeights& l, float s, const float* x, const f
     }
     // dA_j (r, in) += dU_jᵀ · X_j
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, n, 1.0f, sc.vg.data(), r,
-                sc.xg.data(), in, 1.0f, dA, in);
+                sc.xg.data(), in, betaA[static_cast<size_t>(u_i)], dA, in);
     // dX_j (nj, in) = dU_j · A_j, scattered into dx
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, r, 1.0f, sc.vg.data(), r,
                 l.LeafA(j), in, 0.0f, sc.xg.data(), in);

@@ -155,7 +155,8 @@ SafetensorsHeader ParseSafetensors(const uint8_t* bytes, size_t size, const std:
   return h;
 }
 
-SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
+SafetensorsFile::SafetensorsFile(const std::string& path, bool copy_on_write)
+    : file_(path, copy_on_write) {
   header_ = ParseSafetensors(file_.data(), file_.size(), path);
 }
 

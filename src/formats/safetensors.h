@@ -47,10 +47,14 @@ bool WidenToF32(DType dtype, const uint8_t* src, int64_t n, float* dst);
 // One safetensors file, memory-mapped.
 class SafetensorsFile {
  public:
-  explicit SafetensorsFile(const std::string& path);
+  explicit SafetensorsFile(const std::string& path, bool copy_on_write = false);
   const SafetensorsHeader& header() const { return header_; }
   const TensorInfo* Find(const std::string& name) const;  // nullptr when absent
   const uint8_t* Data(const TensorInfo& t) const { return file_.data() + t.offset; }
+  // The tensor's bytes, writable in a copy-on-write mapping, else null.
+  uint8_t* WritableData(const TensorInfo& t) const {
+    return file_.writable_data() == nullptr ? nullptr : file_.writable_data() + t.offset;
+  }
   const MappedFile& file() const { return file_; }
   const std::string& path() const { return file_.path(); }
 

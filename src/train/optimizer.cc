@@ -22,10 +22,12 @@ Hyper MakeHyper(const AdamWOptions& o, double lr, int64_t step, bool decay) {
           decay ? static_cast<float>(1.0 - lr * o.weight_decay) : 1.0f};
 }
 
-void Update(const Hyper& h, const float* g, float* p, float* m, float* v, int64_t n) {
+void Update(const Hyper& h, float scale, const float* grad, float* p, float* m, float* v,
+            int64_t n) {
   for (int64_t k = 0; k < n; ++k) {
-    m[k] = h.b1 * m[k] + (1.0f - h.b1) * g[k];
-    v[k] = h.b2 * v[k] + (1.0f - h.b2) * g[k] * g[k];
+    const float g = scale == 1.0f ? grad[k] : grad[k] * scale;
+    m[k] = h.b1 * m[k] + (1.0f - h.b1) * g;
+    v[k] = h.b2 * v[k] + (1.0f - h.b2) * g * g;
     const float denom = std::sqrt(v[k]) * h.inv_sqrt_bc2 + h.eps;
     p[k] = p[k] * h.keep - h.step_size * m[k] / denom;
   }
@@ -71,11 +73,12 @@ int64_t AdamW::segments_with_state() const {
   return n;
 }
 
-void AdamW::Step(const AdamWOptions& o, double lr, int64_t step) {
+void AdamW::Step(const AdamWOptions& o, double lr, int64_t step, float grad_scale) {
   struct Piece {
     Hyper h;
     const float* g;
-    float *p, *m, *v;
+    float* p;
+    std::unique_ptr<float[]>* mv;  // allocated in the parallel loop on first use
     int64_t n;
   };
   std::vector<Piece> segments;  // touched segments, updated in parallel below
@@ -88,19 +91,21 @@ void AdamW::Step(const AdamWOptions& o, double lr, int64_t step) {
       float* p = params_->value(i);
 #pragma omp parallel for schedule(static) if (n > 65536)
       for (int64_t c = 0; c < n; c += 4096) {
-        Update(h, g + c, p + c, t.m.data() + c, t.v.data() + c, std::min<int64_t>(4096, n - c));
+        Update(h, grad_scale, g + c, p + c, t.m.data() + c, t.v.data() + c,
+               std::min<int64_t>(4096, n - c));
       }
       return;
     }
-    float* m = SegmentM(i, s);
     const int64_t steps = ++t.steps[static_cast<size_t>(s)];
-    segments.push_back(
-        {MakeHyper(o, lr_i, steps, decay), g, params_->value(i) + s * n, m, m + n, n});
+    segments.push_back({MakeHyper(o, lr_i, steps, decay), g, params_->value(i) + s * n,
+                        &t.seg[static_cast<size_t>(s)], n});
   });
 #pragma omp parallel for schedule(dynamic, 4)
   for (size_t k = 0; k < segments.size(); ++k) {
     const Piece& x = segments[k];
-    Update(x.h, x.g, x.p, x.m, x.v, x.n);
+    if (!*x.mv) x.mv->reset(new float[static_cast<size_t>(2 * x.n)]());  // zero moments
+    float* m = x.mv->get();
+    Update(x.h, grad_scale, x.g, x.p, m, m + x.n, x.n);
   }
 }
 
@@ -137,10 +142,14 @@ std::string FirstNonFiniteGrad(const ParamBlock& params) {
   return bad;
 }
 
+float ClipScale(double norm, double clip) {
+  return clip > 0 && norm > clip ? static_cast<float>(clip / (norm + 1e-6)) : 1.0f;
+}
+
 double ClipGradNorm(ParamBlock& params, double clip) {
   const double norm = GradNorm(params);
   if (clip > 0 && norm > clip) {
-    const float scale = static_cast<float>(clip / (norm + 1e-6));
+    const float scale = ClipScale(norm, clip);
     params.ForEachGrad([&](int, int, float* g, int64_t n) {
       for (int64_t k = 0; k < n; ++k) g[k] *= scale;
     });

@@ -25,8 +25,9 @@ struct AdamWOptions {
 class AdamW {
  public:
   explicit AdamW(ParamBlock* params);
-  // One update with learning rate `lr`; `step` counts from 1 (bias correction).
-  void Step(const AdamWOptions& o, double lr, int64_t step);
+  // One update with learning rate `lr`; `step` counts from 1 (bias correction). The gradients
+  // are taken times `grad_scale` (ClipScale: clipping folded into the update, one pass less).
+  void Step(const AdamWOptions& o, double lr, int64_t step, float grad_scale = 1.0f);
   // Tensor i of the block learns at lr · scale (e.g. the routers' own rate).
   void SetLrScale(int i, double scale) { state_[static_cast<size_t>(i)].lr_scale = scale; }
 
@@ -60,8 +61,9 @@ class AdamW {
 double GradNorm(const ParamBlock& params);
 // The name of the first tensor holding a non-finite gradient, or "" when all are finite.
 std::string FirstNonFiniteGrad(const ParamBlock& params);
-// Scales every gradient by `clip / norm` when norm > clip (torch's clip_grad_norm_ with its
-// 1e-6). Returns the norm before clipping.
+// The factor torch's clip_grad_norm_ applies: clip / (norm + 1e-6) when norm > clip, else 1.
+float ClipScale(double norm, double clip);
+// Scales every gradient by ClipScale. Returns the norm before clipping.
 double ClipGradNorm(ParamBlock& params, double clip);
 
 struct Schedule {

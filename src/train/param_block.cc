@@ -18,7 +18,7 @@ int ParamBlock::Add(const std::string& name, const std::vector<int64_t>& shape, 
                 " segments do not divide its first dimension");
   }
   t.segments = segments;
-  t.offset = next_;
+  t.offset = -1;  // assigned by Allocate()
   next_ += t.numel;
   tensors_.push_back(std::move(t));
   return size() - 1;
@@ -26,9 +26,12 @@ int ParamBlock::Add(const std::string& name, const std::vector<int64_t>& shape, 
 
 void ParamBlock::Allocate(bool with_grads) {
   with_grads_ = with_grads;
-  values_.assign(static_cast<size_t>(next_), 0.0f);
-  int64_t dense = 0;
+  int64_t owned = 0, dense = 0;
   for (Tensor& t : tensors_) {
+    if (t.external == nullptr) {
+      t.offset = owned;
+      owned += t.numel;
+    }
     if (!with_grads) continue;
     if (t.segments == 1) {
       t.grad_offset = dense;
@@ -37,6 +40,7 @@ void ParamBlock::Allocate(bool with_grads) {
       t.slot.assign(static_cast<size_t>(t.segments), -1);
     }
   }
+  values_.assign(static_cast<size_t>(owned), 0.0f);
   grads_.assign(static_cast<size_t>(dense), 0.0f);
 }
 
@@ -56,9 +60,10 @@ const float* ParamBlock::grad(int i) const {
   return t.grad_offset < 0 ? nullptr : grads_.data() + t.grad_offset;
 }
 
-float* ParamBlock::SegmentGrad(int i, int s) {
+float* ParamBlock::SegmentGrad(int i, int s, bool* fresh) {
   Tensor& t = at(i);
   const int64_t n = t.numel / t.segments;
+  if (fresh != nullptr) *fresh = false;
   if (t.grad_offset >= 0) return grads_.data() + t.grad_offset + s * n;
   if (!with_grads_) return nullptr;
   int32_t& slot = t.slot[static_cast<size_t>(s)];
@@ -69,7 +74,12 @@ float* ParamBlock::SegmentGrad(int i, int s) {
       t.pool.emplace_back(new float[static_cast<size_t>(n)]);
     }
     slot = t.used++;
-    std::memset(t.pool[static_cast<size_t>(slot)].get(), 0, sizeof(float) * static_cast<size_t>(n));
+    if (fresh != nullptr) {
+      *fresh = true;
+    } else {
+      std::memset(t.pool[static_cast<size_t>(slot)].get(), 0,
+                  sizeof(float) * static_cast<size_t>(n));
+    }
     touched_.emplace_back(i, s);
     touched_sorted_ = false;
   }

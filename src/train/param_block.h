@@ -21,6 +21,9 @@ class ParamBlock {
   // returns its index. Call Allocate() after the last Add().
   int Add(const std::string& name, const std::vector<int64_t>& shape, int segments = 1);
   void Allocate(bool with_grads);
+  // Before Allocate(): tensor i lives at `data` (e.g. a memory-mapped file) instead of the
+  // block's own storage.
+  void SetExternal(int i, float* data) { at(i).external = data; }
 
   int size() const { return static_cast<int>(tensors_.size()); }
   const std::string& name(int i) const { return at(i).name; }
@@ -30,18 +33,22 @@ class ParamBlock {
   int64_t segment_numel(int i) const { return at(i).numel / at(i).segments; }
   bool sparse(int i) const { return at(i).segments > 1; }
   int Find(const std::string& name) const;  // -1 when absent
-  float* value(int i) { return values_.data() + at(i).offset; }
-  const float* value(int i) const { return values_.data() + at(i).offset; }
-  const std::vector<float>& values() const { return values_; }  // every tensor, in Add order
-  int64_t total() const { return static_cast<int64_t>(values_.size()); }
+  float* value(int i) { return at(i).external ? at(i).external : values_.data() + at(i).offset; }
+  const float* value(int i) const {
+    return at(i).external ? at(i).external : values_.data() + at(i).offset;
+  }
+  // The block's own storage: every tensor not SetExternal, in Add order.
+  const std::vector<float>& values() const { return values_; }
+  int64_t total() const { return next_; }  // elements over all tensors
   bool with_grads() const { return with_grads_; }
 
   // The dense gradient of tensor i; null for a segmented tensor or without gradients.
   float* grad(int i);
   const float* grad(int i) const;
   // Segment s's gradient, zeroed on its first use in a step (a dense tensor: a view into its
-  // gradient). Not thread-safe: take the pointers before a parallel region.
-  float* SegmentGrad(int i, int s);
+  // gradient). Not thread-safe: take the pointers before a parallel region. With `fresh`, a
+  // first use is not zeroed: *fresh says so, and the caller must overwrite, not accumulate.
+  float* SegmentGrad(int i, int s, bool* fresh = nullptr);
   // Segment s's gradient if touched in this step, else null (dense: always the view).
   const float* TouchedSegmentGrad(int i, int s) const;
   // Every gradient that exists in this step, in a fixed order (tensor index, then segment):
@@ -59,6 +66,7 @@ class ParamBlock {
     std::string name;
     std::vector<int64_t> shape;
     int64_t numel = 0, offset = 0, grad_offset = -1;  // grad_offset: dense gradients only
+    float* external = nullptr;
     int segments = 1;
     int32_t used = 0;                            // pool buffers handed out in this step
     std::vector<int32_t> slot;                   // segment → its gradient buffer, -1 untouched

@@ -157,9 +157,9 @@ TrainSummary Trainer::Run() {
       FailRuntime("non-finite gradient in tensor '" + bad + "' at step " + std::to_string(step) +
                   "; the last good checkpoint is in " + CheckpointDir(o_.out));
     }
-    const double norm = ClipGradNorm(params_, o_.grad_clip);
+    const double norm = GradNorm(params_);
     const double lr = o_.schedule.At(step);
-    adam_.Step(o_.adam, lr, step);
+    adam_.Step(o_.adam, lr, step, ClipScale(norm, o_.grad_clip));  // clipping folded in
 
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const BatchSampler::State s = sampler.state();

@@ -18,7 +18,8 @@ namespace {
 std::string ErrnoText() { return std::strerror(errno); }
 }  // namespace
 
-MappedFile::MappedFile(const std::string& path) : path_(path) {
+MappedFile::MappedFile(const std::string& path, bool copy_on_write)
+    : path_(path), copy_on_write_(copy_on_write) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) Fail(path + ": cannot open: " + ErrnoText());
   struct stat st;
@@ -28,7 +29,8 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
   }
   size_ = static_cast<size_t>(st.st_size);
   if (size_ > 0) {
-    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    const int prot = copy_on_write ? PROT_READ | PROT_WRITE : PROT_READ;
+    void* p = ::mmap(nullptr, size_, prot, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) {
       ::close(fd);
       FailRuntime(path + ": cannot map: " + ErrnoText());
@@ -43,7 +45,10 @@ MappedFile::~MappedFile() {
 }
 
 MappedFile::MappedFile(MappedFile&& other) noexcept
-    : path_(std::move(other.path_)), data_(other.data_), size_(other.size_) {
+    : path_(std::move(other.path_)),
+      data_(other.data_),
+      size_(other.size_),
+      copy_on_write_(other.copy_on_write_) {
   other.data_ = nullptr;
   other.size_ = 0;
 }
@@ -54,6 +59,7 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
     path_ = std::move(other.path_);
     data_ = other.data_;
     size_ = other.size_;
+    copy_on_write_ = other.copy_on_write_;
     other.data_ = nullptr;
     other.size_ = 0;
   }

@@ -11,7 +11,9 @@ namespace tinylora {
 class MappedFile {
  public:
   MappedFile() = default;
-  explicit MappedFile(const std::string& path);  // throws Error (exit 2) naming the path
+  // Throws Error (exit 2) naming the path. copy_on_write: the pages may be written, each
+  // write making a private copy of its page (the file never changes).
+  explicit MappedFile(const std::string& path, bool copy_on_write = false);
   ~MappedFile();
   MappedFile(MappedFile&& other) noexcept;
   MappedFile& operator=(MappedFile&& other) noexcept;
@@ -19,6 +21,7 @@ class MappedFile {
   MappedFile& operator=(const MappedFile&) = delete;
 
   const uint8_t* data() const { return data_; }
+  uint8_t* writable_data() const { return copy_on_write_ ? const_cast<uint8_t*>(data_) : nullptr; }
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
   // Tells the kernel the bytes [offset, offset+len) will not be read again.
@@ -28,6 +31,7 @@ class MappedFile {
   std::string path_;
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
+  bool copy_on_write_ = false;
 };
 
 bool FileExists(const std::string& path);
