@@ -140,6 +140,33 @@ TEST(TrainCli, TreeResumeEqualsUninterrupted) {
             ReadTextFile(s.tmp / "full/adapter_model.safetensors"));
 }
 
+// A bank of 256 leaves: metrics summarise routing per block instead of listing every leaf,
+// and inspect / generate read the adapter back.
+TEST(TrainCli, LargeBankTrainsAndServes) {
+  TrainSetup s;
+  std::vector<std::string> args = TrainArgs(s, s.tmp / "bank", "2");
+  args.insert(args.end(), {"--tree-depth", "8", "--routing", "hard"});
+  test::CliResult r = RunCli(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::istringstream lines(ReadTextFile(s.tmp / "bank/metrics.jsonl"));
+  std::string last;
+  for (std::string line; std::getline(lines, line);) last = line;
+  const auto routing = nlohmann::json::parse(last)["routing"];
+  ASSERT_TRUE(routing.contains("leaves_used")) << last;
+  EXPECT_FALSE(routing.contains("leaf_usage"));
+  ASSERT_EQ(routing["leaves_used"].size(), 2u);  // the fixture model's blocks
+  for (const auto& n : routing["leaves_used"]) {
+    EXPECT_GE(n.get<int>(), 1);
+    EXPECT_LE(n.get<int>(), 64);  // 2 sequences × 2 micro-batches × 16 tokens
+  }
+  r = RunCli({"inspect", s.tmp / "bank"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("leaves used in the last step"), std::string::npos) << r.err;
+  r = RunCli({"generate", "--model", s.model, "--adapter", s.tmp / "bank", "--prompt", "the",
+              "--greedy", "--max-new-tokens", "4"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+}
+
 TEST(TrainCli, SigtermSavesAndExitsCleanly) {
   TrainSetup s;
   std::vector<std::string> args = TrainArgs(s, s.tmp / "out", "100000");

@@ -110,8 +110,15 @@ void InspectAdapter(const std::string& dir) {
                  "routing at the end of training: entropy %.3f nats, %.0f%% of decisions decided\n",
                  rs.value("entropy", 0.0), 100 * rs.value("decided", 0.0));
     int block = 0;
-    for (const auto& usage : rs["leaf_usage"])
-      std::fprintf(stderr, "  block %d leaf usage %s\n", block++, usage.dump().c_str());
+    if (rs.contains("leaf_usage")) {
+      for (const auto& usage : rs["leaf_usage"])
+        std::fprintf(stderr, "  block %d leaf usage %s\n", block++, usage.dump().c_str());
+    } else if (rs.contains("leaves_used") && rs.contains("top_leaf_share")) {
+      for (size_t b = 0; b < rs["leaves_used"].size(); ++b)
+        std::fprintf(stderr, "  block %zu: %s leaves used in the last step, largest %.1f%%\n", b,
+                     rs["leaves_used"][b].dump().c_str(),
+                     100 * rs["top_leaf_share"][b].get<double>());
+    }
   }
   (void)layers;
   std::cout << out.dump() << "\n";

@@ -205,17 +205,31 @@ struct LoraTrainOptions {
   double hardening = 0.0, balance = 0.01, router_lr = 0;
 };
 
-// Per block: leaf usage, mean decision entropy, share of decided decisions.
+// Per block: leaf usage, mean decision entropy, share of decided decisions. Banks of more
+// than 64 leaves log, per block, how many leaves the step used and the largest leaf's share
+// instead of the whole histogram (which would make every metrics line thousands of numbers).
 nlohmann::json RoutingJson(const std::vector<RoutingStats>& blocks) {
-  nlohmann::json usage = nlohmann::json::array();
+  nlohmann::json usage = nlohmann::json::array(), used = usage, top = usage;
   double entropy = 0, decided = 0;
+  const bool histogram = blocks.empty() || blocks[0].usage.size() <= 64;
   for (const RoutingStats& s : blocks) {
-    usage.push_back(s.usage);
+    int64_t tokens = 0, max = 0, n_used = 0;
+    for (int64_t u : s.usage) tokens += u, max = std::max(max, u), n_used += u > 0;
+    if (histogram) usage.push_back(s.usage);
+    used.push_back(n_used);
+    top.push_back(tokens > 0 ? static_cast<double>(max) / static_cast<double>(tokens) : 0.0);
     entropy += s.entropy;
     decided += s.decided;
   }
   const double n = std::max<double>(1, static_cast<double>(blocks.size()));
-  return {{"entropy", entropy / n}, {"decided", decided / n}, {"leaf_usage", usage}};
+  nlohmann::json j = {{"entropy", entropy / n}, {"decided", decided / n}};
+  if (histogram) {
+    j["leaf_usage"] = usage;
+  } else {
+    j["leaves_used"] = used;
+    j["top_leaf_share"] = top;
+  }
+  return j;
 }
 
 void RunTrain(const LoraTrainOptions& lo) {
