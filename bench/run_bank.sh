@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Large tree banks (issue: tree-routed LoRA, "large banks"): a training step's cost and memory
+# as the bank grows from one leaf to 2^10 (TinyLlama's shape, q_proj,v_proj) and 2^12 (the
+# tiny preset, all-linear), and decode speed with the bank. Hard routing, rank 8, random
+# bases, a fresh batch each step, 2 threads; every depth in one run.
+#   bench/run_bank.sh [--quick]    (--quick: the tiny preset only)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=${TINYLORA_BENCH_DIR:-/tmp/tinylora-bench}
+scripts/build.sh >/dev/null
+mkdir -p "$dir"
+[ -f "$dir/tiny-f32/model.safetensors" ] || build/tinylora init --preset tiny --out "$dir/tiny-f32" >/dev/null
+runs=("tiny-f32 all-linear 0 4 8 10 12")
+if [ "${1:-}" != "--quick" ]; then
+  [ -f "$dir/tinyllama-f32/model.safetensors" ] ||
+    build/tinylora init --preset tinyllama --out "$dir/tinyllama-f32" >/dev/null
+  runs+=("tinyllama-f32 q_proj,v_proj 0 4 8 10")
+fi
+for run in "${runs[@]}"; do
+  read -r m targets depths <<<"$run"
+  if [ "$m" = tiny-f32 ]; then train=(--batch 4 --steps 4); decode=(--prefill 64 --decode 200);
+  else train=(--batch 1 --steps 2); decode=(--prefill 32 --decode 8); fi
+  for depth in $depths; do
+    build/bench/bench_train "$dir/$m" "${train[@]}" --seq 256 --rank 8 --tree-depth "$depth" \
+      --targets "$targets" 2>/dev/null |
+      sed "s/^{/{\"bench\":\"train\",\"targets\":\"$targets\",\"tree_depth\":$depth,/"
+    build/bench/bench_forward "$dir/$m" "${decode[@]}" --lora-rank 8 --tree-depth "$depth" \
+      --targets "$targets" 2>/dev/null |
+      sed "s/^{/{\"bench\":\"decode\",\"targets\":\"$targets\",\"tree_depth\":$depth,/"
+  done
+done
