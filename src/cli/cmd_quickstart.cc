@@ -41,7 +41,7 @@ constexpr int kContext = 128;      // eval window
 constexpr int kPromptWords = 4;    // a sample's prompt: the first words of a held-out entry
 constexpr int kSampleTokens = 48;  // new tokens per sample
 constexpr int kSpeedTokens = 128;  // greedy tokens of the decode-speed measurement
-constexpr int kDataVersion = 1;    // bump when the data stage's outputs change shape
+constexpr int kDataVersion = 2;    // bump when the data stage's outputs change shape
 
 struct Scale {
   int vocab;
@@ -144,13 +144,15 @@ std::string FirstWords(const std::string& text, int n) {
 
 // Data stage: the fortunes as JSONL (PrepareFortunes, in full/), then what the later stages
 // read: {lang}.train.jsonl (at most --max-docs entries each), mixed.train.jsonl (all four),
-// {lang}.eval.jsonl (the scored held-out entries), mixed.eval.jsonl, corpus.txt (the training
+// {lang}.eval.jsonl (the scored held-out entries), mixed.eval.jsonl (those, interleaved by
+// language), corpus.txt (the training
 // texts, plain, for the tokenizer) and prompts.json (a sample prompt per language).
 void BuildData(const std::string& root, int64_t max_docs, int64_t eval_docs,
                const std::string& dir) {
   const std::string full = JoinPath(dir, "full");
   const std::vector<FortuneStats> stats = PrepareFortunes(root, full, kValEvery);
-  std::string mixed, mixed_eval, corpus;
+  std::string mixed, corpus;
+  std::vector<std::vector<std::string>> evals;
   nlohmann::json prompts = nlohmann::json::object();
   for (const FortuneStats& s : stats) {
     const std::vector<std::string> train =
@@ -161,13 +163,22 @@ void BuildData(const std::string& root, int64_t max_docs, int64_t eval_docs,
     WriteFileAtomic(JoinPath(dir, s.lang + ".train.jsonl"), Join(train));
     WriteFileAtomic(JoinPath(dir, s.lang + ".eval.jsonl"), Join(eval));
     mixed += Join(train);
-    mixed_eval += Join(eval);
+    evals.push_back(eval);
     for (const std::string& line : train)
       corpus += nlohmann::json::parse(line)["text"].get<std::string>() + "\n";
     prompts[s.lang] =
         FirstWords(nlohmann::json::parse(eval[0])["text"].get<std::string>(), kPromptWords);
     std::fprintf(stderr, "  %s: %zu training entries (of %lld), %zu held-out entries scored\n",
                  s.lang.c_str(), train.size(), static_cast<long long>(s.train), eval.size());
+  }
+  // Round robin over the languages: the trainer's validation reads the first windows only.
+  std::string mixed_eval;
+  for (size_t i = 0, left = 1; left > 0; ++i) {
+    left = 0;
+    for (const auto& e : evals) {
+      if (i < e.size()) mixed_eval += e[i] + "\n";
+      left += i + 1 < e.size();
+    }
   }
   WriteFileAtomic(JoinPath(dir, "mixed.train.jsonl"), mixed);
   WriteFileAtomic(JoinPath(dir, "mixed.eval.jsonl"), mixed_eval);
@@ -597,7 +608,7 @@ void RunQuickstart(const QuickstartOptions& o) {
     md += "\n**" + l + "**, prompt “" + OneLine(prompt) + "”\n\n";
     for (size_t i = 0; i < variants.size(); ++i) {
       const std::string s = evals[i]["languages"][l]["sample"].get<std::string>();
-      md += "- " + variants[i].label + ": " + OneLine(prompt) + "**" + OneLine(s) + "**\n";
+      md += "- " + variants[i].label + ": “" + OneLine(prompt) + "” → “" + OneLine(s) + "”\n";
       samples[l][variants[i].id] = s;
     }
     samples[l]["prompt"] = prompt;

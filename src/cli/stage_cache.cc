@@ -4,12 +4,12 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 
-#include "cli/common.h"
 #include "data/token_cache.h"
 #include "util/error.h"
 #include "util/file.h"
@@ -19,6 +19,10 @@ namespace tinylora {
 namespace fs = std::filesystem;
 
 namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 // fsync every file below `dir`, then the directories, so a renamed stage survives a crash.
 void SyncTree(const std::string& dir) {
@@ -79,9 +83,14 @@ Stage StageCache::Get(const std::string& name, const nlohmann::json& inputs,
   std::error_code ec;
   fs::remove_all(tmp, ec);
   MakeDirectories(tmp);
-  const double t0 = Seconds();
-  build(tmp);
-  st.seconds = Seconds() - t0;
+  const double t0 = Now();
+  try {
+    build(tmp);
+  } catch (...) {  // nothing of a failed build is kept (a killed one is removed next time)
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+  st.seconds = Now() - t0;
   const nlohmann::json rec = {
       {"name", name}, {"key", st.key}, {"inputs", inputs}, {"seconds", st.seconds}};
   WriteFileAtomic(JoinPath(tmp, "stage.json"), rec.dump(2) + "\n");
