@@ -48,7 +48,7 @@ std::map<std::string, std::string> StageDirs(const std::string& root) {
   return dirs;
 }
 
-std::vector<std::string> Args(const std::string& work, const std::string& out, int steps) {
+std::vector<std::string> Args(const std::string& work, const std::string& out, int depth) {
   return {"quickstart",
           "--work-dir",
           work,
@@ -61,13 +61,15 @@ std::vector<std::string> Args(const std::string& work, const std::string& out, i
           "--base-steps",
           "40",
           "--steps",
-          std::to_string(steps),
+          "20",
           "--batch-size",
           "4",
           "--seq-len",
           "64",
           "--vocab-size",
           "400",
+          "--tree-depth",
+          std::to_string(depth),
           "--threads",
           "2"};
 }
@@ -81,7 +83,7 @@ TEST(Quickstart, RunsEveryStageThenReusesThem) {
   const std::string work = tmp / "work", stages = tmp / "work/stages";
 
   // ---- first run: builds everything
-  const test::CliResult r1 = RunCli(Args(work, tmp / "run1", 20));
+  const test::CliResult r1 = RunCli(Args(work, tmp / "run1", 2));
   ASSERT_EQ(r1.exit_code, 0) << r1.err;
   for (int i = 1; i <= 7; ++i)
     EXPECT_NE(r1.err.find("[" + std::to_string(i) + "/7]"), std::string::npos) << i;
@@ -180,7 +182,7 @@ TEST(Quickstart, RunsEveryStageThenReusesThem) {
 
   // ---- second run, same options: every stage reused, nothing retrained
   const auto base_mtime = fs::last_write_time(JoinPath(d1["base"], "model.safetensors"));
-  const test::CliResult r2 = RunCli(Args(work, tmp / "run2", 20));
+  const test::CliResult r2 = RunCli(Args(work, tmp / "run2", 2));
   ASSERT_EQ(r2.exit_code, 0) << r2.err;
   EXPECT_EQ(r2.err.find("step 1/"), std::string::npos) << "retrained:\n" << r2.err;
   EXPECT_NE(r2.err.find("cached"), std::string::npos);
@@ -192,21 +194,24 @@ TEST(Quickstart, RunsEveryStageThenReusesThem) {
   EXPECT_EQ(ReadTextFile(tmp / "run2/base/metrics.jsonl"),
             ReadTextFile(run1 + "/base/metrics.jsonl"));
 
-  // ---- third run, other adapter steps: data, tokenizer and base reused, the rest rebuilt
-  const test::CliResult r3 = RunCli(Args(work, tmp / "run3", 24));
+  // ---- third run, another tree depth: only the tree and its evaluation are rebuilt
+  const test::CliResult r3 = RunCli(Args(work, tmp / "run3", 1));
   ASSERT_EQ(r3.exit_code, 0) << r3.err;
-  std::map<std::string, bool> cached;
   const auto out3 = JsonLines(r3.out);
   ASSERT_FALSE(out3.empty());
+  std::map<std::string, bool> cached;
   for (const auto& st : out3.back()["stages"])
     cached[st["name"].get<std::string>()] = st["cached"].get<bool>();
   EXPECT_EQ(cached.size(), 8u);
-  EXPECT_TRUE(cached["data"] && cached["tokenizer"] && cached["base"]);
-  EXPECT_FALSE(cached["lora"] || cached["tree"] || cached["eval-lora"] || cached["eval-tree"]);
-  EXPECT_TRUE(cached["eval-base"]);
+  for (const char* s : {"data", "tokenizer", "base", "lora", "eval-base", "eval-lora"})
+    EXPECT_TRUE(cached[s]) << s;
+  EXPECT_FALSE(cached["tree"] || cached["eval-tree"]);
   EXPECT_EQ(fs::last_write_time(JoinPath(d1["base"], "model.safetensors")), base_mtime);
-  const auto lora3 = JsonLines(ReadTextFile(tmp / "run3/lora/metrics.jsonl"));
-  EXPECT_EQ(lora3.back()["step"], 24);
+  EXPECT_NE(ReadTextFile(tmp / "run3/results.md").find("| tree d=1, 2 leaves of r=8 |"),
+            std::string::npos);
+  size_t dirs = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator(stages)) ++dirs;
+  EXPECT_EQ(dirs, d1.size() + 2);  // the new tree and its evaluation beside the old ones
 }
 
 TEST(Quickstart, BadInputIsOneErrorLine) {

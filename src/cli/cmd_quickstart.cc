@@ -41,7 +41,7 @@ constexpr int kContext = 128;      // eval window
 constexpr int kPromptWords = 4;    // a sample's prompt: the first words of a held-out entry
 constexpr int kSampleTokens = 48;  // new tokens per sample
 constexpr int kSpeedTokens = 128;  // greedy tokens of the decode-speed measurement
-constexpr int kDataVersion = 2;    // bump when the data stage's outputs change shape
+constexpr int kCacheVersion = 2;   // in every stage key: bump when a stage changes its output
 
 struct Scale {
   int vocab;
@@ -343,6 +343,12 @@ void RunQuickstart(const QuickstartOptions& o) {
                static_cast<long long>(steps), batch, seq, static_cast<unsigned long long>(o.seed),
                cache.root().c_str(), run_dir.c_str());
 
+  // Every key also holds kCacheVersion, so outputs of older code are not reused.
+  auto get = [&cache](const std::string& name, nlohmann::json inputs,
+                      const std::function<void(const std::string&)>& build) {
+    inputs["version"] = kCacheVersion;
+    return cache.Get(name, inputs, build);
+  };
   std::vector<Stage> stages;
   int n = 0;
   auto header = [&](const std::string& what) {
@@ -360,14 +366,10 @@ void RunQuickstart(const QuickstartOptions& o) {
 
   // 1. data
   header("preparing the fortunes (en, de, es, it) from " + o.root);
-  const nlohmann::json data_in = {{"stage", "data"},
-                                  {"version", kDataVersion},
-                                  {"root", o.root},
-                                  {"val_every", kValEvery},
-                                  {"max_docs", o.max_docs},
-                                  {"eval_docs", eval_docs},
-                                  {"files", FingerprintFortunes(o.root)}};
-  const Stage data = cache.Get("data", data_in, [&](const std::string& dir) {
+  const nlohmann::json data_in = {{"stage", "data"},        {"root", o.root},
+                                  {"val_every", kValEvery}, {"max_docs", o.max_docs},
+                                  {"eval_docs", eval_docs}, {"files", FingerprintFortunes(o.root)}};
+  const Stage data = get("data", data_in, [&](const std::string& dir) {
     BuildData(o.root, o.max_docs, eval_docs, dir);
   });
   footer(data);
@@ -376,7 +378,7 @@ void RunQuickstart(const QuickstartOptions& o) {
   // 2. tokenizer
   header("training a " + std::to_string(vocab) + "-piece tokenizer on all four languages");
   const Stage tok =
-      cache.Get("tokenizer", {{"data", data.key}, {"vocab", vocab}}, [&](const std::string& dir) {
+      get("tokenizer", {{"data", data.key}, {"vocab", vocab}}, [&](const std::string& dir) {
         TokenizerTrainOptions to;
         to.data = {dfile("corpus.txt")};
         to.out = dir;
@@ -416,7 +418,7 @@ void RunQuickstart(const QuickstartOptions& o) {
                                   {"eval_every", pc.eval_every},
                                   {"seed", pc.seed},
                                   {"eval_batches", pc.eval_batches}};
-  const Stage base = cache.Get("base", base_in, [&](const std::string& dir) {
+  const Stage base = get("base", base_in, [&](const std::string& dir) {
     po.common.out = dir;
     CheckFinished(RunPretrain(po), "pretraining the base");
     DropCheckpoint(dir);
@@ -472,7 +474,7 @@ void RunQuickstart(const QuickstartOptions& o) {
                           {"eval_batches", c.eval_batches}};
   };
   auto train_adapter = [&](const std::string& name, LoraTrainOptions lo, const std::string& what) {
-    const Stage st = cache.Get(name, adapter_inputs(lo), [&](const std::string& dir) {
+    const Stage st = get(name, adapter_inputs(lo), [&](const std::string& dir) {
       lo.common.out = dir;
       CheckFinished(RunTrain(lo), what);
       DropCheckpoint(dir);
@@ -515,7 +517,7 @@ void RunQuickstart(const QuickstartOptions& o) {
         {"sample_tokens", kSampleTokens},
         {"speed_tokens", kSpeedTokens},
         {"seed", o.seed}};
-    const Stage st = cache.Get("eval-" + v.id, in, [&](const std::string& dir) {
+    const Stage st = get("eval-" + v.id, in, [&](const std::string& dir) {
       BuildEval(base.dir, v, data.dir, langs, o.seed, o.threads, dir);
     });
     eval_seconds += st.seconds;
