@@ -8,6 +8,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "cli/commands.h"
 #include "cli/common.h"
 #include "data/sources.h"
 #include "model/llama.h"
@@ -21,12 +22,6 @@ namespace {
 
 constexpr int kPiece = 256;  // tokens per forward call within a window
 
-struct EvalOptions {
-  std::string model, adapter, data, token_ids;
-  int context = 0;
-  int threads = 0;
-};
-
 // -log softmax(logits)[target], in double.
 double TokenLoss(const float* logits, int vocab, int target) {
   float mx = logits[0];
@@ -36,7 +31,9 @@ double TokenLoss(const float* logits, int vocab, int target) {
   return std::log(sum) + mx - logits[target];
 }
 
-void RunEval(const EvalOptions& o) {
+}  // namespace
+
+EvalResult RunEval(const EvalOptions& o) {
   SetThreads(o.threads);
   auto weights = ModelWeights::Load(o.model);
   const LlamaConfig& c = weights->config;
@@ -115,8 +112,11 @@ void RunEval(const EvalOptions& o) {
   const double seconds = Seconds() - t0;
   std::fprintf(stderr, "%seval: %lld tokens in %.1f s (%.1f tokens/s)\n", progress ? "\r" : "",
                static_cast<long long>(scored), seconds, scored / seconds);
-  const double loss = total_loss / static_cast<double>(scored);
-  nlohmann::json out = {{"tokens", scored}, {"loss", loss}, {"ppl", std::exp(loss)}};
+  EvalResult r;
+  r.tokens = scored;
+  r.loss = total_loss / static_cast<double>(scored);
+  r.ppl = std::exp(r.loss);
+  r.seconds = seconds;
   if (adapter && adapter->depth() > 0) {  // how the tree routed these tokens, per block
     nlohmann::json usage = nlohmann::json::array();
     double entropy = 0, decided = 0;
@@ -126,12 +126,16 @@ void RunEval(const EvalOptions& o) {
       entropy += s.entropy / static_cast<double>(stats.size());
       decided += s.decided / static_cast<double>(stats.size());
     }
-    out["routing"] = {{"entropy", entropy}, {"decided", decided}, {"leaf_usage", usage}};
+    r.routing = {{"entropy", entropy}, {"decided", decided}, {"leaf_usage", usage}};
   }
-  std::cout << out.dump() << "\n";
+  return r;
 }
 
-}  // namespace
+nlohmann::json EvalResult::ToJson() const {
+  nlohmann::json out = {{"tokens", tokens}, {"loss", loss}, {"ppl", ppl}};
+  if (!routing.is_null()) out["routing"] = routing;
+  return out;
+}
 
 void AddEvalCommand(CLI::App& app) {
   auto o = std::make_shared<EvalOptions>();
@@ -149,7 +153,7 @@ void AddEvalCommand(CLI::App& app) {
   AddThreadsOption(cmd, &o->threads);
   cmd->callback([o]() {
     if (o->data.empty() && o->token_ids.empty()) Fail("eval: give --data FILE or --token-ids FILE");
-    RunEval(*o);
+    std::cout << RunEval(*o).ToJson().dump() << "\n";
   });
 }
 

@@ -4,6 +4,7 @@
 #include <iostream>
 #include <memory>
 
+#include "cli/commands.h"
 #include "cli/common.h"
 #include "model/llama.h"
 #include "model/sampler.h"
@@ -13,17 +14,7 @@
 
 namespace tinylora {
 
-namespace {
-
-struct GenerateOptions {
-  std::string model, adapter, prompt, prompt_ids;
-  int max_new_tokens = 64;
-  bool greedy = false;
-  SamplerOptions sampler{false, 0.8f, 40, 0.95f, 0};
-  int threads = 0;
-};
-
-void RunGenerate(const GenerateOptions& o) {
+GenerateResult RunGenerate(const GenerateOptions& o) {
   SetThreads(o.threads);
   auto weights = ModelWeights::Load(o.model);
   const LlamaConfig& c = weights->config;
@@ -69,6 +60,15 @@ void RunGenerate(const GenerateOptions& o) {
     streamer->Prime(prompt);
   }
 
+  GenerateResult r;
+  r.prompt_tokens = static_cast<int>(prompt.size());
+  auto emit = [&](const std::string& piece) {
+    r.text += piece;
+    if (o.stream) {
+      std::cout << piece;
+      std::cout.flush();
+    }
+  };
   Batch batch;
   for (size_t i = 0; i < prompt.size(); ++i)
     batch.Add(prompt[i], 0, static_cast<int>(i), i + 1 == prompt.size());
@@ -81,24 +81,23 @@ void RunGenerate(const GenerateOptions& o) {
   while (generated < o.max_new_tokens) {
     const int next = sampler.Sample(logits.data(), sample_vocab);
     ++generated;
-    if (next == c.eos_id) break;
-    std::cout << (streamer ? streamer->Push(next)
-                           : (generated > 1 ? " " : "") + std::to_string(next));
-    std::cout.flush();
+    if (next == c.eos_id && !o.ignore_eos) break;
+    emit(streamer ? streamer->Push(next) : (generated > 1 ? " " : "") + std::to_string(next));
     if (generated == o.max_new_tokens || pos >= capacity) break;
     batch.Clear();
     batch.Add(next, 0, pos++, true);
     model.Forward(batch, cache, &logits);
   }
   const double t2 = Seconds();
-  if (streamer) std::cout << streamer->Finish();
-  std::cout << "\n";
+  if (streamer) emit(streamer->Finish());
+  if (o.stream) std::cout << "\n";
+  r.generated = generated;
+  r.prefill_tokens_per_s = prompt.size() / (t1 - t0);
+  r.decode_tokens_per_s = generated > 1 ? (generated - 1) / (t2 - t1) : 0.0;
   std::fprintf(stderr, "prompt %zu tokens, %.1f tokens/s; generated %d tokens, %.2f tokens/s\n",
-               prompt.size(), prompt.size() / (t1 - t0), generated,
-               generated > 1 ? (generated - 1) / (t2 - t1) : 0.0);
+               prompt.size(), r.prefill_tokens_per_s, generated, r.decode_tokens_per_s);
+  return r;
 }
-
-}  // namespace
 
 void AddGenerateCommand(CLI::App& app) {
   auto o = std::make_shared<GenerateOptions>();
@@ -111,6 +110,8 @@ void AddGenerateCommand(CLI::App& app) {
   cmd->add_option("--max-new-tokens", o->max_new_tokens, "tokens to generate")
       ->check(CLI::NonNegativeNumber);
   auto* g = cmd->add_flag("--greedy", o->greedy, "always take the most likely token");
+  cmd->add_flag("--ignore-eos", o->ignore_eos,
+                "keep generating past the end-of-text token (speed measurements)");
   cmd->add_option("--temperature", o->sampler.temperature, "sampling temperature")
       ->check(CLI::PositiveNumber)
       ->excludes(g);

@@ -4,6 +4,8 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "adapters/lora.h"
+#include "cli/commands.h"
 #include "cli/common.h"
 #include "model/tokenizer.h"
 #include "model/weights.h"
@@ -73,20 +75,10 @@ void InspectAdapter(const std::string& dir) {
   const std::string cfg_path = JoinPath(dir, "adapter_config.json");
   nlohmann::json cfg = nlohmann::json::parse(ReadTextFile(cfg_path), nullptr, false);
   if (cfg.is_discarded() || !cfg.is_object()) Fail(cfg_path + ": not valid JSON");
-  SafetensorsFile st(JoinPath(dir, "adapter_model.safetensors"));
-  int64_t params = 0, router = 0;
-  int layers = 0;
-  for (const TensorInfo& t : st.header().tensors) {
-    params += t.numel();
-    if (t.name.find("tree_router") != std::string::npos) {
-      router += t.numel();
-      layers += t.name.find(".weight") != std::string::npos;
-    }
-  }
   const int depth = cfg.value("tree_depth", 0);
-  // A token uses one leaf of each projection and d router rows per block.
-  const int64_t leaf_params = (params - router) >> depth;
-  const int64_t active = leaf_params + (depth > 0 ? router / ((1 << depth) - 1) * depth : 0);
+  const AdapterParams counts = CountAdapterParams(dir, depth);
+  const int64_t params = counts.params, router = counts.router, active = counts.active_per_token;
+  SafetensorsFile st(JoinPath(dir, "adapter_model.safetensors"));
   nlohmann::json out = {{"kind", "adapter"},
                         {"dir", dir},
                         {"r", cfg.value("r", 0)},
@@ -120,11 +112,28 @@ void InspectAdapter(const std::string& dir) {
                      100 * rs["top_leaf_share"][b].get<double>());
     }
   }
-  (void)layers;
   std::cout << out.dump() << "\n";
 }
 
 }  // namespace
+
+AdapterParams CountAdapterParams(const std::string& dir, int tree_depth) {
+  if (tree_depth < 0 || tree_depth > kMaxTreeDepth) {
+    Fail(JoinPath(dir, "adapter_config.json") + ": tree_depth " + std::to_string(tree_depth) +
+         " is outside [0, " + std::to_string(kMaxTreeDepth) + "]");
+  }
+  SafetensorsFile st(JoinPath(dir, "adapter_model.safetensors"));
+  AdapterParams p;
+  for (const TensorInfo& t : st.header().tensors) {
+    p.params += t.numel();
+    if (t.name.find("tree_router") != std::string::npos) p.router += t.numel();
+  }
+  // A token uses one leaf of each projection and d router rows per block.
+  const int64_t leaf_params = (p.params - p.router) >> tree_depth;
+  p.active_per_token =
+      leaf_params + (tree_depth > 0 ? p.router / ((1 << tree_depth) - 1) * tree_depth : 0);
+  return p;
+}
 
 void AddInspectCommand(CLI::App& app) {
   auto dir = std::make_shared<std::string>();

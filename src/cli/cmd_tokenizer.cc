@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <unordered_map>
 
+#include "cli/commands.h"
 #include "cli/common.h"
 #include "model/tokenizer.h"
 #include "util/error.h"
@@ -18,13 +19,6 @@
 namespace tinylora {
 
 namespace {
-
-struct TokenizerTrainOptions {
-  std::vector<std::string> data;
-  std::string out;
-  int vocab_size = 8000;
-  int threads = 0;
-};
 
 // Regular files under each path (a file, or a folder walked recursively), sorted.
 std::vector<std::string> ListFiles(const std::vector<std::string>& paths) {
@@ -47,7 +41,9 @@ std::vector<std::string> ListFiles(const std::vector<std::string>& paths) {
   return files;
 }
 
-void RunTokenizerTrain(const TokenizerTrainOptions& o) {
+}  // namespace
+
+TokenizerTrainResult RunTokenizerTrain(const TokenizerTrainOptions& o) {
   SetThreads(o.threads);
   const std::vector<std::string> files = ListFiles(o.data);
   std::string input;
@@ -93,10 +89,8 @@ void RunTokenizerTrain(const TokenizerTrainOptions& o) {
   Tokenizer tok(model);  // check it loads
   std::cerr << "wrote " << model << ": " << tok.vocab_size() << " pieces from " << files.size()
             << " file(s)\n";
-  std::cout << nlohmann::json{{"out", model}, {"vocab", tok.vocab_size()}}.dump() << "\n";
+  return {model, tok.vocab_size(), files.size()};
 }
-
-}  // namespace
 
 void AddTokenizerCommand(CLI::App& app) {
   CLI::App* tok = app.add_subcommand("tokenizer", "tokenizer tools");
@@ -108,7 +102,10 @@ void AddTokenizerCommand(CLI::App& app) {
   cmd->add_option("--vocab-size", o->vocab_size, "number of pieces")
       ->check(CLI::Range(300, 1 << 20));
   AddThreadsOption(cmd, &o->threads);
-  cmd->callback([o]() { RunTokenizerTrain(*o); });
+  cmd->callback([o]() {
+    const TokenizerTrainResult r = RunTokenizerTrain(*o);
+    std::cout << nlohmann::json{{"out", r.model_path}, {"vocab", r.vocab}}.dump() << "\n";
+  });
 }
 
 }  // namespace tinylora

@@ -10,6 +10,7 @@
 
 #include "adapters/lora.h"
 #include "adapters/tree.h"
+#include "cli/commands.h"
 #include "cli/common.h"
 #include "data/token_cache.h"
 #include "model/tokenizer.h"
@@ -21,21 +22,6 @@
 namespace tinylora {
 
 namespace {
-
-struct CommonTrainOptions {
-  std::vector<std::string> data, val_data;
-  double val_fraction = 0.05;
-  std::string out, cache_dir, schedule = "cosine";
-  int64_t steps = 0;
-  double epochs = 0;
-  int batch_size = 4, seq_len = 256, grad_accum = 1;
-  double lr = 1e-3, weight_decay = 0.0, grad_clip = 1.0, min_lr_ratio = 0.0;
-  int64_t warmup = 0, eval_every = 0, save_every = 0, log_every = 1, eval_batches = 16;
-  uint64_t seed = 0;
-  bool resume = false, checkpoint_activations = false;
-  int64_t stop_after = 0;
-  int threads = 0;
-};
 
 void AddCommonFlags(CLI::App* cmd, CommonTrainOptions* o) {
   cmd->add_option("--data", o->data,
@@ -170,40 +156,37 @@ double PeakRssMb() {
   return static_cast<double>(ru.ru_maxrss) / 1024.0;
 }
 
-void PrintSummary(const TrainSummary& s, const std::string& out, int64_t trainable,
-                  int64_t activation_bytes) {
+TrainResult Summarise(const TrainSummary& s, const std::string& out, int64_t trainable,
+                      int64_t activation_bytes) {
+  TrainResult r{s, out, trainable, activation_bytes, PeakRssMb()};
   std::fprintf(stderr,
                "done: %lld steps in %.1f s, %.0f tokens/s, final loss %.4f%s, peak RSS %.0f MB "
                "(activations %.0f MB); wrote %s\n",
                static_cast<long long>(s.steps), s.seconds, s.tokens_per_s, s.final_loss,
                s.val_loss >= 0 ? (", validation loss " + std::to_string(s.val_loss)).c_str() : "",
-               PeakRssMb(), activation_bytes / 1e6, out.c_str());
+               r.peak_rss_mb, activation_bytes / 1e6, out.c_str());
+  return r;
+}
+
+}  // namespace
+
+nlohmann::json TrainResult::ToJson() const {
   nlohmann::json j = {{"out", out},
-                      {"steps", s.steps},
-                      {"loss", s.final_loss},
-                      {"tokens_per_s", s.tokens_per_s},
-                      {"seconds", s.seconds},
-                      {"trainable_params", trainable},
+                      {"steps", summary.steps},
+                      {"loss", summary.final_loss},
+                      {"tokens_per_s", summary.tokens_per_s},
+                      {"seconds", summary.seconds},
+                      {"trainable_params", trainable_params},
                       {"activation_bytes", activation_bytes},
-                      {"peak_rss_mb", PeakRssMb()},
-                      {"stopped_by_signal", s.stopped_by_signal}};
-  if (s.val_loss >= 0) j["val_loss"] = s.val_loss;
-  std::cout << j.dump() << std::endl;
+                      {"peak_rss_mb", peak_rss_mb},
+                      {"stopped_by_signal", summary.stopped_by_signal}};
+  if (summary.val_loss >= 0) j["val_loss"] = summary.val_loss;
+  return j;
 }
 
 // ---- train: LoRA on a frozen base -------------------------------------------------------
 
-struct LoraTrainOptions {
-  CommonTrainOptions common;
-  std::string model, targets = "q_proj,v_proj";
-  int rank = 8;
-  double alpha = 16, dropout = 0;
-  // tree adapters
-  int tree_depth = 0;
-  std::string routing = "hard", gate = "path";
-  int64_t hard_from = -1;  // soft-then-hard: first hard step (default: half the steps)
-  double hardening = 0.0, balance = 0.01, router_lr = 0;
-};
+namespace {
 
 // Per block: leaf usage, mean decision entropy, share of decided decisions. Banks of more
 // than 64 leaves log, per block, how many leaves the step used and the largest leaf's share
@@ -232,7 +215,9 @@ nlohmann::json RoutingJson(const std::vector<RoutingStats>& blocks) {
   return j;
 }
 
-void RunTrain(const LoraTrainOptions& lo) {
+}  // namespace
+
+TrainResult RunTrain(const LoraTrainOptions& lo) {
   const CommonTrainOptions& o = lo.common;
   SetThreads(o.threads);
   auto base = ModelWeights::Load(lo.model);
@@ -313,17 +298,12 @@ void RunTrain(const LoraTrainOptions& lo) {
     }
   }
   const TrainSummary s = trainer.Run();
-  PrintSummary(s, o.out, adapter->ParamCount(), model.ActivationBytes());
+  return Summarise(s, o.out, adapter->ParamCount(), model.ActivationBytes());
 }
 
 // ---- pretrain: every weight ---------------------------------------------------------------
 
-struct PretrainOptions {
-  CommonTrainOptions common;
-  std::string config_file, preset, init_model, tokenizer;
-};
-
-void RunPretrain(const PretrainOptions& po) {
+TrainResult RunPretrain(const PretrainOptions& po) {
   const CommonTrainOptions& o = po.common;
   SetThreads(o.threads);
   std::unique_ptr<TrainableBase> base;
@@ -373,10 +353,8 @@ void RunPretrain(const PretrainOptions& po) {
                     WriteFileAtomic(JoinPath(dir, "tokenizer.model"), tok_bytes);
                   });
   const TrainSummary s = trainer.Run();
-  PrintSummary(s, o.out, base->params.total(), model.ActivationBytes());
+  return Summarise(s, o.out, base->params.total(), model.ActivationBytes());
 }
-
-}  // namespace
 
 void AddTrainCommands(CLI::App& app) {
   auto lo = std::make_shared<LoraTrainOptions>();
@@ -408,7 +386,7 @@ void AddTrainCommands(CLI::App& app) {
   train->add_option("--router-lr", lo->router_lr, "learning rate of the routers (default: --lr)")
       ->check(CLI::PositiveNumber);
   AddCommonFlags(train, &lo->common);
-  train->callback([lo]() { RunTrain(*lo); });
+  train->callback([lo]() { std::cout << RunTrain(*lo).ToJson().dump() << std::endl; });
 
   auto po = std::make_shared<PretrainOptions>();
   CLI::App* pre =
@@ -425,7 +403,7 @@ void AddTrainCommands(CLI::App& app) {
     if (po->config_file.empty() && po->preset.empty() && po->init_model.empty()) {
       Fail("pretrain: give --config FILE, --preset NAME or --init-model DIR");
     }
-    RunPretrain(*po);
+    std::cout << RunPretrain(*po).ToJson().dump() << std::endl;
   });
 }
 

@@ -29,5 +29,6 @@ void AddTokenizerCommand(CLI::App& app);
 void AddTrainCommands(CLI::App& app);
 void AddMergeCommand(CLI::App& app);
 void AddDataCommand(CLI::App& app);
+void AddQuickstartCommand(CLI::App& app);
 
 }  // namespace tinylora

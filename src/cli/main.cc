@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   CLI::App app{"tinylora: tree-routed LoRA for small Llama-family models"};
   app.require_subcommand(1);
   app.fallthrough(false);
+  AddQuickstartCommand(app);
   AddInitCommand(app);
   AddGenerateCommand(app);
   AddEvalCommand(app);
