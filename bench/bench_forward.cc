@@ -63,6 +63,10 @@ int Main(int argc, char** argv) {
 
   auto w = ModelWeights::Load(dir);
   const LlamaConfig& c = w->config;
+  if (decode < 1 || decode + 2 > c.max_pos) {
+    Fail("--decode " + std::to_string(decode) + ": needs 1.." + std::to_string(c.max_pos - 2) +
+         " tokens (the model's context is " + std::to_string(c.max_pos) + ")");
+  }
   prefill = std::min(prefill, c.max_pos - decode - 1);
   // Optionally a random (tree-)LoRA adapter on top: its decode cost is what is measured.
   std::unique_ptr<Adapter> adapter;
