@@ -1,6 +1,7 @@
 // tinylora train (a LoRA on a frozen base) and tinylora pretrain (every weight, from scratch or
 // a given model): data → token cache → Trainer → adapter or model directory in --out.
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -85,13 +86,15 @@ Data PrepareData(const CommonTrainOptions& o, const std::string& tokenizer_path,
   spec.tokenizer_path = tokenizer_path;
   spec.dir = dir;
   spec.val_fraction = o.val_data.empty() ? o.val_fraction : 0.0;
-  spec.progress = [](int64_t docs, int64_t tokens) {
-    std::fprintf(stderr, "\rtokenising: %lld documents, %lld tokens", static_cast<long long>(docs),
-                 static_cast<long long>(tokens));
+  // A terminal gets one progress line rewritten in place, a log one line per report.
+  const bool tty = ::isatty(2);
+  spec.progress = [tty](int64_t docs, int64_t tokens) {
+    std::fprintf(stderr, "%stokenising: %lld documents, %lld tokens%s", tty ? "\r" : "",
+                 static_cast<long long>(docs), static_cast<long long>(tokens), tty ? "" : "\n");
   };
   Data d;
   d.caches = std::make_unique<DataCaches>(OpenOrBuild(spec));
-  if (d.caches->rebuilt) std::fprintf(stderr, "\n");
+  if (d.caches->rebuilt && tty) std::fprintf(stderr, "\n");
   d.caches->train.Validate(vocab);
   if (d.caches->val) d.caches->val->Validate(vocab);
   if (!o.val_data.empty()) {
