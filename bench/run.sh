@@ -5,18 +5,12 @@
 # Models go to ${TINYLORA_BENCH_DIR:-/tmp/tinylora-bench} (about 7 GB for the tinyllama pair).
 # Results: one JSON line per model on stdout, a table on stderr.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/common.sh"
 threads=$(nproc)
 [ "${1:-}" = "--threads" ] && threads=$2
-dir=${TINYLORA_BENCH_DIR:-/tmp/tinylora-bench}
-scripts/build.sh >/dev/null
-mkdir -p "$dir"
-make_model() {  # name preset dtype
-  [ -f "$dir/$1/model.safetensors" ] || build/tinylora init --preset "$2" --dtype "$3" --out "$dir/$1" --force >/dev/null
-}
-make_model tiny-f32 tiny f32
-make_model tinyllama-f32 tinyllama f32
-make_model tinyllama-bf16 tinyllama bf16
+bench_model tiny-f32 tiny
+bench_model tinyllama-f32 tinyllama
+bench_model tinyllama-bf16 tinyllama bf16
 build/bench/bench_forward "$dir/tiny-f32" --prefill 256 --decode 128 --threads "$threads"
 build/bench/bench_forward "$dir/tinyllama-f32" --prefill 512 --decode 16 --threads "$threads"
 build/bench/bench_forward "$dir/tinyllama-bf16" --prefill 512 --decode 16 --threads "$threads"

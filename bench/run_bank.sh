@@ -6,15 +6,11 @@
 # untimed warm-up steps (the first steps also create the optimizer state of new leaves).
 #   bench/run_bank.sh [--quick]    (--quick: the tiny preset only)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-dir=${TINYLORA_BENCH_DIR:-/tmp/tinylora-bench}
-scripts/build.sh >/dev/null
-mkdir -p "$dir"
-[ -f "$dir/tiny-f32/model.safetensors" ] || build/tinylora init --preset tiny --out "$dir/tiny-f32" >/dev/null
+source "$(dirname "$0")/common.sh"
+bench_model tiny-f32 tiny
 runs=("tiny-f32 all-linear 0 4 8 10 12")
 if [ "${1:-}" != "--quick" ]; then
-  [ -f "$dir/tinyllama-f32/model.safetensors" ] ||
-    build/tinylora init --preset tinyllama --out "$dir/tinyllama-f32" >/dev/null
+  bench_model tinyllama-f32 tinyllama
   runs+=("tinyllama-f32 q_proj,v_proj 0 4 8 10")
 fi
 for run in "${runs[@]}"; do

@@ -6,12 +6,9 @@
 # Needs the models of bench/run.sh (it creates them) and /usr/bin/python3 with torch for the
 # peer (apt-get install python3-torch). Results: JSON lines on stdout, tables on stderr.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-dir=${TINYLORA_BENCH_DIR:-/tmp/tinylora-bench}
+source "$(dirname "$0")/common.sh"
 threads=$(nproc)
-scripts/build.sh >/dev/null
-mkdir -p "$dir"
-[ -f "$dir/tiny-f32/model.safetensors" ] || build/tinylora init --preset tiny --out "$dir/tiny-f32" >/dev/null
+bench_model tiny-f32 tiny
 run() {  # model preset batch targets
   build/bench/bench_train "$dir/$1" --batch "$3" --seq 256 --targets "$4" --steps "${5:-3}" --threads "$threads"
   if /usr/bin/python3 -c "import torch" 2>/dev/null; then
@@ -23,8 +20,7 @@ run tiny-f32 tiny 1 q_proj,v_proj 8
 run tiny-f32 tiny 4 q_proj,v_proj 8
 run tiny-f32 tiny 4 all-linear 8
 [ "${1:-}" = "--quick" ] && exit 0
-[ -f "$dir/tinyllama-f32/model.safetensors" ] ||
-  build/tinylora init --preset tinyllama --out "$dir/tinyllama-f32" >/dev/null
+bench_model tinyllama-f32 tinyllama
 run tinyllama-f32 tinyllama 1 q_proj,v_proj 2
 run tinyllama-f32 tinyllama 1 all-linear 2
 run tinyllama-f32 tinyllama 4 q_proj,v_proj 2

@@ -4,15 +4,11 @@
 # hard-routing training tokens/s with depth 4 vs LoRA. Random adapters on random bases.
 #   bench/run_tree.sh [--quick]    (--quick: the tiny preset only)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-dir=${TINYLORA_BENCH_DIR:-/tmp/tinylora-bench}
-scripts/build.sh >/dev/null
-mkdir -p "$dir"
-[ -f "$dir/tiny-f32/model.safetensors" ] || build/tinylora init --preset tiny --out "$dir/tiny-f32" >/dev/null
+source "$(dirname "$0")/common.sh"
+bench_model tiny-f32 tiny
 models="tiny-f32"
 if [ "${1:-}" != "--quick" ]; then
-  [ -f "$dir/tinyllama-f32/model.safetensors" ] ||
-    build/tinylora init --preset tinyllama --out "$dir/tinyllama-f32" >/dev/null
+  bench_model tinyllama-f32 tinyllama
   models="tiny-f32 tinyllama-f32"
 fi
 for m in $models; do
