@@ -2,6 +2,7 @@
 
 #include <cblas.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -93,16 +94,32 @@ std::vector<int64_t> Adapter::FileShape(int i) const {
   return LeafMajorB(i) ? std::vector<int64_t>{s[1], s[0] * s[2]} : s;
 }
 
+namespace {
+
+// A tree's B: leaf-major (L, out, r) in memory, PEFT's (out, L·r) in files. Row o of the file
+// is leaf 0's row o, then leaf 1's, and so on.
+struct TreeB {
+  int64_t L, out, r;
+  explicit TreeB(const std::vector<int64_t>& memory_shape)
+      : L(memory_shape[0]), out(memory_shape[1]), r(memory_shape[2]) {}
+  int64_t row_size() const { return L * r; }
+  void ReadFileRow(const float* leaf_major, int64_t o, float* row) const {
+    for (int64_t j = 0; j < L; ++j) std::copy_n(leaf_major + (j * out + o) * r, r, row + j * r);
+  }
+  void WriteFileRow(const float* row, int64_t o, float* leaf_major) const {
+    for (int64_t j = 0; j < L; ++j) std::copy_n(row + j * r, r, leaf_major + (j * out + o) * r);
+  }
+};
+
+}  // namespace
+
 std::vector<float> Adapter::ToFileLayout(int i, const float* data) const {
   const int64_t n = params_.numel(i);
   if (!LeafMajorB(i)) return std::vector<float>(data, data + n);
-  const std::vector<int64_t>& ls = params_.shape(i);
-  const int64_t L = ls[0], out = ls[1], r = ls[2];
+  const TreeB b(params_.shape(i));
   std::vector<float> file(static_cast<size_t>(n));
-  for (int64_t j = 0; j < L; ++j)
-    for (int64_t o = 0; o < out; ++o)
-      std::copy(data + (j * out + o) * r, data + (j * out + o + 1) * r,
-                file.begin() + (o * L + j) * r);
+  for (int64_t o = 0; o < b.out; ++o)
+    b.ReadFileRow(data, o, &file[static_cast<size_t>(o * b.row_size())]);
   return file;
 }
 
@@ -293,14 +310,10 @@ std::unique_ptr<Adapter> Adapter::Load(const std::string& dir, const LlamaConfig
       Fail(st_path + ": tensor '" + t->name + "' has dtype " + DTypeName(t->dtype) +
            "; only F32, F16 and BF16 are supported");
     }
-    if (leaf_major) {  // (out, L·r) → (L, out, r)
-      const std::vector<int64_t>& ls = a->params_.shape(i);
-      const int64_t L = ls[0], out = ls[1], r = ls[2];
-      float* dst = a->params_.value(i);
-      for (int64_t o = 0; o < out; ++o)
-        for (int64_t j = 0; j < L; ++j)
-          std::memcpy(dst + (j * out + o) * r, &peft_b[static_cast<size_t>((o * L + j) * r)],
-                      sizeof(float) * static_cast<size_t>(r));
+    if (leaf_major) {
+      const TreeB b(a->params_.shape(i));
+      for (int64_t o = 0; o < b.out; ++o)
+        b.WriteFileRow(&peft_b[static_cast<size_t>(o * b.row_size())], o, a->params_.value(i));
     }
   }
   for (const TensorInfo& t : st.header().tensors) {
@@ -334,20 +347,17 @@ void Adapter::Save(const std::string& dir) const {
       tensors.push_back({params_.name(i), DType::kF32, params_.shape(i), params_.value(i)});
       continue;
     }
-    // (L, out, r) → PEFT's (out, L·r), a row at a time
-    const std::vector<int64_t>& ls = params_.shape(i);
-    const int64_t L = ls[0], out = ls[1], r = ls[2];
+    // Streamed into PEFT's layout a row at a time: no second copy of the bank.
+    const TreeB b(params_.shape(i));
     const float* src = params_.value(i);
-    tensors.push_back({params_.name(i), DType::kF32, FileShape(i), nullptr,
-                       [src, L, out, r](const ByteSink& sink) {
-                         std::vector<float> row(static_cast<size_t>(L * r));
-                         for (int64_t o = 0; o < out; ++o) {
-                           for (int64_t j = 0; j < L; ++j)
-                             std::memcpy(&row[static_cast<size_t>(j * r)], src + (j * out + o) * r,
-                                         sizeof(float) * static_cast<size_t>(r));
-                           sink(row.data(), sizeof(float) * row.size());
-                         }
-                       }});
+    tensors.push_back(
+        {params_.name(i), DType::kF32, FileShape(i), nullptr, [b, src](const ByteSink& sink) {
+           std::vector<float> row(static_cast<size_t>(b.row_size()));
+           for (int64_t o = 0; o < b.out; ++o) {
+             b.ReadFileRow(src, o, row.data());
+             sink(row.data(), sizeof(float) * row.size());
+           }
+         }});
   }
   WriteSafetensors(JoinPath(dir, "adapter_model.safetensors"), tensors, {{"format", "pt"}});
   WriteFileAtomic(JoinPath(dir, "adapter_config.json"), j.dump(2) + "\n");

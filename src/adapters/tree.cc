@@ -424,6 +424,20 @@ void TreeLoraBackwardHard(const LoraWeights& l, float s, const float* x, const f
   }
 }
 
+namespace {
+
+// U' (N, R) = U with each token's leaf-j chunk of r columns scaled by its path probability p_j.
+void ScaleByPathProbs(const Routing& rt, const float* u, int64_t N, int L, int r, float* scaled) {
+  const int64_t R = static_cast<int64_t>(L) * r;
+  for (int64_t t = 0; t < N; ++t)
+    for (int j = 0; j < L; ++j) {
+      const float p = rt.probs[static_cast<size_t>(t * L + j)];
+      for (int k = 0; k < r; ++k) scaled[t * R + j * r + k] = p * u[t * R + j * r + k];
+    }
+}
+
+}  // namespace
+
 void TreeLoraForwardSoft(const LoraWeights& l, float s, const float* x, int64_t N,
                          const Routing& rt, float* u, float* y, TreeScratch& sc) {
   const int r = l.r, R = l.R(), L = l.leaves, in = static_cast<int>(l.in),
@@ -432,12 +446,7 @@ void TreeLoraForwardSoft(const LoraWeights& l, float s, const float* x, int64_t 
   // U (N, R) = x · Aᵀ (every leaf), saved; U' = U with chunk j scaled by p_j
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, R, in, 1.0f, x, in, l.A, in, 0.0f, u, R);
   Grow(sc.ug, N * R);
-  for (int64_t t = 0; t < N; ++t)
-    for (int j = 0; j < L; ++j) {
-      const float p = rt.probs[static_cast<size_t>(t * L + j)];
-      for (int k = 0; k < r; ++k)
-        sc.ug[static_cast<size_t>(t * R + j * r + k)] = p * u[t * R + j * r + k];
-    }
+  ScaleByPathProbs(rt, u, N, L, r, sc.ug.data());
   for (int j = 0; j < L; ++j) {  // y += s · U'_j · B_jᵀ
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, r, s, sc.ug.data() + j * r, R,
                 l.LeafB(j), r, 1.0f, y, out);
@@ -451,12 +460,7 @@ void TreeLoraBackwardSoft(const LoraWeights& l, float s, const float* x, const f
   const int n = static_cast<int>(N);
   Grow(sc.ug, N * R);
   Grow(sc.vg, N * R);
-  for (int64_t t = 0; t < N; ++t)
-    for (int j = 0; j < L; ++j) {
-      const float p = rt.probs[static_cast<size_t>(t * L + j)];
-      for (int k = 0; k < r; ++k)
-        sc.ug[static_cast<size_t>(t * R + j * r + k)] = p * u[t * R + j * r + k];
-    }
+  ScaleByPathProbs(rt, u, N, L, r, sc.ug.data());
   for (int j = 0; j < L; ++j) {  // dB_j (out, r) += s · dyᵀ · U'_j ;  dU'_j (N, r) = s · dy · B_j
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, n, s, dy, out,
                 sc.ug.data() + j * r, R, 1.0f, l.LeafGradB(j), r);
