@@ -388,36 +388,40 @@ void RunQuickstart(const QuickstartOptions& o) {
       });
   footer(tok);
 
+  // The schedule the base and both adapters share, and its part of their stage keys.
+  auto set_schedule = [&](CommonTrainOptions& c, const std::string& train, const std::string& val,
+                          int64_t n_steps) {
+    c.data = {dfile(train)};
+    c.val_data = {dfile(val)};
+    c.steps = n_steps;
+    c.batch_size = batch;
+    c.seq_len = seq;
+    c.lr = 3e-3;
+    c.warmup = std::max<int64_t>(1, n_steps / 10);
+    c.eval_every = std::max<int64_t>(1, n_steps / 5);
+    c.eval_batches = 4;
+    c.log_every = std::min<int64_t>(10, n_steps);
+    c.seed = o.seed;
+    c.threads = o.threads;
+  };
+  auto schedule_inputs = [](const CommonTrainOptions& c) {
+    return nlohmann::json{{"steps", c.steps},   {"batch", c.batch_size},
+                          {"seq", c.seq_len},   {"lr", c.lr},
+                          {"warmup", c.warmup}, {"eval_every", c.eval_every},
+                          {"seed", c.seed},     {"eval_batches", c.eval_batches}};
+  };
+
   // 3. base
   header("pretraining the base (tiny preset) on English: " + std::to_string(base_steps) +
          " steps of " + std::to_string(batch) + "x" + std::to_string(seq) + " tokens");
   PretrainOptions po;
   po.preset = "tiny";
   po.tokenizer = JoinPath(tok.dir, "tokenizer.model");
-  CommonTrainOptions& pc = po.common;
-  pc.data = {dfile("en.train.jsonl")};
-  pc.val_data = {dfile("en.eval.jsonl")};
-  pc.steps = base_steps;
-  pc.batch_size = batch;
-  pc.seq_len = seq;
-  pc.lr = 3e-3;
-  pc.warmup = std::max<int64_t>(1, base_steps / 10);
-  pc.eval_every = std::max<int64_t>(1, base_steps / 5);
-  pc.eval_batches = 4;
-  pc.log_every = std::min<int64_t>(10, base_steps);
-  pc.seed = o.seed;
-  pc.threads = o.threads;
-  const nlohmann::json base_in = {{"data", data.key},
-                                  {"tokenizer", tok.key},
-                                  {"preset", po.preset},
-                                  {"steps", pc.steps},
-                                  {"batch", pc.batch_size},
-                                  {"seq", pc.seq_len},
-                                  {"lr", pc.lr},
-                                  {"warmup", pc.warmup},
-                                  {"eval_every", pc.eval_every},
-                                  {"seed", pc.seed},
-                                  {"eval_batches", pc.eval_batches}};
+  set_schedule(po.common, "en.train.jsonl", "en.eval.jsonl", base_steps);
+  nlohmann::json base_in = schedule_inputs(po.common);
+  base_in["data"] = data.key;
+  base_in["tokenizer"] = tok.key;
+  base_in["preset"] = po.preset;
   const Stage base = get("base", base_in, [&](const std::string& dir) {
     po.common.out = dir;
     CheckFinished(RunPretrain(po), "pretraining the base");
@@ -438,40 +442,21 @@ void RunQuickstart(const QuickstartOptions& o) {
       lo.balance = 0.01;
       lo.hardening = 0.01;
     }
-    CommonTrainOptions& c = lo.common;
-    c.data = {dfile("mixed.train.jsonl")};
-    c.val_data = {dfile("mixed.eval.jsonl")};
-    c.steps = steps;
-    c.batch_size = batch;
-    c.seq_len = seq;
-    c.lr = 3e-3;
-    c.warmup = std::max<int64_t>(1, steps / 10);
-    c.eval_every = std::max<int64_t>(1, steps / 5);
-    c.eval_batches = 4;
-    c.log_every = std::min<int64_t>(10, steps);
-    c.seed = o.seed;
-    c.threads = o.threads;
+    set_schedule(lo.common, "mixed.train.jsonl", "mixed.eval.jsonl", steps);
     return lo;
   };
   auto adapter_inputs = [&](const LoraTrainOptions& lo) {
-    const CommonTrainOptions& c = lo.common;
-    return nlohmann::json{{"base", base.key},
-                          {"data", data.key},
-                          {"targets", lo.targets},
-                          {"rank", lo.rank},
-                          {"alpha", lo.alpha},
-                          {"depth", lo.tree_depth},
-                          {"routing", lo.routing},
-                          {"balance", lo.balance},
-                          {"hardening", lo.hardening},
-                          {"steps", c.steps},
-                          {"batch", c.batch_size},
-                          {"seq", c.seq_len},
-                          {"lr", c.lr},
-                          {"warmup", c.warmup},
-                          {"eval_every", c.eval_every},
-                          {"seed", c.seed},
-                          {"eval_batches", c.eval_batches}};
+    nlohmann::json in = schedule_inputs(lo.common);
+    in.update({{"base", base.key},
+               {"data", data.key},
+               {"targets", lo.targets},
+               {"rank", lo.rank},
+               {"alpha", lo.alpha},
+               {"depth", lo.tree_depth},
+               {"routing", lo.routing},
+               {"balance", lo.balance},
+               {"hardening", lo.hardening}});
+    return in;
   };
   auto train_adapter = [&](const std::string& name, LoraTrainOptions lo, const std::string& what) {
     const Stage st = get(name, adapter_inputs(lo), [&](const std::string& dir) {
