@@ -60,7 +60,6 @@ struct LoraWeights {
   float* LeafGradB(int j, bool* fresh = nullptr) const {
     return grads->SegmentGrad(b_index, j, fresh);
   }
-  bool training() const { return grads != nullptr && grads->with_grads(); }
 };
 
 // A block's router (tree_depth > 0): node logits z = W x̂ + b over the heap-ordered nodes.

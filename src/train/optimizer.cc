@@ -48,14 +48,17 @@ AdamW::AdamW(ParamBlock* params) : params_(params), state_(static_cast<size_t>(p
   }
 }
 
-float* AdamW::SegmentM(int i, int s) {
-  std::unique_ptr<float[]>& mv = state_[static_cast<size_t>(i)].seg[static_cast<size_t>(s)];
-  if (!mv) {
-    const size_t n = 2 * static_cast<size_t>(params_->segment_numel(i));
-    mv.reset(new float[n]);
-    std::fill(mv.get(), mv.get() + n, 0.0f);
-  }
+namespace {
+// A segment's moments, m then v (n values each), zero when first asked for.
+float* Moments(std::unique_ptr<float[]>& mv, int64_t n) {
+  if (!mv) mv.reset(new float[static_cast<size_t>(2 * n)]());
   return mv.get();
+}
+}  // namespace
+
+float* AdamW::SegmentM(int i, int s) {
+  return Moments(state_[static_cast<size_t>(i)].seg[static_cast<size_t>(s)],
+                 params_->segment_numel(i));
 }
 
 std::vector<int> AdamW::SegmentsWithState(int i) const {
@@ -103,8 +106,7 @@ void AdamW::Step(const AdamWOptions& o, double lr, int64_t step, float grad_scal
 #pragma omp parallel for schedule(dynamic, 4)
   for (size_t k = 0; k < segments.size(); ++k) {
     const Piece& x = segments[k];
-    if (!*x.mv) x.mv->reset(new float[static_cast<size_t>(2 * x.n)]());  // zero moments
-    float* m = x.mv->get();
+    float* m = Moments(*x.mv, x.n);  // allocated here, in parallel, on a segment's first use
     Update(x.h, grad_scale, x.g, x.p, m, m + x.n, x.n);
   }
 }
