@@ -5,7 +5,9 @@
 //   causal attention 4·B·NH·HD·T²/2 forward and twice that backward, LoRA terms included.
 // Usage: bench_train MODEL_DIR [--batch B] [--seq T] [--targets q_proj,v_proj|all-linear]
 //                   [--rank R] [--tree-depth D] [--steps N] [--warmup N] [--pretrain]
-//                   [--checkpoint-activations] [--threads N]
+//                   [--checkpoint-activations] [--bf16] [--threads N]
+// --bf16: the BF16 base's products on AMX (ModelWeights::PackBf16); the AMX GEMM's GFLOP/s at
+// the same shapes is then printed beside sgemm's.
 // Table on stderr, one JSON line on stdout.
 #include <omp.h>
 #include <sys/resource.h>
@@ -38,13 +40,13 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr,
                  "usage: bench_train MODEL_DIR [--batch B] [--seq T] [--targets T] [--rank R] "
                  "[--tree-depth D] [--steps N] [--warmup N] [--pretrain] "
-                 "[--checkpoint-activations] [--threads N]\n");
+                 "[--checkpoint-activations] [--bf16] [--threads N]\n");
     return 2;
   }
   const std::string dir = argv[1];
   int B = 1, T = 256, rank = 8, steps = 3, warmup = 1, threads = omp_get_num_procs(), depth = 0;
   std::string targets = "q_proj,v_proj";
-  bool pretrain = false, checkpoint = false;
+  bool pretrain = false, checkpoint = false, bf16 = false;
   for (int i = 2; i < argc; ++i) {
     const std::string f = argv[i];
     auto value = [&]() -> std::string {
@@ -71,6 +73,8 @@ int Main(int argc, char** argv) {
       pretrain = true;
     else if (f == "--checkpoint-activations")
       checkpoint = true;
+    else if (f == "--bf16")
+      bf16 = true;
     else
       Fail("unknown flag " + f);
   }
@@ -79,6 +83,8 @@ int Main(int argc, char** argv) {
 
   auto w = ModelWeights::Load(dir);
   const LlamaConfig& c = w->config;
+  if (bf16 && pretrain) Fail("--bf16 is for a frozen base (LoRA), not --pretrain");
+  const int64_t packed_bytes = bf16 ? w->PackBf16(/*backward=*/true) : 0;
   std::unique_ptr<TrainableBase> base;
   std::unique_ptr<Adapter> adapter;
   ParamBlock* params = nullptr;
@@ -105,6 +111,7 @@ int Main(int argc, char** argv) {
       {N, c.q_dim(), C}, {N, c.kv_dim(), C}, {N, c.kv_dim(), C}, {N, C, c.q_dim()},
       {N, F, C},         {N, F, C},          {N, C, F},          {N, c.vocab, C}};
   const double sgemm = bench::SgemmGflops(shapes, 2);
+  const double bf16_gemm = bf16 ? bench::Bf16GemmGflops(shapes, 2) : 0;
 
   std::mt19937 rng(7);
   std::vector<int32_t> in(static_cast<size_t>(N)), tgt(in.size());
@@ -150,15 +157,20 @@ int Main(int argc, char** argv) {
                      "LoRA r=" + std::to_string(rank) + " " + targets;
   std::fprintf(
       stderr,
-      "%s, %s, B=%d T=%d%s, %d threads\n"
-      "ceiling: sgemm %.1f GFLOP/s at the training shapes\n"
+      "%s, %s, B=%d T=%d%s%s, %d threads\n"
+      "ceiling: sgemm %.1f GFLOP/s at the training shapes%s\n"
       "step %.2f s (best %.2f; clip + AdamW %.3f s), %.1f tokens/s, %.1f GFLOP/s = %.0f%% of "
       "sgemm, peak RSS %.0f MB "
       "(activations %.0f MB)\n"
       "adapter %.1f M parameters, %.0f leaf/node segments touched per step, %lld with optimizer "
       "state\n",
-      dir.c_str(), what.c_str(), B, T, checkpoint ? " (checkpointed activations)" : "", threads,
-      sgemm, mean, best, optimizer_s / steps, N / mean, gflops, 100 * gflops / sgemm, rss_mb,
+      dir.c_str(), what.c_str(), B, T, checkpoint ? " (checkpointed activations)" : "",
+      bf16 ? " (BF16 base products on AMX)" : "", threads, sgemm,
+      bf16 ? (", AMX BF16 GEMM " + std::to_string(static_cast<int>(bf16_gemm)) + " GFLOP/s (" +
+              std::to_string(static_cast<int>(packed_bytes / 1000000)) + " MB packed)")
+                 .c_str()
+           : "",
+      mean, best, optimizer_s / steps, N / mean, gflops, 100 * gflops / sgemm, rss_mb,
       model.ActivationBytes() / 1e6, static_cast<double>(params->total()) / 1e6,
       static_cast<double>(touched) / (warmup + steps),
       static_cast<long long>(adam.segments_with_state()));
@@ -169,7 +181,10 @@ int Main(int argc, char** argv) {
       {"seq_len", T},
       {"threads", threads},
       {"checkpoint_activations", checkpoint},
+      {"bf16", bf16},
       {"sgemm_gflops", sgemm},
+      {"bf16_gemm_gflops", bf16_gemm},
+      {"packed_mb", packed_bytes / 1e6},
       {"step_s", mean},
       {"optimizer_s", optimizer_s / steps},
       {"tokens_per_s", N / mean},

@@ -8,6 +8,9 @@
 #include <cstring>
 #include <vector>
 
+#include "ops/gemm_bf16.h"
+#include "util/half.h"
+
 namespace tinylora::bench {
 
 namespace {
@@ -35,6 +38,30 @@ double SgemmGflops(const std::vector<GemmShape>& shapes, int reps) {
                   static_cast<int>(s.n), static_cast<int>(s.k), 1.0f, x.data(),
                   static_cast<int>(s.k), w.data(), static_cast<int>(s.k), 0.0f, y.data(),
                   static_cast<int>(s.n));
+    }
+    if (r > 0) best = std::min(best, Now() - t0);
+  }
+  return flops / best / 1e9;
+}
+
+double Bf16GemmGflops(const std::vector<GemmShape>& shapes, int reps) {
+  if (!AmxBf16Available()) return 0;
+  int64_t max_x = 0, max_y = 0;
+  double flops = 0;
+  std::vector<PackedBf16> packed;
+  for (const auto& s : shapes) {
+    max_x = std::max(max_x, s.m * s.k);
+    max_y = std::max(max_y, s.m * s.n);
+    flops += 2.0 * s.m * s.n * s.k;
+    std::vector<uint16_t> w(static_cast<size_t>(s.n * s.k), F32ToBf16(0.25f));
+    packed.push_back(PackedBf16::Transposed(Tensor{DType::kBF16, s.n, s.k, w.data()}));
+  }
+  std::vector<float> x(static_cast<size_t>(max_x), 0.5f), y(static_cast<size_t>(max_y));
+  double best = 1e30;
+  for (int r = 0; r < reps + 1; ++r) {  // first pass warms up
+    const double t0 = Now();
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      GemmBf16(packed[i], x.data(), shapes[i].m, y.data(), /*accumulate=*/false);
     }
     if (r > 0) best = std::min(best, Now() - t0);
   }

@@ -14,6 +14,10 @@ struct GemmShape {
 // GFLOP/s of sgemm over the whole list of shapes (total flops / total time), best of `reps`.
 double SgemmGflops(const std::vector<GemmShape>& shapes, int reps);
 
+// GFLOP/s of the AMX BF16 GEMM (ops/gemm_bf16.h) over the same shapes, weights packed as
+// Wᵀ; 0 when the CPU has no AMX-BF16.
+double Bf16GemmGflops(const std::vector<GemmShape>& shapes, int reps);
+
 // GB/s of reading a buffer far larger than the caches, all threads, best of `reps`.
 double ReadBandwidthGBs(int64_t bytes, int reps);
 // GB/s of memcpy-style copy (bytes read + bytes written), all threads, best of `reps`.

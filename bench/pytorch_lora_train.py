@@ -15,6 +15,12 @@ Use Debian's interpreter (it has torch 1.13):
     /usr/bin/python3 bench/pytorch_lora_train.py --batch-size 1 --steps 3 \
         --targets q_proj,v_proj
 
+--bf16: the job as a PyTorch user runs a BF16 base (tinylora's `train --bf16`):
+the projection and lm_head matrices are stored in bfloat16 and the step runs
+under torch.autocast("cpu", dtype=torch.bfloat16), so every matmul (attention's
+too) computes in bfloat16 through oneDNN; embeddings, norms and the LoRA
+parameters stay float32.
+
 --steps counts timed steps; --warmup (default 2) untimed ones run first.
 Prints one JSON line on stdout: tokens_per_s is batch * seq_len over the
 median step time of the timed steps, peak_rss_mb the process's maximum
@@ -56,6 +62,8 @@ def parse_args():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bf16", action="store_true",
+                    help="BF16 base matrices, autocast to bfloat16")
     args = ap.parse_args()
     if args.targets == "all-linear":
         args.modules = list(ALL_LINEARS)
@@ -95,6 +103,8 @@ def main():
             t.fill_(1.0)
         else:
             t.normal_(0.0, 0.02, generator=gen)
+            if args.bf16 and name.endswith(("_proj.weight", "lm_head.weight")):
+                t = t.to(torch.bfloat16)
         weights[name] = t  # requires_grad False
 
     # LoRA as PEFT initialises it: A ~ U(+-1/sqrt(in)), B = 0.
@@ -118,10 +128,11 @@ def main():
         inputs, targets = ids[:, :-1], ids[:, 1:]
         t0 = time.perf_counter()
         optim.zero_grad(set_to_none=True)
-        logits = train_ref.model_logits(config, weights, inputs, lora,
-                                        scaling)
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, vocab), targets.reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            logits = train_ref.model_logits(config, weights, inputs, lora,
+                                            scaling)
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, vocab).float(), targets.reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optim.step()
@@ -143,6 +154,7 @@ def main():
         "batch": args.batch_size,
         "seq_len": args.seq_len,
         "threads": args.threads,
+        "bf16": args.bf16,
         "tokens_per_s": round(args.batch_size * args.seq_len / step_s, 2),
         "peak_rss_mb": round(rss_mb, 1),
         "step_s": round(step_s, 4),

@@ -14,6 +14,7 @@
 #include <sstream>
 #include <thread>
 
+#include "ops/gemm_bf16.h"
 #include "test_util.h"
 #include "util/file.h"
 
@@ -94,6 +95,44 @@ TEST(TrainCli, LoraTrainsAndIsUsedByEvalGenerateAndMerge) {
   r = RunCli({"generate", "--model", s.model, "--adapter", s.tmp / "out", "--prompt", "the quick",
               "--greedy", "--max-new-tokens", "6"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
+}
+
+TEST(TrainCli, Bf16BaseTrainsInBf16LikeInF32) {
+  TrainSetup s;
+  const std::string bf16_model = s.tmp / "model-bf16";
+  ASSERT_EQ(RunCli({"init", "--config", s.tmp / "config.json", "--out", bf16_model, "--tokenizer",
+                    s.model + "/tokenizer.model", "--seed", "1", "--dtype", "bf16"})
+                .exit_code,
+            0);
+  TrainSetup& b = s;
+  b.model = bf16_model;
+  test::CliResult r = RunCli(TrainArgs(b, s.tmp / "f32", "12"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::vector<std::string> args = TrainArgs(b, s.tmp / "bf16", "12");
+  args.push_back("--bf16");
+  r = RunCli(args);
+  if (!AmxBf16Available()) {  // refused with a reason, not run some other way
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_NE(r.err.find("AMX-BF16"), std::string::npos) << r.err;
+    GTEST_SKIP() << "no AMX-BF16 on this CPU";
+  }
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::vector<double> f32 = Losses(s.tmp / "f32/metrics.jsonl");
+  const std::vector<double> bf16 = Losses(s.tmp / "bf16/metrics.jsonl");
+  ASSERT_EQ(bf16.size(), f32.size());
+  EXPECT_LT(bf16.back(), bf16.front() - 0.2);  // it learns
+  bool differs = false;
+  for (size_t i = 0; i < f32.size(); ++i) {
+    EXPECT_NEAR(bf16[i], f32[i], 0.02 * f32[i]) << "step " << i + 1;
+    differs = differs || bf16[i] != f32[i];
+  }
+  EXPECT_TRUE(differs);  // the products really ran in BF16
+  // Resuming needs the same choice: the checkpoint's run records it.
+  args = TrainArgs(b, s.tmp / "bf16", "14");
+  args.push_back("--resume");
+  r = RunCli(args);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("other options"), std::string::npos) << r.err;
 }
 
 TEST(TrainCli, ResumeEqualsUninterrupted) {
@@ -273,6 +312,10 @@ TEST(TrainCli, BadInputs) {
   ExpectBad({"train", "--model", s.model, "--data", s.data, "--out", s.tmp / "nock", "--steps", "2",
              "--seq-len", "16", "--resume"},
             "holds no checkpoint");
+  // --bf16 needs a BF16 base (this one is F32), or on a CPU without AMX says that.
+  t = args(s.data, "16");
+  t.push_back("--bf16");
+  ExpectBad(t, AmxBf16Available() ? "holds no BF16 matrix" : "AMX-BF16");
 }
 
 TEST(TrainCli, NonFiniteLossStopsWithTheStepNamed) {

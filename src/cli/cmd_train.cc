@@ -238,15 +238,11 @@ TrainResult RunTrain(const LoraTrainOptions& lo) {
   const bool tree = lo.tree_depth > 0;
   if (!tree && lo.routing != "hard") Fail("--routing: needs --tree-depth of at least 1");
   Data data = PrepareData(o, tok_path, c.vocab);
+  if (lo.bf16) base->PackBf16(/*backward=*/true);
   auto adapter = Adapter::Create(c, ac, o.seed, /*with_grads=*/true);
-  nlohmann::json run = {{"mode", "lora"},
-                        {"model", lo.model},
-                        {"rank", lo.rank},
-                        {"alpha", lo.alpha},
-                        {"targets", lo.targets},
-                        {"dropout", lo.dropout},
-                        {"tree_depth", lo.tree_depth},
-                        {"routing", lo.routing},
+  nlohmann::json run = {{"mode", "lora"},    {"model", lo.model},           {"rank", lo.rank},
+                        {"alpha", lo.alpha}, {"targets", lo.targets},       {"dropout", lo.dropout},
+                        {"bf16", lo.bf16},   {"tree_depth", lo.tree_depth}, {"routing", lo.routing},
                         {"gate", lo.gate}};
   TrainerOptions t = MakeTrainerOptions(o, data.caches->train, run);
   t.title = (tree ? "tree-LoRA depth " + std::to_string(lo.tree_depth) + ", r=" : "LoRA r=") +
@@ -388,6 +384,9 @@ void AddTrainCommands(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   train->add_option("--router-lr", lo->router_lr, "learning rate of the routers (default: --lr)")
       ->check(CLI::PositiveNumber);
+  train->add_flag("--bf16", lo->bf16,
+                  "compute the frozen BF16 base's matrix products in BF16 on AMX (activations "
+                  "rounded to BF16, f32 sums; the adapter stays f32)");
   AddCommonFlags(train, &lo->common);
   train->callback([lo]() { std::cout << RunTrain(*lo).ToJson().dump() << std::endl; });
 

@@ -48,6 +48,7 @@ struct LoraTrainOptions {
   std::string model, targets = "q_proj,v_proj";
   int rank = 8;
   double alpha = 16, dropout = 0;
+  bool bf16 = false;  // the BF16 base's products in BF16 on AMX (activations rounded)
   // tree adapters
   int tree_depth = 0;
   std::string routing = "hard", gate = "path";

@@ -152,4 +152,31 @@ int64_t ModelWeights::MatrixBytes() const {
   return total;
 }
 
+int64_t ModelWeights::PackBf16(bool backward) {
+  if (!AmxBf16Available()) Fail("--bf16: this CPU (or kernel) offers no AMX-BF16");
+  std::vector<Tensor*> matrices = {&lm_head};
+  for (auto& l : layers) {
+    for (Tensor* t : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down})
+      matrices.push_back(t);
+  }
+  int64_t bytes = 0;
+  for (Tensor* t : matrices) {
+    if (t->dtype != DType::kBF16 || t->packed != nullptr) continue;
+    auto p = std::make_unique<PackedWeight>();
+    p->forward = PackedBf16::Transposed(*t);
+    if (backward) p->backward = PackedBf16::AsIs(*t);
+    bytes += p->forward.bytes() + (backward ? p->backward.bytes() : 0);
+    t->packed = p.get();
+    packed_.push_back(std::move(p));
+    const auto* data = static_cast<const uint8_t*>(t->data);
+    for (const auto& f : files_) {
+      const MappedFile& map = f->file();
+      if (data >= map.data() && data < map.data() + map.size())
+        map.Release(static_cast<size_t>(data - map.data()), static_cast<size_t>(t->nbytes()));
+    }
+  }
+  if (packed_.empty()) Fail("--bf16: " + dir + " holds no BF16 matrix (its base is not BF16)");
+  return bytes;
+}
+
 }  // namespace tinylora

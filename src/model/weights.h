@@ -10,6 +10,7 @@
 
 #include "formats/safetensors.h"
 #include "model/config.h"
+#include "ops/gemm_bf16.h"
 #include "ops/tensor.h"
 
 namespace tinylora {
@@ -41,9 +42,16 @@ class ModelWeights {
   // Bytes of every matrix as held in memory (what one decode step reads), lm_head included once.
   int64_t MatrixBytes() const;
 
+  // Packs every BF16 matrix (projections and lm_head) for the AMX BF16 GEMM, so products over
+  // many rows compute in BF16 (`backward`: also the packing of dx = dy · W, for training).
+  // The mapped originals' pages are released (decode's few-row products read them again).
+  // Error when the CPU lacks AMX-BF16 or no matrix is BF16. Returns the packed bytes.
+  int64_t PackBf16(bool backward);
+
  private:
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::vector<std::vector<uint8_t>> owned_;  // tensors that had to be converted or realigned
+  std::vector<std::unique_ptr<PackedWeight>> packed_;
   friend class WeightLoader;
 };
 

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "ops/gemm_bf16.h"
+
 namespace tinylora {
 
 namespace {
@@ -29,6 +31,10 @@ void MatMul(const Tensor& w, const float* x, int64_t T, float* y) {
     }
     return;
   }
+  if (w.packed != nullptr) {
+    GemmBf16(w.packed->forward, x, T, y, /*accumulate=*/false);
+    return;
+  }
   if (w.dtype == DType::kF32) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), static_cast<int>(out),
                 static_cast<int>(in), 1.0f, x, static_cast<int>(in), w.f32(), static_cast<int>(in),
@@ -48,6 +54,10 @@ void MatMul(const Tensor& w, const float* x, int64_t T, float* y) {
 
 void MatMulBackwardX(const Tensor& w, const float* dy, int64_t T, float* dx, bool accumulate) {
   const int64_t out = w.rows, in = w.cols;
+  if (w.packed != nullptr && !w.packed->backward.empty()) {
+    GemmBf16(w.packed->backward, dy, T, dx, accumulate);
+    return;
+  }
   if (w.dtype == DType::kF32) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(T),
                 static_cast<int>(in), static_cast<int>(out), 1.0f, dy, static_cast<int>(out),

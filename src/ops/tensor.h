@@ -8,10 +8,14 @@
 
 namespace tinylora {
 
+struct PackedWeight;  // ops/gemm_bf16.h
+
 struct Tensor {
   DType dtype = DType::kF32;  // kF32 or kBF16
   int64_t rows = 0, cols = 0;
   const void* data = nullptr;
+  // A BF16 weight's AMX packing (ModelWeights::PackBf16): MatMul then computes in BF16.
+  const PackedWeight* packed = nullptr;
 
   const float* f32() const { return static_cast<const float*>(data); }
   const uint16_t* bf16() const { return static_cast<const uint16_t*>(data); }
