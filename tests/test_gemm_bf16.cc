@@ -80,10 +80,10 @@ struct Shape {
 
 TEST(GemmBf16, MatchesReferenceOnOddShapes) {
   SKIP_WITHOUT_AMX();
-  // Tile edges (m, n, k off 16/32), several K chunks (k > 512), several M chunks (m > 256),
-  // one row, and a column count smaller than the thread count's share.
-  const Shape shapes[] = {{1, 16, 32},   {37, 50, 70},   {64, 96, 1100},
-                          {300, 33, 64}, {290, 70, 530}, {5, 8, 2}};
+  // Tile edges (m, n, k off 16/32), two K chunks (k > 2048), several M chunks (m > 256),
+  // both at once, one row, and fewer columns than one block per thread.
+  const Shape shapes[] = {{1, 16, 32},   {37, 50, 70},    {64, 96, 2100},
+                          {300, 33, 64}, {290, 40, 2090}, {5, 8, 2}};
   for (const Shape& s : shapes) {
     SCOPED_TRACE(testing::Message() << "m=" << s.m << " n=" << s.n << " k=" << s.k);
     std::vector<uint16_t> w = RandomBf16(static_cast<size_t>(s.n * s.k), 2);

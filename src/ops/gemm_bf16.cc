@@ -3,10 +3,13 @@
 // A is converted once per call into tile order (16 rows × 32 values, 1 KB per tile, so every
 // tile load is contiguous), B was packed in tile order at load time. Loops, per thread (threads
 // split the 32-column blocks of C):
-//   for each K chunk of kChunkSteps·32 values      (a B block of the chunk stays in L1)
-//     for each M chunk of kChunkBlocks·32 rows     (the A chunk stays in L2)
-//       for each 32-column block of this thread
+//   for each K chunk of kChunkSteps·32 values
+//     for each M chunk of kChunkBlocks·32 rows     (the A chunk, 1 MB, stays in L2)
+//       for each 32-column block of this thread    (its B block, 128 KB, stays in L2)
 //         for each 32-row block of the chunk: C block (+)= A block · B block over the K chunk
+// The long K chunk matters most: each chunk loads and stores every C block once, and with
+// 512-value chunks that C traffic held the kernel to ~1.2 TFLOP/s; at 2048 it runs at ~1.8
+// (2 threads; the tile units alone reach ~2.3 per thread with data in L1).
 #include "ops/gemm_bf16.h"
 
 #include <cpuid.h>
@@ -31,7 +34,7 @@ namespace {
 constexpr int64_t kTileRows = 16;
 constexpr int64_t kStep = 32;            // K values per tile multiply
 constexpr int64_t kTileElems = 16 * 32;  // BF16 values in one A or B tile (1 KB)
-constexpr int64_t kChunkSteps = 16;      // K chunk: 512 values
+constexpr int64_t kChunkSteps = 64;      // K chunk: 2048 values
 constexpr int64_t kChunkBlocks = 8;      // M chunk: 256 rows
 
 int64_t RoundUp(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
