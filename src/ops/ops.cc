@@ -7,6 +7,9 @@
 
 namespace tinylora {
 
+// Attention runs over blocks of this many queries, each skipping the keys none of them sees.
+constexpr int64_t kQueryBlock = 64;
+
 void RmsNorm(const float* x, const float* w, int64_t T, int64_t C, float eps, float* out,
              float* rstd) {
 #pragma omp parallel for schedule(static) if (T > 1)
@@ -119,7 +122,6 @@ void SoftmaxReference(float* x, int64_t n) {
 void AttentionHead(const AttentionShape& s, int head, const float* q, int64_t ldq, const float* k,
                    const float* v, int64_t ldkv, int64_t n, int64_t p0, float* out, int64_t ldo,
                    float* scratch) {
-  constexpr int64_t kQueryBlock = 64;  // blocks of queries skip the keys none of them sees
   const int hd = s.head_dim;
   const int kvh = head / (s.n_heads / s.n_kv_heads);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
@@ -166,16 +168,22 @@ void AttentionTrainHead(const AttentionShape& s, int head, const float* q, int64
   const int hd = s.head_dim;
   const int kvh = head / (s.n_heads / s.n_kv_heads);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const int t = static_cast<int>(T);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t, t, hd, scale, q + head * hd,
-              static_cast<int>(ldq), k + kvh * hd, static_cast<int>(ldkv), 0.0f, probs, t);
-  for (int64_t i = 0; i < T; ++i) {
-    float* row = probs + i * T;
-    Softmax(row, i + 1);
-    for (int64_t j = i + 1; j < T; ++j) row[j] = 0.0f;
+  const int t = static_cast<int>(T), lq = static_cast<int>(ldq), lkv = static_cast<int>(ldkv);
+  for (int64_t i0 = 0; i0 < T; i0 += kQueryBlock) {
+    const int nq = static_cast<int>(std::min(kQueryBlock, T - i0)), nk = static_cast<int>(i0) + nq;
+    float* p = probs + i0 * T;
+    // scores (nq, nk) = scale · q_h[i0:] · k_g[:nk]ᵀ ; keys past the block's last query unseen
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hd, scale,
+                q + i0 * ldq + head * hd, lq, k + kvh * hd, lkv, 0.0f, p, t);
+    for (int64_t i = 0; i < nq; ++i) {
+      float* row = p + i * T;
+      Softmax(row, i0 + i + 1);
+      for (int64_t j = i0 + i + 1; j < T; ++j) row[j] = 0.0f;
+    }
+    // out_h[i0:] (nq, HD) = P (nq, nk) · v_g[:nk]
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, nk, 1.0f, p, t, v + kvh * hd,
+                lkv, 0.0f, out + i0 * ldo + head * hd, static_cast<int>(ldo));
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, t, hd, t, 1.0f, probs, t, v + kvh * hd,
-              static_cast<int>(ldkv), 0.0f, out + head * hd, static_cast<int>(ldo));
 }
 
 void AttentionTrainHeadBackward(const AttentionShape& s, int head, const float* q, int64_t ldq,
@@ -186,26 +194,34 @@ void AttentionTrainHeadBackward(const AttentionShape& s, int head, const float* 
   const int kvh = head / (s.n_heads / s.n_kv_heads);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const int t = static_cast<int>(T), lq = static_cast<int>(ldq), lkv = static_cast<int>(ldkv);
-  // dv_g (T, HD) += Pᵀ (T, T) · dout_h (T, HD)
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, t, hd, t, 1.0f, probs, t, dout + head * hd,
-              static_cast<int>(ldo), 1.0f, dv + kvh * hd, lkv);
-  // dP (T, T) = dout_h · v_gᵀ, then dS = P ∘ (dP − rowsum(P ∘ dP))  (causal: j ≤ i only)
-  float* dp = scratch;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t, t, hd, 1.0f, dout + head * hd,
-              static_cast<int>(ldo), v + kvh * hd, lkv, 0.0f, dp, t);
-  for (int64_t i = 0; i < T; ++i) {
-    const float* p = probs + i * T;
-    float* d = dp + i * T;
-    double dot = 0;
-    for (int64_t j = 0; j <= i; ++j) dot += static_cast<double>(p[j]) * d[j];
-    for (int64_t j = 0; j <= i; ++j) d[j] = p[j] * (d[j] - static_cast<float>(dot));
-    for (int64_t j = i + 1; j < T; ++j) d[j] = 0.0f;
+  const int lo = static_cast<int>(ldo);
+  // Per block of queries [i0, i0 + nq), only keys [0, nk) (nk = i0 + nq) can be nonzero.
+  for (int64_t i0 = 0; i0 < T; i0 += kQueryBlock) {
+    const int nq = static_cast<int>(std::min(kQueryBlock, T - i0)), nk = static_cast<int>(i0) + nq;
+    const float* p = probs + i0 * T;
+    const float* dout_b = dout + i0 * ldo + head * hd;
+    float* dp = scratch + i0 * T;
+    // dv_g[:nk] += Pᵀ (nk, nq) · dout_h[i0:] (nq, HD)
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, hd, nq, 1.0f, p, t, dout_b, lo, 1.0f,
+                dv + kvh * hd, lkv);
+    // dP (nq, nk) = dout_h[i0:] · v_g[:nk]ᵀ, then dS = P ∘ (dP − rowsum(P ∘ dP))  (j ≤ i only)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hd, 1.0f, dout_b, lo, v + kvh * hd,
+                lkv, 0.0f, dp, t);
+    for (int64_t r = 0; r < nq; ++r) {
+      const int64_t i = i0 + r;
+      const float* pr = p + r * T;
+      float* d = dp + r * T;
+      double dot = 0;
+      for (int64_t j = 0; j <= i; ++j) dot += static_cast<double>(pr[j]) * d[j];
+      for (int64_t j = 0; j <= i; ++j) d[j] = pr[j] * (d[j] - static_cast<float>(dot));
+      for (int64_t j = i + 1; j < nk; ++j) d[j] = 0.0f;
+    }
+    // dq_h[i0:] (nq, HD) = scale · dS · k_g[:nk] ;  dk_g[:nk] += scale · dSᵀ · q_h[i0:]
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, nk, scale, dp, t, k + kvh * hd,
+                lkv, 0.0f, dq + i0 * ldq + head * hd, lq);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, hd, nq, scale, dp, t,
+                q + i0 * ldq + head * hd, lq, 1.0f, dk + kvh * hd, lkv);
   }
-  // dq_h (T, HD) = scale · dS · k_g ;  dk_g (T, HD) += scale · dSᵀ · q_h
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, t, hd, t, scale, dp, t, k + kvh * hd, lkv,
-              0.0f, dq + head * hd, lq);
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, t, hd, t, scale, dp, t, q + head * hd, lq,
-              1.0f, dk + kvh * hd, lkv);
 }
 
 void AttentionReference(const AttentionShape& s, const float* q, int64_t ldq, const float* k,
