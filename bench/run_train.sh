@@ -46,8 +46,10 @@ bench_model tinyllama-bf16 tinyllama bf16
 for batch in 1 4; do
   for targets in q_proj,v_proj all-linear; do
     run tinyllama-f32 tinyllama "$batch" "$targets" 2
-    run tinyllama-bf16 tinyllama "$batch" "$targets" 3 --bf16
+    run tinyllama-bf16 tinyllama "$batch" "$targets" 5 --bf16
   done
 done
 build/bench/bench_train "$dir/tinyllama-f32" --batch 4 --seq 256 --targets all-linear --steps 2 \
   --threads "$threads" --checkpoint-activations
+build/bench/bench_train "$dir/tinyllama-bf16" --batch 4 --seq 256 --targets all-linear --steps 2 \
+  --threads "$threads" --checkpoint-activations --bf16

@@ -127,6 +127,19 @@ TEST(TrainCli, Bf16BaseTrainsInBf16LikeInF32) {
     differs = differs || bf16[i] != f32[i];
   }
   EXPECT_TRUE(differs);  // the products really ran in BF16
+  // eval --bf16 scores the trained adapter close to the F32 products' score.
+  test::WriteFile(s.tmp / "held.txt", "the quick brown fox 3 jumps over the lazy dog\n");
+  auto eval = [&](bool bf16) {
+    std::vector<std::string> e = {"eval",         "--model", bf16_model,        "--adapter",
+                                  s.tmp / "bf16", "--data",  s.tmp / "held.txt"};
+    if (bf16) e.push_back("--bf16");
+    test::CliResult er = RunCli(e);
+    EXPECT_EQ(er.exit_code, 0) << er.err;
+    return nlohmann::json::parse(er.out)["loss"].get<double>();
+  };
+  const double e32 = eval(false), e16 = eval(true);
+  EXPECT_NEAR(e16, e32, 0.02 * e32);
+  EXPECT_NE(e16, e32);
   // Resuming needs the same choice: the checkpoint's run records it.
   args = TrainArgs(b, s.tmp / "bf16", "14");
   args.push_back("--resume");

@@ -76,6 +76,7 @@ struct EvalOptions {
   std::string model, adapter, data, token_ids;
   int context = 0;
   int threads = 0;
+  bool bf16 = false;  // the BF16 base's prefill products in BF16 on AMX
 };
 struct EvalResult {
   int64_t tokens = 0;
