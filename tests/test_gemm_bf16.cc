@@ -9,19 +9,14 @@
 
 #include "ops/gemm_bf16.h"
 #include "ops/matmul.h"
+#include "test_util.h"
 #include "util/error.h"
 #include "util/half.h"
 
 namespace tinylora {
 namespace {
 
-std::vector<float> Random(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
+using test::Random;
 
 std::vector<uint16_t> RandomBf16(size_t n, uint32_t seed) {
   std::vector<float> f = Random(n, seed);

@@ -217,13 +217,7 @@ void CheckOp(std::vector<float>& x, const std::vector<float>& analytic, F loss_o
   EXPECT_LT(std::sqrt(diff2 / num2), tol);
 }
 
-std::vector<float> Randn(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
+std::vector<float> Randn(size_t n, uint32_t seed) { return test::Random(n, seed); }
 
 double Dot(const std::vector<float>& a, const std::vector<float>& b) {
   double s = 0;

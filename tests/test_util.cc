@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <stdexcept>
 
@@ -133,6 +134,14 @@ std::string TrainTinyTokenizer(const std::string& dir, int vocab_size) {
       " --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=-1");
   if (!status.ok()) throw std::runtime_error("tokenizer training failed: " + status.ToString());
   return prefix + ".model";
+}
+
+std::vector<float> Random(size_t n, uint32_t seed, float scale) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
 }
 
 }  // namespace tinylora::test

@@ -43,6 +43,9 @@ void ExpectSameValues(const ParamBlock& a, const ParamBlock& b);
 void ExpectGradientsMatch(const ParamBlock& params, const SafetensorsFile& expected,
                           const Adapter* adapter = nullptr);
 
+// n values drawn from N(0, scale²) by std::mt19937(seed).
+std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f);
+
 // Trains a small SentencePiece model on generated text into `dir`/tokenizer.model.
 std::string TrainTinyTokenizer(const std::string& dir, int vocab_size);
 
