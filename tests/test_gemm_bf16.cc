@@ -7,6 +7,7 @@
 #include <random>
 #include <vector>
 
+#include "model/weights.h"
 #include "ops/gemm_bf16.h"
 #include "ops/matmul.h"
 #include "test_util.h"
@@ -153,6 +154,21 @@ TEST(GemmBf16, MatMulAndBackwardUseThePacking) {
   t.packed = nullptr;
   MatMul(t, x.data(), 1, y1ref.data());
   EXPECT_EQ(y1, y1ref);
+}
+
+TEST(PackBf16, ASecondCallAddsOnlyTheMissingBackwardPackings) {
+  SKIP_WITHOUT_AMX();
+  auto w = ModelWeights::Load(test::FixturePath("forward/bf16"));
+  const int64_t forward_bytes = w->PackBf16(/*backward=*/false);
+  EXPECT_GT(forward_bytes, 0);
+  const PackedWeight* head = w->lm_head.packed;
+  ASSERT_NE(head, nullptr);
+  EXPECT_TRUE(head->backward.empty());                       // eval packs only Wᵀ
+  EXPECT_EQ(w->PackBf16(/*backward=*/true), forward_bytes);  // W has the same padded size here
+  EXPECT_EQ(w->lm_head.packed, head);  // the forward packing is kept, not redone
+  EXPECT_FALSE(head->backward.empty());
+  EXPECT_FALSE(w->layers[0].w_down.packed->backward.empty());
+  EXPECT_EQ(w->PackBf16(/*backward=*/true), 0);  // nothing left to pack
 }
 
 }  // namespace

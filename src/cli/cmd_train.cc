@@ -240,10 +240,16 @@ TrainResult RunTrain(const LoraTrainOptions& lo) {
   Data data = PrepareData(o, tok_path, c.vocab);
   if (lo.bf16) base->PackBf16(/*backward=*/true);
   auto adapter = Adapter::Create(c, ac, o.seed, /*with_grads=*/true);
-  nlohmann::json run = {{"mode", "lora"},    {"model", lo.model},           {"rank", lo.rank},
-                        {"alpha", lo.alpha}, {"targets", lo.targets},       {"dropout", lo.dropout},
-                        {"bf16", lo.bf16},   {"tree_depth", lo.tree_depth}, {"routing", lo.routing},
+  nlohmann::json run = {{"mode", "lora"},
+                        {"model", lo.model},
+                        {"rank", lo.rank},
+                        {"alpha", lo.alpha},
+                        {"targets", lo.targets},
+                        {"dropout", lo.dropout},
+                        {"tree_depth", lo.tree_depth},
+                        {"routing", lo.routing},
                         {"gate", lo.gate}};
+  if (lo.bf16) run["bf16"] = true;  // only when set: checkpoints of earlier runs still resume
   TrainerOptions t = MakeTrainerOptions(o, data.caches->train, run);
   t.title = (tree ? "tree-LoRA depth " + std::to_string(lo.tree_depth) + ", r=" : "LoRA r=") +
             std::to_string(lo.rank) + " on " + lo.model;

@@ -161,13 +161,23 @@ int64_t ModelWeights::PackBf16(bool backward) {
   }
   int64_t bytes = 0;
   for (Tensor* t : matrices) {
-    if (t->dtype != DType::kBF16 || t->packed != nullptr) continue;
-    auto p = std::make_unique<PackedWeight>();
-    p->forward = PackedBf16::Transposed(*t);
-    if (backward) p->backward = PackedBf16::AsIs(*t);
-    bytes += p->forward.bytes() + (backward ? p->backward.bytes() : 0);
-    t->packed = p.get();
-    packed_.push_back(std::move(p));
+    if (t->dtype != DType::kBF16) continue;
+    PackedWeight* p = nullptr;  // this tensor's packing, when an earlier call made one
+    for (const auto& q : packed_) p = q.get() == t->packed ? q.get() : p;
+    if (p == nullptr) {
+      packed_.push_back(std::make_unique<PackedWeight>());
+      p = packed_.back().get();
+      p->forward = PackedBf16::Transposed(*t);
+      bytes += p->forward.bytes();
+    }
+    if (backward && p->backward.empty()) {
+      p->backward = PackedBf16::AsIs(*t);
+      bytes += p->backward.bytes();
+    }
+    t->packed = p;
+    // The mapped original is read again only by few-row products (decode) and, when the
+    // head is tied, by the embedding lookup: keep the tied one mapped.
+    if (t == &lm_head && lm_head.data == embed.data) continue;
     const auto* data = static_cast<const uint8_t*>(t->data);
     for (const auto& f : files_) {
       const MappedFile& map = f->file();

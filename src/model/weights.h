@@ -45,7 +45,8 @@ class ModelWeights {
   // Packs every BF16 matrix (projections and lm_head) for the AMX BF16 GEMM, so products over
   // many rows compute in BF16 (`backward`: also the packing of dx = dy · W, for training).
   // The mapped originals' pages are released (decode's few-row products read them again).
-  // Error when the CPU lacks AMX-BF16 or no matrix is BF16. Returns the packed bytes.
+  // Error when the CPU lacks AMX-BF16 or no matrix is BF16. Returns the bytes it packed (a
+  // second call adds only what is missing, e.g. the backward packings).
   int64_t PackBf16(bool backward);
 
  private:

@@ -50,10 +50,14 @@ struct TileConfig {
 
 bool DetectAmx() {
   unsigned eax, ebx, ecx, edx;
+  if (__get_cpuid(1, &eax, &ebx, &ecx, &edx) == 0 || ((ecx >> 27) & 1u) == 0) return false;
+  unsigned xcr0_lo, xcr0_hi;  // the OS saves the AVX-512 state (opmask, ZMM halves)
+  asm volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  if ((xcr0_lo & 0xe6u) != 0xe6u) return false;
   if (__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) == 0) return false;
   const bool amx_bf16 = (edx >> 22) & 1u, amx_tile = (edx >> 24) & 1u;
-  const bool avx512bw = (ebx >> 30) & 1u;  // for the A conversion
-  if (!amx_bf16 || !amx_tile || !avx512bw) return false;
+  const bool avx512 = ((ebx >> 16) & 1u) && ((ebx >> 30) & 1u);  // F and BW: A's conversion
+  if (!amx_bf16 || !amx_tile || !avx512) return false;
   constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
   return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
 }
@@ -188,13 +192,16 @@ void PackedBf16::Free::operator()(uint16_t* p) const { std::free(p); }
 
 PackedBf16::PackedBf16(int64_t k, int64_t n)
     : k_(k), n_(n), k_pad_(RoundUp(k, kStep)), n_pad_(RoundUp(n, 32)) {
-  // 2 MB aligned and backed by huge pages where the kernel allows: a TinyLlama packs 4 GB,
-  // which in 4 KB pages costs a million page faults.
+  // Packings of 2 MB and more are 2 MB aligned and backed by huge pages where the kernel
+  // allows (a TinyLlama packs 4 GB, which in 4 KB pages costs a million page faults); smaller
+  // ones are 64-byte aligned, so a small model does not round each matrix up to 2 MB.
   constexpr size_t kHuge = size_t{2} << 20;
-  const size_t bytes = (static_cast<size_t>(k_pad_ * n_pad_ * 2) + kHuge - 1) / kHuge * kHuge;
-  data_.reset(static_cast<uint16_t*>(std::aligned_alloc(kHuge, bytes)));
+  const size_t used = static_cast<size_t>(std::max<int64_t>(k_pad_ * n_pad_ * 2, 64));
+  const size_t align = used >= kHuge ? kHuge : 64;
+  const size_t bytes = (used + align - 1) / align * align;
+  data_.reset(static_cast<uint16_t*>(std::aligned_alloc(align, bytes)));
   if (!data_) FailRuntime("out of memory packing a BF16 weight");
-  madvise(data_.get(), bytes, MADV_HUGEPAGE);
+  if (align == kHuge) madvise(data_.get(), bytes, MADV_HUGEPAGE);  // a hint: failure is fine
 }
 
 uint16_t& PackedBf16::Slot(int64_t kk, int64_t c) {
@@ -251,6 +258,10 @@ void GemmBf16(const PackedBf16& b, const float* a, int64_t m, float* c, bool acc
     Compute(b, at, m, c, accumulate, nblocks * t / nt, nblocks * (t + 1) / nt);
     ReleaseTiles();
   }
+  // Keep the buffer for the next call (every projection of a step has one), unless it grew
+  // for an exceptional one, such as lm_head's dx over a large batch.
+  constexpr size_t kKeepBytes = size_t{256} << 20;
+  if (a_tiles.size() * sizeof(uint16_t) > kKeepBytes) std::vector<uint16_t>().swap(a_tiles);
 }
 
 void GemmBf16Reference(const PackedBf16& b, const float* a, int64_t m, float* c, bool accumulate) {
