@@ -119,30 +119,45 @@ void SoftmaxReference(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = static_cast<float>(std::exp(x[i] - mx) / sum);
 }
 
-void AttentionHead(const AttentionShape& s, int head, const float* q, int64_t ldq, const float* k,
-                   const float* v, int64_t ldkv, int64_t n, int64_t p0, float* out, int64_t ldo,
-                   float* scratch) {
+namespace {
+
+// One block of nq queries of head `head`, the first at position `pos0`; keys [0, nk) with
+// nk = pos0 + nq (the last query's). probs (nq, ldp ≥ nk) gets each query's softmax over the
+// keys it sees and zeros up to ldp; out (nq, HD) row stride ldo = probs · v_g.
+void AttendQueryBlock(const AttentionShape& s, int head, const float* q, int64_t ldq,
+                      const float* k, const float* v, int64_t ldkv, int64_t nq, int64_t pos0,
+                      float* probs, int64_t ldp, float* out, int64_t ldo) {
   const int hd = s.head_dim;
   const int kvh = head / (s.n_heads / s.n_kv_heads);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const int64_t nk = pos0 + nq;
+  // scores (nq, nk) = scale · q_h (nq, HD) · k_g (nk, HD)ᵀ
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nq), static_cast<int>(nk),
+              hd, scale, q + head * hd, static_cast<int>(ldq), k + kvh * hd, static_cast<int>(ldkv),
+              0.0f, probs, static_cast<int>(ldp));
+  // causal: query i (position pos0 + i) sees keys 0..pos0 + i
+  for (int64_t i = 0; i < nq; ++i) {
+    float* row = probs + i * ldp;
+    const int64_t visible = pos0 + i + 1;
+    Softmax(row, visible);
+    for (int64_t j = visible; j < ldp; ++j) row[j] = 0.0f;
+  }
+  // out_h (nq, HD) = probs (nq, nk) · v_g (nk, HD)
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(nq), hd,
+              static_cast<int>(nk), 1.0f, probs, static_cast<int>(ldp), v + kvh * hd,
+              static_cast<int>(ldkv), 0.0f, out + head * hd, static_cast<int>(ldo));
+}
+
+}  // namespace
+
+void AttentionHead(const AttentionShape& s, int head, const float* q, int64_t ldq, const float* k,
+                   const float* v, int64_t ldkv, int64_t n, int64_t p0, float* out, int64_t ldo,
+                   float* scratch) {
   for (int64_t i0 = 0; i0 < n; i0 += kQueryBlock) {
     const int64_t nb = std::min(kQueryBlock, n - i0);
-    const int64_t len = p0 + i0 + nb;  // keys visible to the block's last query
-    // scores (nb, len) = scale * q_h (nb, HD) · k_g (len, HD)ᵀ
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nb),
-                static_cast<int>(len), hd, scale, q + i0 * ldq + head * hd, static_cast<int>(ldq),
-                k + kvh * hd, static_cast<int>(ldkv), 0.0f, scratch, static_cast<int>(len));
-    // causal: query i (position p0+i) sees keys 0..p0+i
-    for (int64_t i = 0; i < nb; ++i) {
-      float* row = scratch + i * len;
-      const int64_t visible = p0 + i0 + i + 1;
-      Softmax(row, visible);
-      for (int64_t j = visible; j < len; ++j) row[j] = 0.0f;
-    }
-    // out_h (nb, HD) = probs (nb, len) · v_g (len, HD)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(nb), hd,
-                static_cast<int>(len), 1.0f, scratch, static_cast<int>(len), v + kvh * hd,
-                static_cast<int>(ldkv), 0.0f, out + i0 * ldo + head * hd, static_cast<int>(ldo));
+    // probabilities in the scratch, rows as long as the block's last query sees
+    AttendQueryBlock(s, head, q + i0 * ldq, ldq, k, v, ldkv, nb, p0 + i0, scratch, p0 + i0 + nb,
+                     out + i0 * ldo, ldo);
   }
 }
 
@@ -165,24 +180,9 @@ void AttentionGroupDecode(const AttentionShape& s, int kvh, const float* q, cons
 void AttentionTrainHead(const AttentionShape& s, int head, const float* q, int64_t ldq,
                         const float* k, const float* v, int64_t ldkv, int64_t T, float* probs,
                         float* out, int64_t ldo) {
-  const int hd = s.head_dim;
-  const int kvh = head / (s.n_heads / s.n_kv_heads);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const int t = static_cast<int>(T), lq = static_cast<int>(ldq), lkv = static_cast<int>(ldkv);
   for (int64_t i0 = 0; i0 < T; i0 += kQueryBlock) {
-    const int nq = static_cast<int>(std::min(kQueryBlock, T - i0)), nk = static_cast<int>(i0) + nq;
-    float* p = probs + i0 * T;
-    // scores (nq, nk) = scale · q_h[i0:] · k_g[:nk]ᵀ ; keys past the block's last query unseen
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hd, scale,
-                q + i0 * ldq + head * hd, lq, k + kvh * hd, lkv, 0.0f, p, t);
-    for (int64_t i = 0; i < nq; ++i) {
-      float* row = p + i * T;
-      Softmax(row, i0 + i + 1);
-      for (int64_t j = i0 + i + 1; j < T; ++j) row[j] = 0.0f;
-    }
-    // out_h[i0:] (nq, HD) = P (nq, nk) · v_g[:nk]
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, nk, 1.0f, p, t, v + kvh * hd,
-                lkv, 0.0f, out + i0 * ldo + head * hd, static_cast<int>(ldo));
+    AttendQueryBlock(s, head, q + i0 * ldq, ldq, k, v, ldkv, std::min(kQueryBlock, T - i0), i0,
+                     probs + i0 * T, T, out + i0 * ldo, ldo);
   }
 }
 
