@@ -162,8 +162,8 @@ int64_t ModelWeights::PackBf16(bool backward) {
   int64_t bytes = 0;
   for (Tensor* t : matrices) {
     if (t->dtype != DType::kBF16) continue;
-    PackedWeight* p = nullptr;  // this tensor's packing, when an earlier call made one
-    for (const auto& q : packed_) p = q.get() == t->packed ? q.get() : p;
+    // This tensor's packing when an earlier call made one (owned by packed_, so writable).
+    auto* p = const_cast<PackedWeight*>(t->packed);
     if (p == nullptr) {
       packed_.push_back(std::make_unique<PackedWeight>());
       p = packed_.back().get();

@@ -190,8 +190,9 @@ bool AmxBf16Available() {
 
 void PackedBf16::Free::operator()(uint16_t* p) const { std::free(p); }
 
-PackedBf16::PackedBf16(int64_t k, int64_t n)
+PackedBf16::PackedBf16(const Tensor& w, int64_t k, int64_t n)
     : k_(k), n_(n), k_pad_(RoundUp(k, kStep)), n_pad_(RoundUp(n, 32)) {
+  if (w.dtype != DType::kBF16) FailRuntime("BF16 packing of a non-BF16 weight");
   // Packings of 2 MB and more are 2 MB aligned and backed by huge pages where the kernel
   // allows (a TinyLlama packs 4 GB, which in 4 KB pages costs a million page faults); smaller
   // ones are 64-byte aligned, so a small model does not round each matrix up to 2 MB.
@@ -201,26 +202,17 @@ PackedBf16::PackedBf16(int64_t k, int64_t n)
   const size_t bytes = (used + align - 1) / align * align;
   data_.reset(static_cast<uint16_t*>(std::aligned_alloc(align, bytes)));
   if (!data_) FailRuntime("out of memory packing a BF16 weight");
-  if (align == kHuge) madvise(data_.get(), bytes, MADV_HUGEPAGE);  // a hint: failure is fine
-}
-
-uint16_t& PackedBf16::Slot(int64_t kk, int64_t c) {
-  return data_[(c / 16) * k_pad_ * 16 + (kk / 2) * 32 + (c % 16) * 2 + kk % 2];
-}
-
-uint16_t PackedBf16::At(int64_t kk, int64_t c) const {
-  return data_[(c / 16) * k_pad_ * 16 + (kk / 2) * 32 + (c % 16) * 2 + kk % 2];
+  if (align == kHuge) madvise(data_.get(), bytes, MADV_HUGEPAGE);   // a hint: failure is fine
+  std::memset(data_.get(), 0, static_cast<size_t>(this->bytes()));  // the padding stays zero
 }
 
 PackedBf16 PackedBf16::Transposed(const Tensor& w) {
-  if (w.dtype != DType::kBF16) FailRuntime("BF16 packing of a non-BF16 weight");
-  PackedBf16 p(w.cols, w.rows);
-  std::memset(p.data_.get(), 0, static_cast<size_t>(p.bytes()));
+  PackedBf16 p(w, w.cols, w.rows);
   const uint16_t* src = w.bf16();
   // B(kk, c) = W[c][kk]: each column c of B is row c of W, read in order.
 #pragma omp parallel for schedule(static)
   for (int64_t c = 0; c < w.rows; ++c) {
-    uint16_t* dst = &p.Slot(0, c);
+    uint16_t* dst = &p.data_[p.Index(0, c)];
     const uint16_t* row = src + c * w.cols;
     for (int64_t kk = 0; kk < w.cols; ++kk) dst[(kk / 2) * 32 + kk % 2] = row[kk];
   }
@@ -228,15 +220,13 @@ PackedBf16 PackedBf16::Transposed(const Tensor& w) {
 }
 
 PackedBf16 PackedBf16::AsIs(const Tensor& w) {
-  if (w.dtype != DType::kBF16) FailRuntime("BF16 packing of a non-BF16 weight");
-  PackedBf16 p(w.rows, w.cols);
-  std::memset(p.data_.get(), 0, static_cast<size_t>(p.bytes()));
+  PackedBf16 p(w, w.rows, w.cols);
   const uint16_t* src = w.bf16();
   // B(kk, c) = W[kk][c]: rows 2kp and 2kp+1 of W interleave into pair-row kp of every panel.
 #pragma omp parallel for schedule(static)
   for (int64_t kk = 0; kk < w.rows; ++kk) {
     const uint16_t* row = src + kk * w.cols;
-    for (int64_t c = 0; c < w.cols; ++c) p.Slot(kk, c) = row[c];
+    for (int64_t c = 0; c < w.cols; ++c) p.data_[p.Index(kk, c)] = row[c];
   }
   return p;
 }

@@ -33,14 +33,18 @@ class PackedBf16 {
   int64_t bytes() const { return k_pad_ * n_pad_ * 2; }
   bool empty() const { return data_ == nullptr; }
   // B(kk, c) as stored (the test's view of the layout).
-  uint16_t At(int64_t kk, int64_t c) const;
+  uint16_t At(int64_t kk, int64_t c) const { return data_[Index(kk, c)]; }
 
  private:
   struct Free {
     void operator()(uint16_t* p) const;
   };
-  PackedBf16(int64_t k, int64_t n);
-  uint16_t& Slot(int64_t kk, int64_t c);
+  // A zeroed B (k, n) for the BF16 weight w (an error for any other dtype).
+  PackedBf16(const Tensor& w, int64_t k, int64_t n);
+  // Where B(kk, c) is stored: panel c / 16, pair-row kk / 2, slot 2 (c % 16) + kk % 2.
+  int64_t Index(int64_t kk, int64_t c) const {
+    return (c / 16) * k_pad_ * 16 + (kk / 2) * 32 + (c % 16) * 2 + kk % 2;
+  }
 
   int64_t k_ = 0, n_ = 0, k_pad_ = 0, n_pad_ = 0;
   std::unique_ptr<uint16_t[], Free> data_;
