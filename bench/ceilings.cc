@@ -17,55 +17,52 @@ namespace {
 double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
-}  // namespace
 
-double SgemmGflops(const std::vector<GemmShape>& shapes, int reps) {
-  int64_t max_x = 0, max_w = 0, max_y = 0;
+// GFLOP/s of `multiply(i, x, y)` over every shape i (total flops / total time), best of `reps`
+// after one warm-up pass; x and y are sized for the largest shape.
+template <typename Multiply>
+double GemmGflops(const std::vector<GemmShape>& shapes, int reps, Multiply multiply) {
+  int64_t max_x = 0, max_y = 0;
   double flops = 0;
   for (const auto& s : shapes) {
     max_x = std::max(max_x, s.m * s.k);
-    max_w = std::max(max_w, s.n * s.k);
     max_y = std::max(max_y, s.m * s.n);
     flops += 2.0 * s.m * s.n * s.k;
   }
-  std::vector<float> x(static_cast<size_t>(max_x), 0.5f), w(static_cast<size_t>(max_w), 0.25f),
-      y(static_cast<size_t>(max_y));
+  std::vector<float> x(static_cast<size_t>(max_x), 0.5f), y(static_cast<size_t>(max_y));
   double best = 1e30;
-  for (int r = 0; r < reps + 1; ++r) {  // first pass warms up
+  for (int r = 0; r < reps + 1; ++r) {
     const double t0 = Now();
-    for (const auto& s : shapes) {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(s.m),
-                  static_cast<int>(s.n), static_cast<int>(s.k), 1.0f, x.data(),
-                  static_cast<int>(s.k), w.data(), static_cast<int>(s.k), 0.0f, y.data(),
-                  static_cast<int>(s.n));
-    }
+    for (size_t i = 0; i < shapes.size(); ++i) multiply(i, x.data(), y.data());
     if (r > 0) best = std::min(best, Now() - t0);
   }
   return flops / best / 1e9;
 }
 
+}  // namespace
+
+double SgemmGflops(const std::vector<GemmShape>& shapes, int reps) {
+  int64_t max_w = 0;
+  for (const auto& s : shapes) max_w = std::max(max_w, s.n * s.k);
+  const std::vector<float> w(static_cast<size_t>(max_w), 0.25f);
+  return GemmGflops(shapes, reps, [&](size_t i, const float* x, float* y) {
+    const GemmShape& s = shapes[i];
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(s.m),
+                static_cast<int>(s.n), static_cast<int>(s.k), 1.0f, x, static_cast<int>(s.k),
+                w.data(), static_cast<int>(s.k), 0.0f, y, static_cast<int>(s.n));
+  });
+}
+
 double Bf16GemmGflops(const std::vector<GemmShape>& shapes, int reps) {
   if (!AmxBf16Available()) return 0;
-  int64_t max_x = 0, max_y = 0;
-  double flops = 0;
   std::vector<PackedBf16> packed;
   for (const auto& s : shapes) {
-    max_x = std::max(max_x, s.m * s.k);
-    max_y = std::max(max_y, s.m * s.n);
-    flops += 2.0 * s.m * s.n * s.k;
     std::vector<uint16_t> w(static_cast<size_t>(s.n * s.k), F32ToBf16(0.25f));
     packed.push_back(PackedBf16::Transposed(Tensor{DType::kBF16, s.n, s.k, w.data()}));
   }
-  std::vector<float> x(static_cast<size_t>(max_x), 0.5f), y(static_cast<size_t>(max_y));
-  double best = 1e30;
-  for (int r = 0; r < reps + 1; ++r) {  // first pass warms up
-    const double t0 = Now();
-    for (size_t i = 0; i < shapes.size(); ++i) {
-      GemmBf16(packed[i], x.data(), shapes[i].m, y.data(), /*accumulate=*/false);
-    }
-    if (r > 0) best = std::min(best, Now() - t0);
-  }
-  return flops / best / 1e9;
+  return GemmGflops(shapes, reps, [&](size_t i, const float* x, float* y) {
+    GemmBf16(packed[i], x, shapes[i].m, y, /*accumulate=*/false);
+  });
 }
 
 double ReadBandwidthGBs(int64_t bytes, int reps) {
