@@ -5,7 +5,6 @@
 // Usage: bench_forward MODEL_DIR [--prefill T] [--decode N] [--threads N]
 //                     [--lora-rank R [--tree-depth D] [--targets q_proj,v_proj|all-linear]]
 // Table on stderr, one JSON line on stdout.
-#include <cblas.h>
 #include <omp.h>
 
 #include <chrono>
@@ -18,9 +17,8 @@
 #include "adapters/lora.h"
 #include "ceilings.h"
 #include "model/llama.h"
+#include "ops/gemm.h"
 #include "util/error.h"
-
-extern "C" void openblas_set_num_threads(int);
 
 namespace tinylora {
 namespace {
@@ -59,7 +57,7 @@ int Main(int argc, char** argv) {
     }
   }
   omp_set_num_threads(threads);
-  openblas_set_num_threads(threads);
+  SetGemmThreads(threads);
 
   auto w = ModelWeights::Load(dir);
   const LlamaConfig& c = w->config;

@@ -22,11 +22,10 @@
 
 #include "adapters/lora.h"
 #include "ceilings.h"
+#include "ops/gemm.h"
 #include "train/optimizer.h"
 #include "train/trainable.h"
 #include "util/error.h"
-
-extern "C" void openblas_set_num_threads(int);
 
 namespace tinylora {
 namespace {
@@ -79,7 +78,7 @@ int Main(int argc, char** argv) {
       Fail("unknown flag " + f);
   }
   omp_set_num_threads(threads);
-  openblas_set_num_threads(threads);
+  SetGemmThreads(threads);
 
   auto w = ModelWeights::Load(dir);
   const LlamaConfig& c = w->config;

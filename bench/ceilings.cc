@@ -1,6 +1,5 @@
 #include "ceilings.h"
 
-#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -8,6 +7,7 @@
 #include <cstring>
 #include <vector>
 
+#include "ops/gemm.h"
 #include "ops/gemm_bf16.h"
 #include "util/half.h"
 
@@ -47,9 +47,8 @@ double SgemmGflops(const std::vector<GemmShape>& shapes, int reps) {
   const std::vector<float> w(static_cast<size_t>(max_w), 0.25f);
   return GemmGflops(shapes, reps, [&](size_t i, const float* x, float* y) {
     const GemmShape& s = shapes[i];
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(s.m),
-                static_cast<int>(s.n), static_cast<int>(s.k), 1.0f, x, static_cast<int>(s.k),
-                w.data(), static_cast<int>(s.k), 0.0f, y, static_cast<int>(s.n));
+    Gemm(false, true, static_cast<int>(s.m), static_cast<int>(s.n), static_cast<int>(s.k), 1.0f, x,
+         static_cast<int>(s.k), w.data(), static_cast<int>(s.k), 0.0f, y, static_cast<int>(s.n));
   });
 }
 

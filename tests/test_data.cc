@@ -662,6 +662,41 @@ TEST(BatchSampler, RestoredStateGivesTheSameBatches) {
   EXPECT_NE(ErrorOf([&] { b.Restore({-1, 0}); }), "");
 }
 
+TEST(BatchSampler, RankShardsConcatenateToTheOneProcessBatch) {
+  test::TempDir dir;
+  const int n = 500, T = 16, B = 6, W = 3;  // 31 windows per epoch: batches straddle epochs
+  WriteCache(dir.path(), "r", Ramp(n), Alternating(n), 300);
+  TokenCache data(dir.path(), "r");
+  BatchSampler whole(data, T, 9);
+  std::vector<BatchSampler> ranks;
+  for (int k = 0; k < W; ++k) ranks.emplace_back(data, T, 9, Shard{k, W});
+  std::vector<int32_t> in(B * T), tgt(B * T), in_k(B / W * T), tgt_k(B / W * T);
+  std::vector<uint8_t> m(B * T), m_k(B / W * T);
+  for (int step = 0; step < 12; ++step) {
+    whole.Next(B, in.data(), tgt.data(), m.data());
+    std::vector<int32_t> cat_in, cat_tgt;
+    std::vector<uint8_t> cat_m;
+    for (BatchSampler& r : ranks) {
+      r.Next(B, in_k.data(), tgt_k.data(), m_k.data());
+      cat_in.insert(cat_in.end(), in_k.begin(), in_k.end());
+      cat_tgt.insert(cat_tgt.end(), tgt_k.begin(), tgt_k.end());
+      cat_m.insert(cat_m.end(), m_k.begin(), m_k.end());
+      EXPECT_EQ(r.state().epoch, whole.state().epoch);
+      EXPECT_EQ(r.state().position, whole.state().position);
+    }
+    ASSERT_EQ(cat_in, in) << step;
+    ASSERT_EQ(cat_tgt, tgt) << step;
+    ASSERT_EQ(cat_m, m) << step;
+  }
+  EXPECT_EQ(whole.state().epoch, 2);  // 72 windows: two epoch ends crossed
+  EXPECT_EQ(ErrorOf([&] { ranks[0].Next(4, in.data(), tgt.data(), m.data()); }),
+            "--batch-size 4 does not divide over 3 processes");
+  EXPECT_EQ(ErrorOf([&] {
+              BatchSampler(data, T, 9, Shard{3, 3});
+            }),
+            "rank 3 is outside a world of 3 processes");
+}
+
 TEST(BatchSampler, TooLittleDataIsRefused) {
   test::TempDir dir;
   WriteCache(dir.path(), "r", Ramp(16), Alternating(16), 300);

@@ -7,6 +7,7 @@
 #include <random>
 #include <vector>
 
+#include "ops/gemm.h"
 #include "ops/matmul.h"
 #include "ops/ops.h"
 #include "test_util.h"
@@ -78,6 +79,34 @@ TEST(MatMul, ReferenceIsAPlainProduct) {  // guards the reference itself
   MatMulReference(Tensor{DType::kF32, 2, 3, w}, x, 1, y);
   EXPECT_FLOAT_EQ(y[0], -2.0f);
   EXPECT_FLOAT_EQ(y[1], -2.0f);
+}
+
+TEST(Gemm, EveryTransposeMatchesReference) {
+  // odd sizes, row strides wider than the rows, overwrite (over NaN) and accumulate
+  const int64_t M = 7, N = 13, K = 19, pad = 3;
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb)
+      for (float beta : {0.0f, 1.0f}) {
+        const int64_t lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+        std::vector<float> a = Random(static_cast<size_t>((ta ? K : M) * lda), 1);
+        std::vector<float> b = Random(static_cast<size_t>((tb ? N : K) * ldb), 2);
+        std::vector<float> c = Random(static_cast<size_t>(M * ldc), 3);
+        if (beta == 0.0f) c[0] = NAN;
+        std::vector<float> ref = c;
+        Gemm(ta, tb, M, N, K, 0.5f, a.data(), lda, b.data(), ldb, beta, c.data(), ldc);
+        GemmReference(ta, tb, M, N, K, 0.5f, a.data(), lda, b.data(), ldb, beta, ref.data(), ldc);
+        EXPECT_LT(MaxAbsDiff(c, ref), 1e-5f) << "ta=" << ta << " tb=" << tb << " beta=" << beta;
+      }
+}
+
+TEST(Gemm, ReferenceIsAPlainProduct) {  // [1 2; 3 4] · [5 6; 7 8]ᵀ = [17 23; 39 53]
+  const float a[] = {1, 2, 3, 4}, b[] = {5, 6, 7, 8};
+  float c[] = {1, 1, 1, 1};
+  GemmReference(false, true, 2, 2, 2, 1.0f, a, 2, b, 2, 1.0f, c, 2);
+  EXPECT_EQ(c[0], 18);
+  EXPECT_EQ(c[1], 24);
+  EXPECT_EQ(c[2], 40);
+  EXPECT_EQ(c[3], 54);
 }
 
 TEST(WidenBf16, EveryTargetIsExact) {

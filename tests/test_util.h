@@ -6,7 +6,7 @@
 
 #include "adapters/lora.h"
 #include "formats/safetensors.h"
-#include "train/param_block.h"
+#include "model/param_block.h"
 
 namespace tinylora::test {
 

@@ -1,7 +1,5 @@
 #include "adapters/lora.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -9,6 +7,7 @@
 #include <random>
 
 #include "formats/safetensors.h"
+#include "ops/gemm.h"
 #include "util/error.h"
 #include "util/file.h"
 #include "util/half.h"
@@ -366,30 +365,24 @@ void Adapter::Save(const std::string& dir) const {
 void LoraForward(const LoraWeights& l, float s, const float* x_in, int64_t N, float* u, float* y) {
   const int n = static_cast<int>(N), in = static_cast<int>(l.in), out = static_cast<int>(l.out);
   // u (N, r) = x · Aᵀ ;  y (N, out) += s · u · Bᵀ
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, l.r, in, 1.0f, x_in, in, l.A, in, 0.0f, u,
-              l.r);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, l.r, s, u, l.r, l.B, l.r, 1.0f, y,
-              out);
+  Gemm(false, true, n, l.r, in, 1.0f, x_in, in, l.A, in, 0.0f, u, l.r);
+  Gemm(false, true, n, out, l.r, s, u, l.r, l.B, l.r, 1.0f, y, out);
 }
 
 void LoraBackward(const LoraWeights& l, float s, const float* x_in, const float* u, const float* dy,
                   int64_t N, float* du) {
   const int n = static_cast<int>(N), in = static_cast<int>(l.in), out = static_cast<int>(l.out);
   // dB (out, r) += s · dyᵀ · u
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, l.r, n, s, dy, out, u, l.r, 1.0f,
-              l.LeafGradB(0), l.r);
+  Gemm(true, false, out, l.r, n, s, dy, out, u, l.r, 1.0f, l.LeafGradB(0), l.r);
   // du (N, r) = s · dy · B
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, l.r, out, s, dy, out, l.B, l.r, 0.0f,
-              du, l.r);
+  Gemm(false, false, n, l.r, out, s, dy, out, l.B, l.r, 0.0f, du, l.r);
   // dA (r, in) += duᵀ · x
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, l.r, in, n, 1.0f, du, l.r, x_in, in, 1.0f,
-              l.LeafGradA(0), in);
+  Gemm(true, false, l.r, in, n, 1.0f, du, l.r, x_in, in, 1.0f, l.LeafGradA(0), in);
 }
 
 void LoraBackwardX(const LoraWeights& l, const float* du, int64_t N, float* dx) {
   const int n = static_cast<int>(N), in = static_cast<int>(l.in);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, l.r, 1.0f, du, l.r, l.A, in, 1.0f,
-              dx, in);
+  Gemm(false, false, n, in, l.r, 1.0f, du, l.r, l.A, in, 1.0f, dx, in);
 }
 
 }  // namespace tinylora

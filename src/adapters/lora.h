@@ -11,7 +11,7 @@
 
 #include "formats/safetensors.h"
 #include "model/config.h"
-#include "train/param_block.h"
+#include "model/param_block.h"
 
 namespace tinylora {
 

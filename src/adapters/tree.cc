@@ -1,11 +1,12 @@
 #include "adapters/tree.h"
 
-#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+
+#include "ops/gemm.h"
 
 namespace tinylora {
 
@@ -86,9 +87,8 @@ void RouteSoft(const RouterWeights& r, const float* x, int64_t N, Routing* rt) {
   for (int64_t n = 0; n < N; ++n)
     std::memcpy(&rt->z[static_cast<size_t>(n * M)], r.b, sizeof(float) * M);
   // z (N, M) = x (N, C) · Wᵀ + b
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(N), M,
-              static_cast<int>(r.hidden), 1.0f, x, static_cast<int>(r.hidden), r.W,
-              static_cast<int>(r.hidden), 1.0f, rt->z.data(), M);
+  Gemm(false, true, static_cast<int>(N), M, static_cast<int>(r.hidden), 1.0f, x,
+       static_cast<int>(r.hidden), r.W, static_cast<int>(r.hidden), 1.0f, rt->z.data(), M);
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
     const float* z = &rt->z[static_cast<size_t>(n * M)];
@@ -259,8 +259,7 @@ double RouterBackward(const RouterWeights& r, const float* x, const Routing& rt,
     const int n = static_cast<int>(N);
     if (r.training()) {
       std::vector<float> dW(static_cast<size_t>(M * C));
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, c, n, 1.0f, dz.data(), M, x, c, 0.0f,
-                  dW.data(), c);
+      Gemm(true, false, M, c, n, 1.0f, dz.data(), M, x, c, 0.0f, dW.data(), c);
       float* db = r.GradB();
       for (int m = 0; m < M; ++m) {
         float* g = r.NodeGradW(m);
@@ -268,8 +267,7 @@ double RouterBackward(const RouterWeights& r, const float* x, const Routing& rt,
         for (int64_t t = 0; t < N; ++t) db[m] += dz[static_cast<size_t>(t * M + m)];
       }
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, c, M, 1.0f, dz.data(), M, r.W, c,
-                1.0f, dx, c);
+    Gemm(false, false, n, c, M, 1.0f, dz.data(), M, r.W, c, 1.0f, dx, c);
     return RouterAuxLoss(rt, aux);
   }
   // Hard: only the visited nodes have a gradient. Group the N·d visits by node (counting
@@ -335,8 +333,8 @@ void TreeLoraForwardHard(const LoraWeights& l, float s, const float* x, int64_t 
       std::memcpy(&sc.xg[static_cast<size_t>(t * in)], x + rows[t] * l.in, sizeof(float) * in);
     }
     // U_j (nj, r) = X_j · A_jᵀ
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nj), r, in, 1.0f,
-                sc.xg.data(), in, l.LeafA(j), in, 0.0f, sc.ug.data(), r);
+    Gemm(false, true, static_cast<int>(nj), r, in, 1.0f, sc.xg.data(), in, l.LeafA(j), in, 0.0f,
+         sc.ug.data(), r);
     for (int64_t t = 0; t < nj; ++t) {
       float* ut = &sc.ug[static_cast<size_t>(t * r)];
       std::memcpy(u + rows[t] * r, ut, sizeof(float) * r);
@@ -344,8 +342,8 @@ void TreeLoraForwardHard(const LoraWeights& l, float s, const float* x, int64_t 
       for (int k = 0; k < r; ++k) ut[k] *= g;
     }
     // Y_j (nj, out) = s · (g ∘ U_j) · B_jᵀ
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nj), out, r, s,
-                sc.ug.data(), r, l.LeafB(j), r, 0.0f, sc.yg.data(), out);
+    Gemm(false, true, static_cast<int>(nj), out, r, s, sc.ug.data(), r, l.LeafB(j), r, 0.0f,
+         sc.yg.data(), out);
     for (int64_t t = 0; t < nj; ++t) {
       float* yr = y + rows[t] * l.out;
       const float* src = &sc.yg[static_cast<size_t>(t * out)];
@@ -394,11 +392,10 @@ void TreeLoraBackwardHard(const LoraWeights& l, float s, const float* x, const f
     float* dA = dAs[static_cast<size_t>(u_i)];
     float* dB = dBs[static_cast<size_t>(u_i)];
     // dB_j (out, r) += s · dY_jᵀ · (g ∘ U_j)
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, n, s, sc.yg.data(), out,
-                sc.ug.data(), r, betaB[static_cast<size_t>(u_i)], dB, r);
+    Gemm(true, false, out, r, n, s, sc.yg.data(), out, sc.ug.data(), r,
+         betaB[static_cast<size_t>(u_i)], dB, r);
     // dU'_j (nj, r) = s · dY_j · B_j
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, r, out, s, sc.yg.data(), out,
-                l.LeafB(j), r, 0.0f, sc.vg.data(), r);
+    Gemm(false, false, n, r, out, s, sc.yg.data(), out, l.LeafB(j), r, 0.0f, sc.vg.data(), r);
     for (int64_t t = 0; t < nj; ++t) {  // dgate += dU'·U; dU = g ∘ dU'
       const float g = rt.gate[static_cast<size_t>(rows[t])];
       float* v = &sc.vg[static_cast<size_t>(t * r)];
@@ -411,11 +408,10 @@ void TreeLoraBackwardHard(const LoraWeights& l, float s, const float* x, const f
       std::memcpy(&sc.xg[static_cast<size_t>(t * in)], x + rows[t] * l.in, sizeof(float) * in);
     }
     // dA_j (r, in) += dU_jᵀ · X_j
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, n, 1.0f, sc.vg.data(), r,
-                sc.xg.data(), in, betaA[static_cast<size_t>(u_i)], dA, in);
+    Gemm(true, false, r, in, n, 1.0f, sc.vg.data(), r, sc.xg.data(), in,
+         betaA[static_cast<size_t>(u_i)], dA, in);
     // dX_j (nj, in) = dU_j · A_j, scattered into dx
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, r, 1.0f, sc.vg.data(), r,
-                l.LeafA(j), in, 0.0f, sc.xg.data(), in);
+    Gemm(false, false, n, in, r, 1.0f, sc.vg.data(), r, l.LeafA(j), in, 0.0f, sc.xg.data(), in);
     for (int64_t t = 0; t < nj; ++t) {
       float* d = dx + rows[t] * l.in;
       const float* src = &sc.xg[static_cast<size_t>(t * in)];
@@ -444,12 +440,11 @@ void TreeLoraForwardSoft(const LoraWeights& l, float s, const float* x, int64_t 
             out = static_cast<int>(l.out);
   const int n = static_cast<int>(N);
   // U (N, R) = x · Aᵀ (every leaf), saved; U' = U with chunk j scaled by p_j
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, R, in, 1.0f, x, in, l.A, in, 0.0f, u, R);
+  Gemm(false, true, n, R, in, 1.0f, x, in, l.A, in, 0.0f, u, R);
   Grow(sc.ug, N * R);
   ScaleByPathProbs(rt, u, N, L, r, sc.ug.data());
   for (int j = 0; j < L; ++j) {  // y += s · U'_j · B_jᵀ
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, r, s, sc.ug.data() + j * r, R,
-                l.LeafB(j), r, 1.0f, y, out);
+    Gemm(false, true, n, out, r, s, sc.ug.data() + j * r, R, l.LeafB(j), r, 1.0f, y, out);
   }
 }
 
@@ -462,10 +457,8 @@ void TreeLoraBackwardSoft(const LoraWeights& l, float s, const float* x, const f
   Grow(sc.vg, N * R);
   ScaleByPathProbs(rt, u, N, L, r, sc.ug.data());
   for (int j = 0; j < L; ++j) {  // dB_j (out, r) += s · dyᵀ · U'_j ;  dU'_j (N, r) = s · dy · B_j
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, n, s, dy, out,
-                sc.ug.data() + j * r, R, 1.0f, l.LeafGradB(j), r);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, r, out, s, dy, out, l.LeafB(j), r,
-                0.0f, sc.vg.data() + j * r, R);
+    Gemm(true, false, out, r, n, s, dy, out, sc.ug.data() + j * r, R, 1.0f, l.LeafGradB(j), r);
+    Gemm(false, false, n, r, out, s, dy, out, l.LeafB(j), r, 0.0f, sc.vg.data() + j * r, R);
   }
   for (int64_t t = 0; t < N; ++t)
     for (int j = 0; j < L; ++j) {  // dp_j += dU'_j · U_j ; dU_j = p_j · dU'_j
@@ -479,12 +472,10 @@ void TreeLoraBackwardSoft(const LoraWeights& l, float s, const float* x, const f
       rt.dprobs[static_cast<size_t>(t * L + j)] += static_cast<float>(dp);
     }
   for (int j = 0; j < L; ++j) {  // dA_j (r, in) += dU_jᵀ · x
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, n, 1.0f, sc.vg.data() + j * r, R, x,
-                in, 1.0f, l.LeafGradA(j), in);
+    Gemm(true, false, r, in, n, 1.0f, sc.vg.data() + j * r, R, x, in, 1.0f, l.LeafGradA(j), in);
   }
   // dx (N, in) += dU · A
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, R, 1.0f, sc.vg.data(), R, l.A, in,
-              1.0f, dx, in);
+  Gemm(false, false, n, in, R, 1.0f, sc.vg.data(), R, l.A, in, 1.0f, dx, in);
 }
 
 void TreeLoraForwardHardReference(const LoraWeights& l, float s, const float* x, int64_t N,

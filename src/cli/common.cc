@@ -1,6 +1,5 @@
 #include "cli/common.h"
 
-#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -9,9 +8,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "ops/gemm.h"
 #include "util/error.h"
-
-extern "C" void openblas_set_num_threads(int);
 
 namespace tinylora {
 
@@ -41,7 +39,7 @@ std::vector<int> ParseIds(const std::string& text, const std::string& what) {
 void SetThreads(int n) {
   if (n <= 0) n = omp_get_max_threads();  // OMP_NUM_THREADS, else every core
   omp_set_num_threads(n);
-  openblas_set_num_threads(n);
+  SetGemmThreads(n);
 }
 
 void AddThreadsOption(CLI::App* cmd, int* threads) {

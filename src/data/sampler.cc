@@ -31,8 +31,12 @@ std::vector<int64_t> BatchSampler::Permutation(int64_t windows, uint64_t seed, i
   return order;
 }
 
-BatchSampler::BatchSampler(const TokenCache& data, int seq_len, uint64_t seed)
-    : data_(data), seq_len_(seq_len), seed_(seed) {
+BatchSampler::BatchSampler(const TokenCache& data, int seq_len, uint64_t seed, Shard shard)
+    : data_(data), seq_len_(seq_len), seed_(seed), shard_(shard) {
+  if (shard.world < 1 || shard.rank < 0 || shard.rank >= shard.world) {
+    Fail("rank " + std::to_string(shard.rank) + " is outside a world of " +
+         std::to_string(shard.world) + " processes");
+  }
   if (seq_len < 1) Fail("--seq-len must be at least 1, got " + std::to_string(seq_len));
   if (data.size() < static_cast<int64_t>(seq_len) + 1) {
     Fail(data.path() + ": data has " + std::to_string(data.size()) +
@@ -56,18 +60,25 @@ void BatchSampler::Restore(const State& s) {
 }
 
 void BatchSampler::Next(int B, int32_t* inputs, int32_t* targets, uint8_t* mask) {
+  if (B % shard_.world != 0) {
+    Fail("--batch-size " + std::to_string(B) + " does not divide over " +
+         std::to_string(shard_.world) + " processes");
+  }
+  const int per_rank = B / shard_.world, first = shard_.rank * per_rank;
   const size_t T = static_cast<size_t>(seq_len_);
-  for (int b = 0; b < B; ++b) {
+  for (int g = 0; g < B; ++g) {         // every rank walks the whole global batch, reads its rows
     if (state_.position == windows_) {  // end of the epoch
       ++state_.epoch;
       state_.position = 0;
       order_ = Permutation(windows_, seed_, state_.epoch);
     }
     const int64_t w = order_[static_cast<size_t>(state_.position++)];
+    if (g < first || g >= first + per_rank) continue;
+    const size_t b = static_cast<size_t>(g - first);
     data_.Read(w * seq_len_, seq_len_ + 1, tokens_.data(), mask_.data());
-    int32_t* in = inputs + static_cast<size_t>(b) * T;    // (T)
-    int32_t* out = targets + static_cast<size_t>(b) * T;  // (T)
-    uint8_t* m = mask + static_cast<size_t>(b) * T;       // (T)
+    int32_t* in = inputs + b * T;    // (T)
+    int32_t* out = targets + b * T;  // (T)
+    uint8_t* m = mask + b * T;       // (T)
     for (size_t t = 0; t < T; ++t) {
       in[t] = tokens_[t];
       out[t] = tokens_[t + 1];

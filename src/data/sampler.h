@@ -12,6 +12,13 @@
 
 namespace tinylora {
 
+// One process's part of the data (DESIGN.md §8, ranks): of every global batch of B windows,
+// rank k of W reads rows [k·B/W, (k+1)·B/W), so the W shards concatenate to the batch one
+// process would read, and every rank keeps the same (epoch, position).
+struct Shard {
+  int rank = 0, world = 1;
+};
+
 // Visits every window once per epoch, in a random order drawn from seed + epoch, and rolls
 // into the next epoch by itself. Keeps a reference to `data`, which must outlive it.
 class BatchSampler {
@@ -23,13 +30,16 @@ class BatchSampler {
   };
 
   // Error (exit 2) "data has N tokens, fewer than --seq-len + 1 (T+1)" when no window fits.
-  BatchSampler(const TokenCache& data, int seq_len, uint64_t seed);
+  // Error (exit 2) for a shard whose rank is not in [0, world).
+  BatchSampler(const TokenCache& data, int seq_len, uint64_t seed, Shard shard = {});
 
   int64_t windows_per_epoch() const { return windows_; }
   int seq_len() const { return seq_len_; }
 
-  // inputs, targets, mask (B,T): the next B windows.
+  // inputs, targets, mask (B/W, T): this rank's rows of the next global batch of B windows.
+  // Error (exit 2) when W does not divide B.
   void Next(int B, int32_t* inputs, int32_t* targets, uint8_t* mask);
+  const Shard& shard() const { return shard_; }
 
   State state() const { return state_; }
   // Continues from `s` (as saved from state()): the same batches follow as followed then.
@@ -45,6 +55,7 @@ class BatchSampler {
   const TokenCache& data_;
   int seq_len_;
   uint64_t seed_;
+  Shard shard_;
   int64_t windows_ = 0;
   State state_;
   std::vector<int64_t> order_;   // (W) permutation of state_.epoch

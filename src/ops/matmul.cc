@@ -1,10 +1,9 @@
 #include "ops/matmul.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <vector>
 
+#include "ops/gemm.h"
 #include "ops/gemm_bf16.h"
 
 namespace tinylora {
@@ -36,9 +35,8 @@ void MatMul(const Tensor& w, const float* x, int64_t T, float* y) {
     return;
   }
   if (w.dtype == DType::kF32) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), static_cast<int>(out),
-                static_cast<int>(in), 1.0f, x, static_cast<int>(in), w.f32(), static_cast<int>(in),
-                0.0f, y, static_cast<int>(out));
+    Gemm(false, true, static_cast<int>(T), static_cast<int>(out), static_cast<int>(in), 1.0f, x,
+         static_cast<int>(in), w.f32(), static_cast<int>(in), 0.0f, y, static_cast<int>(out));
     return;
   }
   // BF16: widen a panel of rows of W to F32, then one sgemm writes those columns of y.
@@ -46,9 +44,9 @@ void MatMul(const Tensor& w, const float* x, int64_t T, float* y) {
   for (int64_t r0 = 0; r0 < out; r0 += kPanelRows) {
     const int64_t nr = std::min(kPanelRows, out - r0);
     WidenPanel(w, r0, nr, panel.data());
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), static_cast<int>(nr),
-                static_cast<int>(in), 1.0f, x, static_cast<int>(in), panel.data(),
-                static_cast<int>(in), 0.0f, y + r0, static_cast<int>(out));
+    Gemm(false, true, static_cast<int>(T), static_cast<int>(nr), static_cast<int>(in), 1.0f, x,
+         static_cast<int>(in), panel.data(), static_cast<int>(in), 0.0f, y + r0,
+         static_cast<int>(out));
   }
 }
 
@@ -59,9 +57,9 @@ void MatMulBackwardX(const Tensor& w, const float* dy, int64_t T, float* dx, boo
     return;
   }
   if (w.dtype == DType::kF32) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(T),
-                static_cast<int>(in), static_cast<int>(out), 1.0f, dy, static_cast<int>(out),
-                w.f32(), static_cast<int>(in), accumulate ? 1.0f : 0.0f, dx, static_cast<int>(in));
+    Gemm(false, false, static_cast<int>(T), static_cast<int>(in), static_cast<int>(out), 1.0f, dy,
+         static_cast<int>(out), w.f32(), static_cast<int>(in), accumulate ? 1.0f : 0.0f, dx,
+         static_cast<int>(in));
     return;
   }
   // BF16: dx += dy[:, panel] · W_panel, one widened panel of rows at a time.
@@ -70,17 +68,16 @@ void MatMulBackwardX(const Tensor& w, const float* dy, int64_t T, float* dx, boo
     const int64_t nr = std::min(kPanelRows, out - r0);
     WidenPanel(w, r0, nr, panel.data());
     const float beta = (r0 == 0 && !accumulate) ? 0.0f : 1.0f;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(T),
-                static_cast<int>(in), static_cast<int>(nr), 1.0f, dy + r0, static_cast<int>(out),
-                panel.data(), static_cast<int>(in), beta, dx, static_cast<int>(in));
+    Gemm(false, false, static_cast<int>(T), static_cast<int>(in), static_cast<int>(nr), 1.0f,
+         dy + r0, static_cast<int>(out), panel.data(), static_cast<int>(in), beta, dx,
+         static_cast<int>(in));
   }
 }
 
 void MatMulBackwardW(const float* dy, const float* x, int64_t T, int64_t out, int64_t in,
                      float* dw) {
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(out), static_cast<int>(in),
-              static_cast<int>(T), 1.0f, dy, static_cast<int>(out), x, static_cast<int>(in), 1.0f,
-              dw, static_cast<int>(in));
+  Gemm(true, false, static_cast<int>(out), static_cast<int>(in), static_cast<int>(T), 1.0f, dy,
+       static_cast<int>(out), x, static_cast<int>(in), 1.0f, dw, static_cast<int>(in));
 }
 
 void MatMulReference(const Tensor& w, const float* x, int64_t T, float* y) {

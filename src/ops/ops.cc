@@ -1,9 +1,9 @@
 #include "ops/ops.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
+
+#include "ops/gemm.h"
 
 namespace tinylora {
 
@@ -132,9 +132,9 @@ void AttendQueryBlock(const AttentionShape& s, int head, const float* q, int64_t
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const int64_t nk = pos0 + nq;
   // scores (nq, nk) = scale · q_h (nq, HD) · k_g (nk, HD)ᵀ
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nq), static_cast<int>(nk),
-              hd, scale, q + head * hd, static_cast<int>(ldq), k + kvh * hd, static_cast<int>(ldkv),
-              0.0f, probs, static_cast<int>(ldp));
+  Gemm(false, true, static_cast<int>(nq), static_cast<int>(nk), hd, scale, q + head * hd,
+       static_cast<int>(ldq), k + kvh * hd, static_cast<int>(ldkv), 0.0f, probs,
+       static_cast<int>(ldp));
   // causal: query i (position pos0 + i) sees keys 0..pos0 + i
   for (int64_t i = 0; i < nq; ++i) {
     float* row = probs + i * ldp;
@@ -143,9 +143,9 @@ void AttendQueryBlock(const AttentionShape& s, int head, const float* q, int64_t
     for (int64_t j = visible; j < ldp; ++j) row[j] = 0.0f;
   }
   // out_h (nq, HD) = probs (nq, nk) · v_g (nk, HD)
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(nq), hd,
-              static_cast<int>(nk), 1.0f, probs, static_cast<int>(ldp), v + kvh * hd,
-              static_cast<int>(ldkv), 0.0f, out + head * hd, static_cast<int>(ldo));
+  Gemm(false, false, static_cast<int>(nq), hd, static_cast<int>(nk), 1.0f, probs,
+       static_cast<int>(ldp), v + kvh * hd, static_cast<int>(ldkv), 0.0f, out + head * hd,
+       static_cast<int>(ldo));
 }
 
 }  // namespace
@@ -168,13 +168,12 @@ void AttentionGroupDecode(const AttentionShape& s, int kvh, const float* q, cons
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const float* qg = q + static_cast<int64_t>(kvh) * group * hd;  // (group, HD), rows contiguous
   // scores (group, len) = scale · q_g · k_gᵀ ; every key up to p0 is visible
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, group, len, hd, scale, qg, hd, k + kvh * hd,
-              static_cast<int>(ldkv), 0.0f, scratch, len);
+  Gemm(false, true, group, len, hd, scale, qg, hd, k + kvh * hd, static_cast<int>(ldkv), 0.0f,
+       scratch, len);
   for (int h = 0; h < group; ++h) Softmax(scratch + static_cast<int64_t>(h) * len, len);
   // out_g (group, HD) = probs · v_g
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, group, hd, len, 1.0f, scratch, len,
-              v + kvh * hd, static_cast<int>(ldkv), 0.0f,
-              out + static_cast<int64_t>(kvh) * group * hd, hd);
+  Gemm(false, false, group, hd, len, 1.0f, scratch, len, v + kvh * hd, static_cast<int>(ldkv), 0.0f,
+       out + static_cast<int64_t>(kvh) * group * hd, hd);
 }
 
 void AttentionTrainHead(const AttentionShape& s, int head, const float* q, int64_t ldq,
@@ -202,11 +201,9 @@ void AttentionTrainHeadBackward(const AttentionShape& s, int head, const float* 
     const float* dout_b = dout + i0 * ldo + head * hd;
     float* dp = scratch + i0 * T;
     // dv_g[:nk] += Pᵀ (nk, nq) · dout_h[i0:] (nq, HD)
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, hd, nq, 1.0f, p, t, dout_b, lo, 1.0f,
-                dv + kvh * hd, lkv);
+    Gemm(true, false, nk, hd, nq, 1.0f, p, t, dout_b, lo, 1.0f, dv + kvh * hd, lkv);
     // dP (nq, nk) = dout_h[i0:] · v_g[:nk]ᵀ, then dS = P ∘ (dP − rowsum(P ∘ dP))  (j ≤ i only)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hd, 1.0f, dout_b, lo, v + kvh * hd,
-                lkv, 0.0f, dp, t);
+    Gemm(false, true, nq, nk, hd, 1.0f, dout_b, lo, v + kvh * hd, lkv, 0.0f, dp, t);
     for (int64_t r = 0; r < nq; ++r) {
       const int64_t i = i0 + r;
       const float* pr = p + r * T;
@@ -217,10 +214,10 @@ void AttentionTrainHeadBackward(const AttentionShape& s, int head, const float* 
       for (int64_t j = i + 1; j < nk; ++j) d[j] = 0.0f;
     }
     // dq_h[i0:] (nq, HD) = scale · dS · k_g[:nk] ;  dk_g[:nk] += scale · dSᵀ · q_h[i0:]
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, nk, scale, dp, t, k + kvh * hd,
-                lkv, 0.0f, dq + i0 * ldq + head * hd, lq);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, hd, nq, scale, dp, t,
-                q + i0 * ldq + head * hd, lq, 1.0f, dk + kvh * hd, lkv);
+    Gemm(false, false, nq, hd, nk, scale, dp, t, k + kvh * hd, lkv, 0.0f, dq + i0 * ldq + head * hd,
+         lq);
+    Gemm(true, false, nk, hd, nq, scale, dp, t, q + i0 * ldq + head * hd, lq, 1.0f, dk + kvh * hd,
+         lkv);
   }
 }
 

@@ -15,8 +15,8 @@
 #include <functional>
 #include <string>
 
+#include "model/param_block.h"
 #include "train/optimizer.h"
-#include "train/param_block.h"
 
 namespace tinylora {
 

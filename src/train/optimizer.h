@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "train/param_block.h"
+#include "model/param_block.h"
 
 namespace tinylora {
 

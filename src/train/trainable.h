@@ -4,8 +4,8 @@
 
 #include <memory>
 
+#include "model/param_block.h"
 #include "model/weights.h"
-#include "train/param_block.h"
 #include "train/train_model.h"
 
 namespace tinylora {

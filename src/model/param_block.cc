@@ -1,4 +1,4 @@
-#include "train/param_block.h"
+#include "model/param_block.h"
 
 #include <algorithm>
 #include <cstring>
