@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "ops/gemm.h"
+#include "ops/lora_rows.h"
 #include "ops/matmul.h"
 #include "ops/ops.h"
 #include "test_util.h"
@@ -107,6 +108,39 @@ TEST(Gemm, ReferenceIsAPlainProduct) {  // [1 2; 3 4] · [5 6; 7 8]ᵀ = [17 23;
   EXPECT_EQ(c[1], 24);
   EXPECT_EQ(c[2], 40);
   EXPECT_EQ(c[3], 54);
+}
+
+TEST(LoraRows, MixedAdaptersAndLeavesMatchReferenceAndEachRowAlone) {
+  // Two adapters (ranks 4 and 8, the second with 3 leaves) and rows without any, interleaved.
+  const int64_t in = 67, out = 45, T = 40;
+  std::vector<float> a1 = Random(4 * in, 1), b1 = Random(out * 4, 2);
+  std::vector<float> a2 = Random(3 * 8 * in, 3), b2 = Random(3 * out * 8, 4);
+  std::vector<LoraRow> rows(T);
+  for (int64_t t = 0; t < T; ++t) {
+    if (t % 5 == 0) continue;  // no adapter
+    if (t % 2 == 0) {
+      rows[t] = {a1.data(), b1.data(), 4, 0.5f};
+    } else {
+      const int64_t j = t % 3;
+      rows[t] = {a2.data() + j * 8 * in, b2.data() + j * out * 8, 8, 0.25f + 0.01f * t};
+    }
+  }
+  rows[0] = {};
+  const std::vector<float> x = Random(T * in, 5), y0 = Random(T * out, 6);
+  std::vector<float> y = y0, ref = y0;
+  ForEachTarget([&] {
+    y = y0;
+    LoraRowsForward(rows.data(), T, in, out, x.data(), y.data());
+    ref = y0;
+    LoraRowsForwardReference(rows.data(), T, in, out, x.data(), ref.data());
+    EXPECT_LT(MaxAbsDiff(y, ref), 1e-4f);
+    for (int64_t t = 0; t < T; t += 7) {  // a row alone gives the same bits as in the batch
+      std::vector<float> one(y0.begin() + t * out, y0.begin() + (t + 1) * out);
+      LoraRowsForward(&rows[t], 1, in, out, x.data() + t * in, one.data());
+      for (int64_t o = 0; o < out; ++o) ASSERT_EQ(one[o], y[t * out + o]) << t;
+    }
+  });
+  for (int64_t o = 0; o < out; ++o) EXPECT_EQ(y[o], y0[o]);  // row 0 has no adapter
 }
 
 TEST(WidenBf16, EveryTargetIsExact) {

@@ -53,28 +53,34 @@ void Reset(Routing* rt, int depth, int64_t N, bool soft) {
 
 }  // namespace
 
+HardRoute RouteHardRow(const RouterWeights& r, const float* x, GateKind gate, float* path_z) {
+  const int d = r.depth;
+  const int64_t C = r.hidden;
+  int node = 0;
+  double p = 1.0;
+  for (int k = 0; k < d; ++k) {
+    const float* w = r.W + static_cast<int64_t>(node) * C;
+    float z = r.b[node];
+    for (int64_t i = 0; i < C; ++i) z += w[i] * x[i];
+    const int bit = z >= 0.0f ? 1 : 0;
+    path_z[k] = z;
+    const double s = Sigmoid(z);
+    p *= bit ? s : 1.0 - s;
+    node = 2 * node + 1 + bit;
+  }
+  return {node - ((1 << d) - 1), gate == GateKind::kPath ? static_cast<float>(p) : 1.0f};
+}
+
 void RouteHard(const RouterWeights& r, const float* x, int64_t N, GateKind gate, Routing* rt) {
   const int d = r.depth;
   Reset(rt, d, N, false);
   rt->gate_kind = gate;
-  const int64_t C = r.hidden;
 #pragma omp parallel for schedule(static) if (N > 16)
   for (int64_t n = 0; n < N; ++n) {
-    const float* xn = x + n * C;
-    int node = 0;
-    double p = 1.0;
-    for (int k = 0; k < d; ++k) {
-      const float* w = r.W + static_cast<int64_t>(node) * C;
-      float z = r.b[node];
-      for (int64_t i = 0; i < C; ++i) z += w[i] * xn[i];
-      const int bit = z >= 0.0f ? 1 : 0;
-      rt->path_z[static_cast<size_t>(n * d + k)] = z;
-      const double s = Sigmoid(z);
-      p *= bit ? s : 1.0 - s;
-      node = 2 * node + 1 + bit;
-    }
-    rt->leaf[static_cast<size_t>(n)] = node - ((1 << d) - 1);
-    rt->gate[static_cast<size_t>(n)] = gate == GateKind::kPath ? static_cast<float>(p) : 1.0f;
+    const HardRoute h =
+        RouteHardRow(r, x + n * r.hidden, gate, &rt->path_z[static_cast<size_t>(n * d)]);
+    rt->leaf[static_cast<size_t>(n)] = h.leaf;
+    rt->gate[static_cast<size_t>(n)] = h.gate;
   }
   Group(rt);
 }
@@ -149,6 +155,12 @@ double Entropy(double z) {
 
 }  // namespace
 
+double DecisionEntropy(float z) { return Entropy(z); }
+bool DecisionDecided(float z) {
+  const double s = Sigmoid(z);
+  return s < 0.05 || s > 0.95;
+}
+
 RoutingStats ComputeRoutingStats(const Routing& rt) {
   RoutingStats st;
   st.usage.assign(static_cast<size_t>(1) << rt.depth, 0);
@@ -156,8 +168,7 @@ RoutingStats ComputeRoutingStats(const Routing& rt) {
   double h = 0, decided = 0;
   for (float z : rt.path_z) {
     h += Entropy(z);
-    const double s = Sigmoid(z);
-    decided += (s < 0.05 || s > 0.95) ? 1 : 0;
+    decided += DecisionDecided(z) ? 1 : 0;
   }
   const double n = static_cast<double>(rt.path_z.size());
   st.entropy = n > 0 ? h / n : 0;

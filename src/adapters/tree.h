@@ -32,6 +32,13 @@ struct Routing {
   std::vector<float> dprobs;     // (N, L) dLoss/dp, accumulated by the projections (soft)
 };
 
+// One token's hard route: its leaf and gate (p_leaf for the path gate, 1 for unit); the
+// logits of the d nodes on its path go to path_z (d).
+struct HardRoute {
+  int leaf;
+  float gate;
+};
+HardRoute RouteHardRow(const RouterWeights& r, const float* x, GateKind gate, float* path_z);
 // Hard routing by conditional descent: d dot products per token (FFF), never all 2^d − 1.
 void RouteHard(const RouterWeights& r, const float* x, int64_t N, GateKind gate, Routing* out);
 // Soft routing: every node's logit (one GEMM), every leaf's path probability; the hard leaf
@@ -59,6 +66,10 @@ struct RoutingStats {
   double decided = 0;          // fraction of path decisions with σ < 0.05 or σ > 0.95
 };
 RoutingStats ComputeRoutingStats(const Routing& rt);
+// One decision's share of those statistics: H(σ(z)) in nats, and whether σ is within 0.05 of
+// 0 or 1.
+double DecisionEntropy(float z);
+bool DecisionDecided(float z);
 
 // Growable gather/scatter buffers of the grouped kernels, one set per thread (leaves run in
 // parallel, each with single-threaded GEMMs).

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <string>
 
+#include "ops/lora_rows.h"
 #include "ops/matmul.h"
 #include "util/error.h"
 #include "util/half.h"
@@ -52,13 +53,16 @@ void LlamaModel::Project(int l, Module m, const Tensor& w, const float* x, int64
   MatMul(w, x, T, y);
   const LoraWeights* lw = adapter_ ? adapter_->Get(l, m) : nullptr;
   if (lw == nullptr) return;
-  Resize(lora_u_, T * lw->r);
+  // Each row's leaf (inference always routes hard) and gate, then one per-row pass.
+  lora_rows_.resize(static_cast<size_t>(T));
   const float s = static_cast<float>(adapter_->config().scale());
-  if (adapter_->depth() == 0) {
-    LoraForward(*lw, s, x, T, lora_u_.data(), y);
-  } else {  // inference always routes hard
-    TreeLoraForwardHard(*lw, s, x, T, routing_, lora_u_.data(), y, tree_scratch_);
+  const bool tree = adapter_->depth() > 0;
+  for (int64_t t = 0; t < T; ++t) {
+    const int j = tree ? routing_.leaf[static_cast<size_t>(t)] : 0;
+    const float g = tree ? routing_.gate[static_cast<size_t>(t)] : 1.0f;
+    lora_rows_[static_cast<size_t>(t)] = {lw->LeafA(j), lw->LeafB(j), lw->r, s * g};
   }
+  LoraRowsForward(lora_rows_.data(), T, lw->in, lw->out, x, y);
 }
 
 std::vector<LlamaModel::Run> LlamaModel::Validate(const Batch& b, const KvCache& cache) const {

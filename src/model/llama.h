@@ -10,6 +10,7 @@
 #include "adapters/lora.h"
 #include "adapters/tree.h"
 #include "model/weights.h"
+#include "ops/lora_rows.h"
 #include "ops/ops.h"
 
 namespace tinylora {
@@ -74,7 +75,6 @@ class LlamaModel {
   const ModelWeights& w_;
   const Adapter* adapter_;
   Routing routing_;  // the current block's hard routing (tree adapters)
-  TreeScratch tree_scratch_;
   RopeTable rope_;
   // Activations, grown to the largest batch seen and reused.
   struct RoutingTotals {
@@ -83,7 +83,8 @@ class LlamaModel {
     int64_t decisions = 0;
   };
   std::vector<RoutingTotals> routing_totals_;  // (L)
-  std::vector<float> x_, xn_, q_, k_, v_, att_, h1_, h2_, scratch_, lora_u_;
+  std::vector<float> x_, xn_, q_, k_, v_, att_, h1_, h2_, scratch_;
+  std::vector<LoraRow> lora_rows_;  // (T) the current projection's leaf per row
 };
 
 }  // namespace tinylora
