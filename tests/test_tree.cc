@@ -150,6 +150,92 @@ TEST(TreeKernels, RoutingOfATokenDoesNotDependOnItsBatch) {
   }
 }
 
+// A forest: one forward over sequences using the base, a LoRA and a tree (DESIGN.md §8), with
+// the prompts cut into chunks of different sizes, gives each sequence the logits it has alone.
+TEST(Forest, MixedAdaptersInOneBatchEqualEachSequenceAlone) {
+  auto base = ModelWeights::Load(test::FixturePath("forward/gqa"));
+  auto lora = RandomTree(base->config, 0), tree = RandomTree(base->config, 3);
+  const std::vector<const Adapter*> forest = {nullptr, lora.get(), tree.get()};
+  const std::vector<std::vector<int>> prompts = {{5, 9, 14, 2, 77, 31, 8, 40, 41, 3, 12},
+                                                 {8, 40, 41, 6, 19, 4, 4, 90, 13},
+                                                 {7, 1, 33, 60, 2, 9, 28}};
+  const size_t V = static_cast<size_t>(base->config.vocab);
+  // Each sequence alone, in one piece, on a model holding only its adapter.
+  std::vector<std::vector<float>> alone;
+  for (size_t s = 0; s < prompts.size(); ++s) {
+    LlamaModel model(*base, forest[s]);
+    KvCache cache(model.config(), 1, 16);
+    Batch b;
+    for (size_t i = 0; i < prompts[s].size(); ++i)
+      b.Add(prompts[s][i], 0, static_cast<int>(i), true);
+    std::vector<float> logits;
+    model.Forward(b, cache, &logits);
+    alone.push_back(logits);
+  }
+  // The adapters matter: each sequence's logits differ from the base's on the same prompt.
+  {
+    LlamaModel plain(*base);
+    for (size_t s = 1; s < prompts.size(); ++s) {
+      KvCache cache(plain.config(), 1, 16);
+      Batch b;
+      for (size_t i = 0; i < prompts[s].size(); ++i)
+        b.Add(prompts[s][i], 0, static_cast<int>(i), true);
+      std::vector<float> logits;
+      plain.Forward(b, cache, &logits);
+      double diff = 0;
+      for (size_t k = 0; k < logits.size(); ++k)
+        diff = std::max(diff, std::fabs(double{logits[k]} - alone[s][k]));
+      EXPECT_GT(diff, 1e-2) << s;
+    }
+  }
+  // All three together, each prompt in chunks: 3+5+3, 4+1+4, 2+2+3 tokens per forward.
+  LlamaModel model(*base, forest);
+  KvCache cache(model.config(), 3, 16);
+  const std::vector<std::vector<int>> chunks = {{3, 5, 3}, {4, 1, 4}, {2, 2, 3}};
+  std::vector<size_t> done(3, 0);
+  for (size_t step = 0; step < 3; ++step) {
+    Batch b;
+    for (size_t s : {size_t{2}, size_t{0}, size_t{1}}) {  // not in slot order
+      for (int i = 0; i < chunks[s][step]; ++i) {
+        const size_t p = done[s] + static_cast<size_t>(i);
+        b.Add(prompts[s][p], static_cast<int>(s), static_cast<int>(p), true, static_cast<int>(s));
+      }
+    }
+    std::vector<float> logits;
+    model.Forward(b, cache, &logits);
+    size_t row = 0;
+    for (size_t s : {size_t{2}, size_t{0}, size_t{1}}) {
+      for (int i = 0; i < chunks[s][step]; ++i, ++row) {
+        const size_t p = done[s] + static_cast<size_t>(i);
+        for (size_t k = 0; k < V; ++k)
+          ASSERT_NEAR(logits[row * V + k], alone[s][p * V + k], 1e-5)
+              << "seq " << s << " pos " << p;
+      }
+      done[s] += static_cast<size_t>(chunks[s][step]);
+    }
+  }
+  // Routing statistics come back per sequence: only the tree's sequence has them.
+  EXPECT_TRUE(model.routing_stats(0).empty());
+  EXPECT_TRUE(model.routing_stats(1).empty());
+  const std::vector<RoutingStats> st = model.routing_stats(2);
+  ASSERT_EQ(st.size(), static_cast<size_t>(base->config.n_layers));
+  for (const RoutingStats& blk : st) {
+    int64_t n = 0;
+    for (int64_t u : blk.usage) n += u;
+    EXPECT_EQ(n, static_cast<int64_t>(prompts[2].size()));
+  }
+  model.ResetRoutingStats(2);
+  EXPECT_TRUE(model.routing_stats(2).empty());
+  // A slot the model does not hold, or two slots in one sequence, are refused.
+  Batch bad;
+  bad.Add(5, 0, 11, true, 3);
+  EXPECT_THROW(model.Forward(bad, cache, nullptr), Error);
+  Batch split;
+  split.Add(5, 0, 11, true, 0);
+  split.Add(6, 0, 12, true, 1);
+  EXPECT_THROW(model.Forward(split, cache, nullptr), Error);
+}
+
 TEST(TreeFiles, DisagreeingAdapterIsRefused) {
   test::TempDir tmp;
   const std::string src = test::FixturePath("tree/hard_path");

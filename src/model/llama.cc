@@ -29,17 +29,17 @@ KvCache::KvCache(const LlamaConfig& c, int n_seqs, int capacity)
   v_.assign(n, 0.0f);
 }
 
-LlamaModel::LlamaModel(const ModelWeights& w, const Adapter* adapter)
-    : w_(w), adapter_(adapter), rope_(w.config.head_dim, w.config.max_pos, w.config.rope_theta) {
-  if (adapter_ != nullptr && adapter_->depth() > 0) {
-    routing_totals_.resize(static_cast<size_t>(w.config.n_layers));
-    for (auto& t : routing_totals_) t.usage.assign(static_cast<size_t>(1) << adapter_->depth(), 0);
-  }
+LlamaModel::LlamaModel(const ModelWeights& w, std::vector<const Adapter*> adapters)
+    : w_(w),
+      adapters_(std::move(adapters)),
+      rope_(w.config.head_dim, w.config.max_pos, w.config.rope_theta) {
+  if (adapters_.empty()) adapters_.push_back(nullptr);
 }
 
-std::vector<RoutingStats> LlamaModel::routing_stats() const {
+std::vector<RoutingStats> LlamaModel::routing_stats(int seq) const {
   std::vector<RoutingStats> out;
-  for (const RoutingTotals& t : routing_totals_) {
+  if (seq < 0 || seq >= static_cast<int>(routing_.size())) return out;
+  for (const RoutingTotals& t : routing_[static_cast<size_t>(seq)]) {
     RoutingStats s;
     s.usage = t.usage;
     s.entropy = t.decisions > 0 ? t.entropy / static_cast<double>(t.decisions) : 0;
@@ -49,27 +49,100 @@ std::vector<RoutingStats> LlamaModel::routing_stats() const {
   return out;
 }
 
-void LlamaModel::Project(int l, Module m, const Tensor& w, const float* x, int64_t T, float* y) {
-  MatMul(w, x, T, y);
-  const LoraWeights* lw = adapter_ ? adapter_->Get(l, m) : nullptr;
-  if (lw == nullptr) return;
-  // Each row's leaf (inference always routes hard) and gate, then one per-row pass.
-  lora_rows_.resize(static_cast<size_t>(T));
-  const float s = static_cast<float>(adapter_->config().scale());
-  const bool tree = adapter_->depth() > 0;
-  for (int64_t t = 0; t < T; ++t) {
-    const int j = tree ? routing_.leaf[static_cast<size_t>(t)] : 0;
-    const float g = tree ? routing_.gate[static_cast<size_t>(t)] : 1.0f;
-    lora_rows_[static_cast<size_t>(t)] = {lw->LeafA(j), lw->LeafB(j), lw->r, s * g};
+void LlamaModel::ResetRoutingStats(int seq) {
+  if (seq >= 0 && seq < static_cast<int>(routing_.size()))
+    routing_[static_cast<size_t>(seq)].clear();
+}
+
+std::vector<RoutingStats> LlamaModel::routing_stats() const {
+  std::vector<RoutingTotals> sum;
+  for (const std::vector<RoutingTotals>& seq : routing_) {
+    sum.resize(std::max(sum.size(), seq.size()));
+    for (size_t l = 0; l < seq.size(); ++l) {
+      RoutingTotals& s = sum[l];
+      s.usage.resize(std::max(s.usage.size(), seq[l].usage.size()), 0);
+      for (size_t j = 0; j < seq[l].usage.size(); ++j) s.usage[j] += seq[l].usage[j];
+      s.entropy += seq[l].entropy;
+      s.decided += seq[l].decided;
+      s.decisions += seq[l].decisions;
+    }
   }
-  LoraRowsForward(lora_rows_.data(), T, lw->in, lw->out, x, y);
+  std::vector<RoutingStats> out;
+  for (const RoutingTotals& t : sum) {
+    RoutingStats s;
+    s.usage = t.usage;
+    s.entropy = t.decisions > 0 ? t.entropy / static_cast<double>(t.decisions) : 0;
+    s.decided = t.decisions > 0 ? t.decided / static_cast<double>(t.decisions) : 0;
+    out.push_back(s);
+  }
+  return out;
+}
+
+void LlamaModel::Route(int l, const Batch& batch, const float* xn) {
+  const int64_t T = batch.size(), C = w_.config.hidden;
+  leaf_.assign(static_cast<size_t>(T), 0);
+  gate_.assign(static_cast<size_t>(T), 1.0f);
+  if (static_cast<int64_t>(path_z_.size()) < T * kMaxTreeDepth)
+    path_z_.resize(static_cast<size_t>(T * kMaxTreeDepth));
+    // Each token descends on its own (a token's route depends on that token alone).
+#pragma omp parallel for schedule(static) if (T > 16)
+  for (int64_t t = 0; t < T; ++t) {
+    const Adapter* a = adapters_[static_cast<size_t>(batch.adapter[t])];
+    if (a == nullptr || a->depth() == 0) continue;
+    const GateKind gate = a->config().gate == "unit" ? GateKind::kUnit : GateKind::kPath;
+    const HardRoute h = RouteHardRow(*a->Router(l), xn + t * C, gate, &path_z_[t * kMaxTreeDepth]);
+    leaf_[static_cast<size_t>(t)] = h.leaf;
+    gate_[static_cast<size_t>(t)] = h.gate;
+  }
+  // Statistics per sequence, in token order.
+  for (int64_t t = 0; t < T; ++t) {
+    const Adapter* a = adapters_[static_cast<size_t>(batch.adapter[t])];
+    if (a == nullptr || a->depth() == 0) continue;
+    const size_t seq = static_cast<size_t>(batch.seq[t]);
+    if (routing_.size() <= seq) routing_.resize(seq + 1);
+    std::vector<RoutingTotals>& blocks = routing_[seq];
+    if (blocks.empty()) {
+      blocks.resize(static_cast<size_t>(w_.config.n_layers));
+      for (RoutingTotals& b : blocks) b.usage.assign(static_cast<size_t>(1) << a->depth(), 0);
+    }
+    RoutingTotals& tot = blocks[static_cast<size_t>(l)];
+    if (tot.usage.size() < (static_cast<size_t>(1) << a->depth()))
+      tot.usage.resize(static_cast<size_t>(1) << a->depth(), 0);
+    ++tot.usage[static_cast<size_t>(leaf_[static_cast<size_t>(t)])];
+    for (int k = 0; k < a->depth(); ++k) {
+      const float z = path_z_[static_cast<size_t>(t * kMaxTreeDepth + k)];
+      tot.entropy += DecisionEntropy(z);
+      tot.decided += DecisionDecided(z) ? 1 : 0;
+    }
+    tot.decisions += a->depth();
+  }
+}
+
+void LlamaModel::Project(int l, Module m, const Tensor& w, const Batch& batch, const float* x,
+                         float* y) {
+  MatMul(w, x, batch.size(), y);
+  // Each row's leaf of its own adapter (inference always routes hard), then one per-row pass.
+  const int64_t T = batch.size();
+  lora_rows_.assign(static_cast<size_t>(T), LoraRow{});
+  bool any = false;
+  for (int64_t t = 0; t < T; ++t) {
+    const Adapter* a = adapters_[static_cast<size_t>(batch.adapter[t])];
+    const LoraWeights* lw = a ? a->Get(l, m) : nullptr;
+    if (lw == nullptr) continue;
+    const int j = leaf_[static_cast<size_t>(t)];
+    const float s = static_cast<float>(a->config().scale()) * gate_[static_cast<size_t>(t)];
+    lora_rows_[static_cast<size_t>(t)] = {lw->LeafA(j), lw->LeafB(j), lw->r, s};
+    any = true;
+  }
+  if (any) LoraRowsForward(lora_rows_.data(), T, w.cols, w.rows, x, y);
 }
 
 std::vector<LlamaModel::Run> LlamaModel::Validate(const Batch& b, const KvCache& cache) const {
   const int64_t T = b.size();
   if (T == 0) Fail("empty batch: nothing to run");
   if (static_cast<int64_t>(b.seq.size()) != T || static_cast<int64_t>(b.pos.size()) != T ||
-      static_cast<int64_t>(b.want_logits.size()) != T) {
+      static_cast<int64_t>(b.want_logits.size()) != T ||
+      static_cast<int64_t>(b.adapter.size()) != T) {
     Fail("batch arrays differ in length");
   }
   std::vector<Run> runs;
@@ -81,6 +154,10 @@ std::vector<LlamaModel::Run> LlamaModel::Validate(const Batch& b, const KvCache&
     }
     const int s = b.seq[i];
     if (s < 0 || s >= cache.n_seqs()) Fail("sequence " + std::to_string(s) + " has no cache slot");
+    if (b.adapter[i] < 0 || b.adapter[i] >= slots()) {
+      Fail("adapter slot " + std::to_string(b.adapter[i]) + " is not loaded (the model has " +
+           std::to_string(slots()) + ")");
+    }
     const int64_t limit = std::min(cache.capacity(), w_.config.max_pos);
     if (b.pos[i] < 0 || b.pos[i] >= limit) {
       Fail("position " + std::to_string(b.pos[i]) + " is past the context length (" +
@@ -90,6 +167,8 @@ std::vector<LlamaModel::Run> LlamaModel::Validate(const Batch& b, const KvCache&
       Run& r = runs.back();
       if (b.pos[i] != r.p0 + r.n)
         Fail("sequence " + std::to_string(s) + " has non-consecutive positions");
+      if (b.adapter[i] != b.adapter[r.begin])
+        Fail("sequence " + std::to_string(s) + " names two adapter slots in one batch");
       ++r.n;
       continue;
     }
@@ -147,20 +226,10 @@ void LlamaModel::Forward(const Batch& batch, KvCache& cache, std::vector<float>*
     const LayerWeights& L = w_.layers[static_cast<size_t>(layer)];
     // attention block
     RmsNorm(x_.data(), L.attn_norm.f32(), T, C, static_cast<float>(c.rms_eps), xn_.data());
-    if (const RouterWeights* router = adapter_ ? adapter_->Router(layer) : nullptr) {
-      RouteHard(*router, xn_.data(), T,
-                adapter_->config().gate == "unit" ? GateKind::kUnit : GateKind::kPath, &routing_);
-      const RoutingStats st = ComputeRoutingStats(routing_);
-      RoutingTotals& tot = routing_totals_[static_cast<size_t>(layer)];
-      const int64_t decisions = static_cast<int64_t>(routing_.path_z.size());
-      for (size_t j = 0; j < st.usage.size(); ++j) tot.usage[j] += st.usage[j];
-      tot.entropy += st.entropy * static_cast<double>(decisions);
-      tot.decided += st.decided * static_cast<double>(decisions);
-      tot.decisions += decisions;
-    }
-    Project(layer, Module::kQ, L.wq, xn_.data(), T, q_.data());  // q (T, NH*HD)
-    Project(layer, Module::kK, L.wk, xn_.data(), T, k_.data());  // k (T, KVH*HD)
-    Project(layer, Module::kV, L.wv, xn_.data(), T, v_.data());  // v (T, KVH*HD)
+    Route(layer, batch, xn_.data());
+    Project(layer, Module::kQ, L.wq, batch, xn_.data(), q_.data());  // q (T, NH*HD)
+    Project(layer, Module::kK, L.wk, batch, xn_.data(), k_.data());  // k (T, KVH*HD)
+    Project(layer, Module::kV, L.wv, batch, xn_.data(), v_.data());  // v (T, KVH*HD)
     Rope(q_.data(), batch.pos.data(), T, c.n_heads, rope_);
     Rope(k_.data(), batch.pos.data(), T, c.n_kv_heads, rope_);
     for (int64_t t = 0; t < T; ++t) {
@@ -185,14 +254,14 @@ void LlamaModel::Forward(const Batch& batch, KvCache& cache, std::vector<float>*
                       cache.V(layer, r.seq), KV, r.n, r.p0, &att_[r.begin * Q], Q, scratch);
       }
     }
-    Project(layer, Module::kO, L.wo, att_.data(), T, h1_.data());  // (T, C)
+    Project(layer, Module::kO, L.wo, batch, att_.data(), h1_.data());  // (T, C)
     AddInPlace(x_.data(), h1_.data(), T * C);
     // MLP block
     RmsNorm(x_.data(), L.mlp_norm.f32(), T, C, static_cast<float>(c.rms_eps), xn_.data());
-    Project(layer, Module::kGate, L.w_gate, xn_.data(), T, h1_.data());  // gate (T, F)
-    Project(layer, Module::kUp, L.w_up, xn_.data(), T, h2_.data());      // up (T, F)
+    Project(layer, Module::kGate, L.w_gate, batch, xn_.data(), h1_.data());  // gate (T, F)
+    Project(layer, Module::kUp, L.w_up, batch, xn_.data(), h2_.data());      // up (T, F)
     SwiGlu(h1_.data(), h2_.data(), T * F, h1_.data());
-    Project(layer, Module::kDown, L.w_down, h1_.data(), T, h2_.data());  // (T, C)
+    Project(layer, Module::kDown, L.w_down, batch, h1_.data(), h2_.data());  // (T, C)
     AddInPlace(x_.data(), h2_.data(), T * C);
   }
   for (const Run& r : runs) cache.length[static_cast<size_t>(r.seq)] = static_cast<int>(r.p0 + r.n);

@@ -16,19 +16,21 @@
 namespace tinylora {
 
 // The tokens of one forward call, as llama.cpp's llama_batch: token i of sequence seq[i] at
-// position pos[i]. A sequence's tokens are consecutive in the batch with consecutive positions,
-// the first at most its cached length (earlier cache entries are kept, later ones replaced).
+// position pos[i], through the adapter in the model's slot adapter[i]. A sequence's tokens are
+// consecutive in the batch with consecutive positions and one adapter slot, the first at most
+// its cached length (earlier cache entries are kept, later ones replaced).
 struct Batch {
-  std::vector<int32_t> tokens, seq, pos;
+  std::vector<int32_t> tokens, seq, pos, adapter;
   std::vector<uint8_t> want_logits;  // 1: return this token's logits
-  void Add(int32_t token, int32_t seq_id, int32_t position, bool logits) {
+  void Add(int32_t token, int32_t seq_id, int32_t position, bool logits, int32_t slot = 0) {
     tokens.push_back(token);
     seq.push_back(seq_id);
     pos.push_back(position);
+    adapter.push_back(slot);
     want_logits.push_back(logits ? 1 : 0);
   }
   int64_t size() const { return static_cast<int64_t>(tokens.size()); }
-  void Clear() { tokens.clear(), seq.clear(), pos.clear(), want_logits.clear(); }
+  void Clear() { tokens.clear(), seq.clear(), pos.clear(), adapter.clear(), want_logits.clear(); }
 };
 
 // Keys and values of every layer for S sequences of up to P positions, f32.
@@ -51,16 +53,28 @@ class KvCache {
 
 class LlamaModel {
  public:
-  // `adapter`, if given, is applied on top of the frozen weights (it must outlive the model).
-  explicit LlamaModel(const ModelWeights& w, const Adapter* adapter = nullptr);
+  // `adapters` is the forest (DESIGN.md §8): slot i holds adapters[i], applied on top of the
+  // frozen weights to the tokens whose batch slot is i; a null slot is the base alone. Every
+  // adapter must fit `w` (Adapter::Load checks it) and outlive the model.
+  LlamaModel(const ModelWeights& w, std::vector<const Adapter*> adapters);
+  // One adapter (or none) in slot 0.
+  explicit LlamaModel(const ModelWeights& w, const Adapter* adapter = nullptr)
+      : LlamaModel(w, std::vector<const Adapter*>{adapter}) {}
   const LlamaConfig& config() const { return w_.config; }
   const ModelWeights& weights() const { return w_; }
-  // Per block, the routing of every token run since construction (tree adapters): leaf
-  // usage, mean decision entropy, share of decided decisions.
+  int slots() const { return static_cast<int>(adapters_.size()); }
+
+  // Per block, the routing of the tokens of sequence `seq` run through a tree adapter since
+  // the sequence's last ResetRoutingStats: leaf usage, mean decision entropy, share of decided
+  // decisions. Empty when none of its tokens met a tree.
+  std::vector<RoutingStats> routing_stats(int seq) const;
+  void ResetRoutingStats(int seq);
+  // The same over every sequence (for a model whose trees share one depth: eval).
   std::vector<RoutingStats> routing_stats() const;
 
   // Runs the batch through the model, updating the cache. logits: (n, V) for the tokens with
-  // want_logits, in batch order. Bad token ids, sequences or positions: Error (exit 2).
+  // want_logits, in batch order. Bad token ids, sequences, positions or adapter slots: Error
+  // (exit 2).
   void Forward(const Batch& batch, KvCache& cache, std::vector<float>* logits);
 
  private:
@@ -68,22 +82,25 @@ class LlamaModel {
     int seq;
     int64_t begin, n, p0;
   };
-  std::vector<Run> Validate(const Batch& batch, const KvCache& cache) const;
-  // y (T, out) = x · Wᵀ of projection m in layer l, plus the adapter's LoRA term.
-  void Project(int l, Module m, const Tensor& w, const float* x, int64_t T, float* y);
-
-  const ModelWeights& w_;
-  const Adapter* adapter_;
-  Routing routing_;  // the current block's hard routing (tree adapters)
-  RopeTable rope_;
-  // Activations, grown to the largest batch seen and reused.
-  struct RoutingTotals {
+  struct RoutingTotals {         // one sequence's routing in one block
     std::vector<int64_t> usage;  // (2^d)
     double entropy = 0, decided = 0;
     int64_t decisions = 0;
   };
-  std::vector<RoutingTotals> routing_totals_;  // (L)
-  std::vector<float> x_, xn_, q_, k_, v_, att_, h1_, h2_, scratch_;
+  std::vector<Run> Validate(const Batch& batch, const KvCache& cache) const;
+  // Every token of a tree slot descends block l's router: leaf_, gate_ and its sequence's totals.
+  void Route(int l, const Batch& batch, const float* xn);
+  // y (T, out) = x · Wᵀ of projection m in layer l, plus each row's adapter leaf.
+  void Project(int l, Module m, const Tensor& w, const Batch& batch, const float* x, float* y);
+
+  const ModelWeights& w_;
+  std::vector<const Adapter*> adapters_;  // the forest, by slot
+  RopeTable rope_;
+  std::vector<std::vector<RoutingTotals>> routing_;  // (sequence id, L), grown on first use
+  // Activations, grown to the largest batch seen and reused.
+  std::vector<float> x_, xn_, q_, k_, v_, att_, h1_, h2_, scratch_, path_z_;
+  std::vector<int32_t> leaf_;       // (T) the current block's leaf per row (0 for a LoRA)
+  std::vector<float> gate_;         // (T) its gate
   std::vector<LoraRow> lora_rows_;  // (T) the current projection's leaf per row
 };
 
