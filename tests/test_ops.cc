@@ -143,6 +143,21 @@ TEST(LoraRows, MixedAdaptersAndLeavesMatchReferenceAndEachRowAlone) {
   for (int64_t o = 0; o < out; ++o) EXPECT_EQ(y[o], y0[o]);  // row 0 has no adapter
 }
 
+TEST(GatherRows, F32AndBf16RowsAsF32) {
+  const int64_t V = 5, C = 19;
+  const std::vector<float> f = Random(V * C, 7);
+  std::vector<uint16_t> b(f.size());
+  for (size_t i = 0; i < f.size(); ++i) b[i] = F32ToBf16(f[i]);
+  const int32_t ids[] = {3, 0, 3, 4};
+  std::vector<float> out(4 * C);
+  GatherRows(Tensor{DType::kF32, V, C, f.data()}, ids, 4, out.data());
+  for (int t = 0; t < 4; ++t)
+    for (int64_t i = 0; i < C; ++i) ASSERT_EQ(out[t * C + i], f[ids[t] * C + i]);
+  GatherRows(Tensor{DType::kBF16, V, C, b.data()}, ids, 4, out.data());
+  for (int t = 0; t < 4; ++t)
+    for (int64_t i = 0; i < C; ++i) ASSERT_EQ(out[t * C + i], Bf16ToF32(b[ids[t] * C + i]));
+}
+
 TEST(WidenBf16, EveryTargetIsExact) {
   std::vector<uint16_t> src(1000);
   for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint16_t>(i * 65u + 7u) & 0x7f7f;

@@ -41,7 +41,7 @@ constexpr int kContext = 128;      // eval window
 constexpr int kPromptWords = 4;    // a sample's prompt: the first words of a held-out entry
 constexpr int kSampleTokens = 48;  // new tokens per sample
 constexpr int kSpeedTokens = 128;  // greedy tokens of the decode-speed measurement
-constexpr int kCacheVersion = 4;   // in every stage key: bump when a stage changes its output
+constexpr int kCacheVersion = 5;   // in every stage key: bump when a stage changes its output
 
 struct Scale {
   int vocab;

@@ -9,7 +9,6 @@
 #include "ops/lora_rows.h"
 #include "ops/matmul.h"
 #include "util/error.h"
-#include "util/half.h"
 
 namespace tinylora {
 
@@ -211,15 +210,7 @@ void LlamaModel::Forward(const Batch& batch, KvCache& cache, std::vector<float>*
   const int threads = omp_get_max_threads();
   Resize(scratch_, longest * threads);
 
-  // x (T, C) = embedding rows
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t id = batch.tokens[t];
-    if (w_.embed.dtype == DType::kBF16) {
-      for (int64_t i = 0; i < C; ++i) x_[t * C + i] = Bf16ToF32(w_.embed.bf16()[id * C + i]);
-    } else {
-      std::memcpy(&x_[t * C], w_.embed.f32() + id * C, sizeof(float) * C);
-    }
-  }
+  GatherRows(w_.embed, batch.tokens.data(), T, x_.data());  // x (T, C) = embedding rows
 
   const AttentionShape shape{c.n_heads, c.n_kv_heads, c.head_dim};
   for (int layer = 0; layer < c.n_layers; ++layer) {

@@ -1,6 +1,7 @@
 #include "ops/matmul.h"
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "ops/gemm.h"
@@ -78,6 +79,18 @@ void MatMulBackwardW(const float* dy, const float* x, int64_t T, int64_t out, in
                      float* dw) {
   Gemm(true, false, static_cast<int>(out), static_cast<int>(in), static_cast<int>(T), 1.0f, dy,
        static_cast<int>(out), x, static_cast<int>(in), 1.0f, dw, static_cast<int>(in));
+}
+
+void GatherRows(const Tensor& table, const int32_t* ids, int64_t n, float* out) {
+  const int64_t C = table.cols;
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t id = ids[t];
+    if (table.dtype == DType::kBF16) {
+      WidenBf16(table.bf16() + id * C, C, out + t * C);
+    } else {
+      std::memcpy(out + t * C, table.f32() + id * C, sizeof(float) * C);
+    }
+  }
 }
 
 void MatMulReference(const Tensor& w, const float* x, int64_t T, float* y) {

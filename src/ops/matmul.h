@@ -31,6 +31,9 @@ void MatMulReference(const Tensor& w, const float* x, int64_t T, float* y);
 void MatVecRows(const Tensor& w, const float* x, int64_t T, int64_t row_begin, int64_t row_end,
                 float* y);
 
+// out (n, cols) = rows ids[0..n) of `table` as F32 (the embedding lookup); ids must be in range.
+void GatherRows(const Tensor& table, const int32_t* ids, int64_t n, float* out);
+
 // BF16 -> F32 widening of n values (Highway).
 void WidenBf16(const uint16_t* src, int64_t n, float* dst);
 

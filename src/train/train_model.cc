@@ -8,11 +8,8 @@
 #include "ops/loss.h"
 #include "ops/matmul.h"
 #include "util/error.h"
-#include "util/half.h"
 
 namespace tinylora {
-
-namespace {}  // namespace
 
 uint64_t TrainModel::Mix(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
@@ -319,13 +316,8 @@ void TrainModel::Forward(const int32_t* inputs, bool train, uint64_t seed) {
       Fail("token id " + std::to_string(id) + " is outside the vocabulary (size " +
            std::to_string(c_.vocab) + ")");
     }
-    float* x = acts_[0].x_in + n * C;
-    if (w_.embed.dtype == DType::kBF16) {
-      for (int64_t i = 0; i < C; ++i) x[i] = Bf16ToF32(w_.embed.bf16()[id * C + i]);
-    } else {
-      std::memcpy(x, w_.embed.f32() + id * C, sizeof(float) * C);
-    }
   }
+  GatherRows(w_.embed, inputs, N, acts_[0].x_in);
   const int L = c_.n_layers;
   for (int l = 0; l < L; ++l) {
     float* x_out = l + 1 < L ? acts_[static_cast<size_t>(l + 1)].x_in : x_final_;
