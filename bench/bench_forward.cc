@@ -30,11 +30,13 @@ double Now() {
 int Main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
-                 "usage: bench_forward MODEL_DIR [--prefill T] [--decode N] [--threads N]\n");
+                 "usage: bench_forward MODEL_DIR [--prefill T] [--decode N] [--threads N] "
+                 "[--lora-rank R] [--tree-depth D] [--targets LIST] [--batch-invariant 0|1]\n");
     return 2;
   }
   const std::string dir = argv[1];
   int prefill = 512, decode = 32, threads = omp_get_num_procs(), rank = 0, depth = 0;
+  int invariant = 1;  // --batch-invariant 0: the shape-dependent kernels (sgemm), as eval uses
   std::string targets = "q_proj,v_proj";
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
@@ -49,6 +51,8 @@ int Main(int argc, char** argv) {
       rank = v;
     else if (flag == "--tree-depth")
       depth = v;
+    else if (flag == "--batch-invariant")
+      invariant = v;
     else if (flag == "--targets")
       targets = argv[i + 1];
     else {
@@ -77,6 +81,7 @@ int Main(int argc, char** argv) {
     adapter = Adapter::Create(w->config, ac, 1, false);
   }
   LlamaModel model(*w, adapter.get());
+  model.SetBatchInvariant(invariant != 0);
 
   // Ceilings at this model's shapes.
   const int64_t C = c.hidden, F = c.intermediate, Q = c.q_dim(), KV = c.kv_dim(), T = prefill;
@@ -141,6 +146,7 @@ int Main(int argc, char** argv) {
   nlohmann::json j = {{"model", dir},
                       {"dtype", DTypeName(w->layers[0].wq.dtype)},
                       {"threads", threads},
+                      {"batch_invariant", invariant != 0},
                       {"sgemm_gflops", sgemm},
                       {"read_gbs", read_bw},
                       {"copy_gbs", copy_bw},

@@ -212,6 +212,60 @@ TEST(Attention, GroupDecodeMatchesReference) {
   }
 }
 
+// Batch invariance: a row's product is the same bits whatever T, its place in the batch, the
+// tiles that computed it (4-row groups or leftovers) and the SIMD target's vector tail.
+TEST(MatMul, BatchInvariantRowsDoNotDependOnTheBatch) {
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    const int64_t out = 37, in = 133;
+    std::vector<float> wf = Random(static_cast<size_t>(out * in), 1, 0.5f);
+    std::vector<uint16_t> wb(wf.size());
+    for (size_t i = 0; i < wf.size(); ++i) wb[i] = F32ToBf16(wf[i]);
+    Tensor w{dtype, out, in,
+             dtype == DType::kBF16 ? static_cast<const void*>(wb.data())
+                                   : static_cast<const void*>(wf.data())};
+    const int64_t T = 23;
+    const std::vector<float> x = Random(static_cast<size_t>(T * in), 2);
+    ForEachTarget([&] {
+      std::vector<float> all(static_cast<size_t>(T * out)), ref(all.size());
+      MatMulBatchInvariant(w, x.data(), T, all.data());
+      MatMulReference(w, x.data(), T, ref.data());
+      EXPECT_LT(MaxAbsDiff(all, ref), 1e-4f);
+      for (int64_t first : {0, 5, 19}) {
+        for (int64_t n : {1, 3, 4}) {
+          if (first + n > T) continue;
+          std::vector<float> part(static_cast<size_t>(n * out));
+          MatMulBatchInvariant(w, x.data() + first * in, n, part.data());
+          for (int64_t i = 0; i < n * out; ++i)
+            ASSERT_EQ(part[i], all[first * out + i]) << "rows " << first << "+" << n;
+        }
+      }
+    });
+  }
+}
+
+TEST(Attention, BatchInvariantMatchesReferenceInAnyChunks) {
+  const AttentionShape s{4, 2, 16};
+  const int64_t P = 21, ldq = s.n_heads * s.head_dim, ldkv = s.n_kv_heads * s.head_dim;
+  const std::vector<float> q = Random(P * ldq, 1), k = Random(P * ldkv, 2), v = Random(P * ldkv, 3);
+  std::vector<float> whole(P * ldq), ref(P * ldq), scratch(P);
+  ForEachTarget([&] {
+    for (int g = 0; g < s.n_kv_heads; ++g)
+      AttentionGroupInvariant(s, g, q.data(), ldq, k.data(), v.data(), ldkv, P, 0, whole.data(),
+                              ldq, scratch.data());
+    AttentionReference(s, q.data(), ldq, k.data(), v.data(), ldkv, P, 0, ref.data(), ldq);
+    EXPECT_LT(MaxAbsDiff(whole, ref), 1e-5f);
+    // The same queries cut into runs of 1, 7 and 13: the same bits.
+    std::vector<float> chunked(P * ldq);
+    for (int64_t p0 : {int64_t{0}, int64_t{1}, int64_t{8}}) {
+      const int64_t n = p0 == 0 ? 1 : p0 == 1 ? 7 : 13;
+      for (int g = 0; g < s.n_kv_heads; ++g)
+        AttentionGroupInvariant(s, g, q.data() + p0 * ldq, ldq, k.data(), v.data(), ldkv, n, p0,
+                                chunked.data() + p0 * ldq, ldq, scratch.data());
+    }
+    for (size_t i = 0; i < whole.size(); ++i) ASSERT_EQ(chunked[i], whole[i]) << i;
+  });
+}
+
 TEST(Attention, FirstTokenCopiesItsValue) {  // one visible key: output = that value, any query
   const AttentionShape s{2, 1, 4};
   std::vector<float> q = Random(8, 6), k = Random(4, 7), v = Random(4, 8), out(8), scratch(1);

@@ -79,6 +79,7 @@ EvalResult RunEval(const EvalOptions& o) {
   std::unique_ptr<Adapter> adapter;
   if (!o.adapter.empty()) adapter = Adapter::Load(o.adapter, c, /*with_grads=*/false);
   LlamaModel model(*weights, adapter.get());
+  model.SetBatchInvariant(false);  // fixed windows and pieces: the fast shape-dependent kernels
   KvCache cache(c, 1, context);
   Batch batch;
   std::vector<float> logits;

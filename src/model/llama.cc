@@ -117,9 +117,17 @@ void LlamaModel::Route(int l, const Batch& batch, const float* xn) {
   }
 }
 
+void LlamaModel::Product(const Tensor& w, const float* x, int64_t T, float* y) const {
+  if (batch_invariant_) {
+    MatMulBatchInvariant(w, x, T, y);
+  } else {
+    MatMul(w, x, T, y);
+  }
+}
+
 void LlamaModel::Project(int l, Module m, const Tensor& w, const Batch& batch, const float* x,
                          float* y) {
-  MatMul(w, x, batch.size(), y);
+  Product(w, x, batch.size(), y);
   // Each row's leaf of its own adapter (inference always routes hard), then one per-row pass.
   const int64_t T = batch.size();
   lora_rows_.assign(static_cast<size_t>(T), LoraRow{});
@@ -228,21 +236,33 @@ void LlamaModel::Forward(const Batch& batch, KvCache& cache, std::vector<float>*
       std::memcpy(cache.K(layer, batch.seq[t]) + p, &k_[t * KV], sizeof(float) * KV);
       std::memcpy(cache.V(layer, batch.seq[t]) + p, &v_[t * KV], sizeof(float) * KV);
     }
-    // Single-token runs (decode) take a KV group's heads together; longer runs go per head.
-    const int64_t tasks = static_cast<int64_t>(runs.size()) * c.n_heads;
+    if (batch_invariant_) {  // per (sequence run, KV group): every query and head on its own
+      const int64_t tasks = static_cast<int64_t>(runs.size()) * c.n_kv_heads;
 #pragma omp parallel for schedule(dynamic)
-    for (int64_t task = 0; task < tasks; ++task) {
-      const Run& r = runs[static_cast<size_t>(task / c.n_heads)];
-      const int head = static_cast<int>(task % c.n_heads);
-      float* scratch = &scratch_[static_cast<size_t>(omp_get_thread_num() * longest)];
-      if (r.n == 1) {
-        const int group = c.n_heads / c.n_kv_heads;
-        if (head % group != 0) continue;  // the group's first head does the whole group
-        AttentionGroupDecode(shape, head / group, &q_[r.begin * Q], cache.K(layer, r.seq),
-                             cache.V(layer, r.seq), KV, r.p0, &att_[r.begin * Q], scratch);
-      } else {
-        AttentionHead(shape, head, &q_[r.begin * Q], Q, cache.K(layer, r.seq),
-                      cache.V(layer, r.seq), KV, r.n, r.p0, &att_[r.begin * Q], Q, scratch);
+      for (int64_t task = 0; task < tasks; ++task) {
+        const Run& r = runs[static_cast<size_t>(task / c.n_kv_heads)];
+        float* scratch = &scratch_[static_cast<size_t>(omp_get_thread_num() * longest)];
+        AttentionGroupInvariant(shape, static_cast<int>(task % c.n_kv_heads), &q_[r.begin * Q], Q,
+                                cache.K(layer, r.seq), cache.V(layer, r.seq), KV, r.n, r.p0,
+                                &att_[r.begin * Q], Q, scratch);
+      }
+    } else {
+      // Single-token runs (decode) take a KV group's heads together; longer runs go per head.
+      const int64_t tasks = static_cast<int64_t>(runs.size()) * c.n_heads;
+#pragma omp parallel for schedule(dynamic)
+      for (int64_t task = 0; task < tasks; ++task) {
+        const Run& r = runs[static_cast<size_t>(task / c.n_heads)];
+        const int head = static_cast<int>(task % c.n_heads);
+        float* scratch = &scratch_[static_cast<size_t>(omp_get_thread_num() * longest)];
+        if (r.n == 1) {
+          const int group = c.n_heads / c.n_kv_heads;
+          if (head % group != 0) continue;  // the group's first head does the whole group
+          AttentionGroupDecode(shape, head / group, &q_[r.begin * Q], cache.K(layer, r.seq),
+                               cache.V(layer, r.seq), KV, r.p0, &att_[r.begin * Q], scratch);
+        } else {
+          AttentionHead(shape, head, &q_[r.begin * Q], Q, cache.K(layer, r.seq),
+                        cache.V(layer, r.seq), KV, r.n, r.p0, &att_[r.begin * Q], Q, scratch);
+        }
       }
     }
     Project(layer, Module::kO, L.wo, batch, att_.data(), h1_.data());  // (T, C)
@@ -265,7 +285,7 @@ void LlamaModel::Forward(const Batch& batch, KvCache& cache, std::vector<float>*
   logits->resize(static_cast<size_t>(n_out * c.vocab));
   if (n_out == 0) return;
   RmsNorm(xn_.data(), w_.final_norm.f32(), n_out, C, static_cast<float>(c.rms_eps), xn_.data());
-  MatMul(w_.lm_head, xn_.data(), n_out, logits->data());
+  Product(w_.lm_head, xn_.data(), n_out, logits->data());
 }
 
 }  // namespace tinylora

@@ -72,6 +72,12 @@ class LlamaModel {
   // The same over every sequence (for a model whose trees share one depth: eval).
   std::vector<RoutingStats> routing_stats() const;
 
+  // Batch-invariant (the default, for generate and serve): a sequence's logits are bit-identical
+  // whatever else is in the batch, the batch's size, and however its prompt is cut into chunks
+  // (every product and attention score summed in one fixed order). Off: the faster
+  // shape-dependent kernels (sgemm, AMX --bf16), for eval.
+  void SetBatchInvariant(bool on) { batch_invariant_ = on; }
+
   // Runs the batch through the model, updating the cache. logits: (n, V) for the tokens with
   // want_logits, in batch order. Bad token ids, sequences, positions or adapter slots: Error
   // (exit 2).
@@ -92,10 +98,12 @@ class LlamaModel {
   void Route(int l, const Batch& batch, const float* xn);
   // y (T, out) = x · Wᵀ of projection m in layer l, plus each row's adapter leaf.
   void Project(int l, Module m, const Tensor& w, const Batch& batch, const float* x, float* y);
+  void Product(const Tensor& w, const float* x, int64_t T, float* y) const;  // y = x · Wᵀ
 
   const ModelWeights& w_;
   std::vector<const Adapter*> adapters_;  // the forest, by slot
   RopeTable rope_;
+  bool batch_invariant_ = true;
   std::vector<std::vector<RoutingTotals>> routing_;  // (sequence id, L), grown on first use
   // Activations, grown to the largest batch seen and reused.
   std::vector<float> x_, xn_, q_, k_, v_, att_, h1_, h2_, scratch_, path_z_;

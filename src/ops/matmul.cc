@@ -51,6 +51,15 @@ void MatMul(const Tensor& w, const float* x, int64_t T, float* y) {
   }
 }
 
+void MatMulBatchInvariant(const Tensor& w, const float* x, int64_t T, float* y) {
+  // Blocks of W rows per task; with many rows of x a larger block stays in L2 while x streams.
+  const int64_t out = w.rows, rows = T <= kMatVecMaxRows ? kRowBlock : 4 * kRowBlock;
+  const int64_t blocks = (out + rows - 1) / rows;
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < blocks; ++b)
+    MatVecRows(w, x, T, b * rows, std::min(out, (b + 1) * rows), y);
+}
+
 void MatMulBackwardX(const Tensor& w, const float* dy, int64_t T, float* dx, bool accumulate) {
   const int64_t out = w.rows, in = w.cols;
   if (w.packed != nullptr && !w.packed->backward.empty()) {

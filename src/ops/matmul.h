@@ -15,6 +15,11 @@ namespace tinylora {
 constexpr int kMatVecMaxRows = 8;
 
 void MatMul(const Tensor& w, const float* x, int64_t T, float* y);
+// The same product with every output element summed in one fixed order whatever T and the
+// thread count (the streaming kernel for every T), so a row's result does not depend on the
+// other rows: inference (generate, serve) uses it; training and eval keep the faster
+// shape-dependent MatMul (sgemm, AMX).
+void MatMulBatchInvariant(const Tensor& w, const float* x, int64_t T, float* y);
 
 // Backward of y = x · Wᵀ with respect to x: dx (T, in) = dy (T, out) · W, added to dx when
 // `accumulate`, else overwriting it. BF16 GEMM (dy rounded to BF16) when W's packing has a
@@ -33,6 +38,14 @@ void MatVecRows(const Tensor& w, const float* x, int64_t T, int64_t row_begin, i
 
 // out (n, cols) = rows ids[0..n) of `table` as F32 (the embedding lookup); ids must be in range.
 void GatherRows(const Tensor& table, const int32_t* ids, int64_t n, float* out);
+
+// Fixed-order row kernels of batch-invariant attention (Highway, the streaming kernel's order):
+// out[j] = alpha · (a_j · x) for rows a_j = a + j·lda of n floats;
+void DotRows(const float* a, int64_t lda, int64_t rows, const float* x, int64_t n, float alpha,
+             float* out);
+// out (n) = Σ_j p_j · v_j for rows v_j = v + j·ldv, summed in increasing j.
+void WeightedSumRows(const float* p, const float* v, int64_t ldv, int64_t rows, int64_t n,
+                     float* out);
 
 // BF16 -> F32 widening of n values (Highway).
 void WidenBf16(const uint16_t* src, int64_t n, float* dst);

@@ -1,6 +1,6 @@
-// Highway kernels for the memory-bound side of MatMul: W is streamed once from memory and
-// every loaded vector of W meets up to 4 rows of x. Compiled for each SIMD target and
-// dispatched at run time.
+// Highway kernels for the memory-bound side of MatMul and for batch-invariant products: W is
+// streamed once per group of up to 4 rows of x, each output element summed in a fixed order.
+// Compiled for each SIMD target and dispatched at run time.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "ops/matvec.cc"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
@@ -40,61 +40,67 @@ inline float ScalarWeight(const uint16_t* w, int64_t i) {
   return f;
 }
 
-// One row of W against one row of x, four independent accumulators.
+// Every output element y[t, o] = W_o · x_t is summed in one order, whichever tile computes it
+// and whatever T is: one vector accumulator over the full vectors of the row in increasing
+// position, then the zero-padded tail as one more vector, then the lanes (SumOfLanes). Tiles
+// differ only in how many rows of x and of W they take at once (independent chains), so a
+// token's result does not depend on its batch: the batch invariance of inference.
 template <typename WT>
-HWY_INLINE float DotOne(const WT* w, const float* x, int64_t n) {
-  const DF df;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
-  int64_t i = 0;
-  for (; i + 4 * N <= n; i += 4 * N) {
-    a0 = hn::MulAdd(LoadWeights(df, w, i), hn::LoadU(df, x + i), a0);
-    a1 = hn::MulAdd(LoadWeights(df, w, i + N), hn::LoadU(df, x + i + N), a1);
-    a2 = hn::MulAdd(LoadWeights(df, w, i + 2 * N), hn::LoadU(df, x + i + 2 * N), a2);
-    a3 = hn::MulAdd(LoadWeights(df, w, i + 3 * N), hn::LoadU(df, x + i + 3 * N), a3);
-  }
-  for (; i + N <= n; i += N) a0 = hn::MulAdd(LoadWeights(df, w, i), hn::LoadU(df, x + i), a0);
-  float sum = hn::GetLane(hn::SumOfLanes(df, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3))));
-  for (; i < n; ++i) sum += ScalarWeight(w, i) * x[i];
-  return sum;
+HWY_INLINE hn::Vec<DF> LoadTail(DF df, const WT* p, int64_t n) {  // n < Lanes, zero-padded
+  HWY_ALIGN WT buf[hn::MaxLanes(DF())] = {};
+  for (int64_t i = 0; i < n; ++i) buf[i] = p[i];
+  return LoadWeights(df, buf, 0);
 }
 
-// One row of W against four rows of x (stride ldx): out[k] = w · x_k.
-template <typename WT>
-HWY_INLINE void DotFour(const WT* w, const float* x, int64_t ldx, int64_t n, float* out) {
+// y[t·ldy + o] for RT rows of x (stride ldx) and RO rows of W (stride ldw), rows n long.
+template <int RT, int RO, typename WT>
+HWY_INLINE void Tile(const WT* w, int64_t ldw, const float* x, int64_t ldx, int64_t n, float* y,
+                     int64_t ldy) {
   const DF df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
+  hn::Vec<DF> acc[RT][RO];
+  for (int t = 0; t < RT; ++t)
+    for (int o = 0; o < RO; ++o) acc[t][o] = hn::Zero(df);
   int64_t i = 0;
   for (; i + N <= n; i += N) {
-    const auto wv = LoadWeights(df, w, i);
-    a0 = hn::MulAdd(wv, hn::LoadU(df, x + i), a0);
-    a1 = hn::MulAdd(wv, hn::LoadU(df, x + ldx + i), a1);
-    a2 = hn::MulAdd(wv, hn::LoadU(df, x + 2 * ldx + i), a2);
-    a3 = hn::MulAdd(wv, hn::LoadU(df, x + 3 * ldx + i), a3);
+    hn::Vec<DF> wv[RO];
+    for (int o = 0; o < RO; ++o) wv[o] = LoadWeights(df, w + o * ldw, i);
+    for (int t = 0; t < RT; ++t) {
+      const auto xv = hn::LoadU(df, x + t * ldx + i);
+      for (int o = 0; o < RO; ++o) acc[t][o] = hn::MulAdd(wv[o], xv, acc[t][o]);
+    }
   }
-  out[0] = hn::GetLane(hn::SumOfLanes(df, a0));
-  out[1] = hn::GetLane(hn::SumOfLanes(df, a1));
-  out[2] = hn::GetLane(hn::SumOfLanes(df, a2));
-  out[3] = hn::GetLane(hn::SumOfLanes(df, a3));
-  for (; i < n; ++i) {
-    const float wi = ScalarWeight(w, i);
-    for (int k = 0; k < 4; ++k) out[k] += wi * x[k * ldx + i];
+  if (i < n) {
+    hn::Vec<DF> wv[RO];
+    for (int o = 0; o < RO; ++o) wv[o] = LoadTail(df, w + o * ldw + i, n - i);
+    for (int t = 0; t < RT; ++t) {
+      const auto xv = LoadTail(df, x + t * ldx + i, n - i);
+      for (int o = 0; o < RO; ++o) acc[t][o] = hn::MulAdd(wv[o], xv, acc[t][o]);
+    }
   }
+  for (int t = 0; t < RT; ++t)
+    for (int o = 0; o < RO; ++o) y[t * ldy + o] = hn::GetLane(hn::SumOfLanes(df, acc[t][o]));
 }
 
+// Rows [r0, r1) of W against all T rows of x: tiles of 4 rows of x × 2 of W (prefill), 1 × 4
+// for leftover rows of x (decode), single rows of W at the edge.
 template <typename WT>
 void MatVecRowsT(const WT* w, int64_t in, int64_t out_dim, const float* x, int64_t T, int64_t r0,
                  int64_t r1, float* y) {
-  for (int64_t r = r0; r < r1; ++r) {
-    const WT* wr = w + r * in;
-    int64_t t = 0;
-    for (; t + 4 <= T; t += 4) {
-      float o[4];
-      DotFour(wr, x + t * in, in, in, o);
-      for (int k = 0; k < 4; ++k) y[(t + k) * out_dim + r] = o[k];
-    }
-    for (; t < T; ++t) y[t * out_dim + r] = DotOne(wr, x + t * in, in);
+  int64_t t = 0;
+  for (; t + 4 <= T; t += 4) {
+    int64_t r = r0;
+    for (; r + 2 <= r1; r += 2)
+      Tile<4, 2>(w + r * in, in, x + t * in, in, in, y + t * out_dim + r, out_dim);
+    for (; r < r1; ++r)
+      Tile<4, 1>(w + r * in, in, x + t * in, in, in, y + t * out_dim + r, out_dim);
+  }
+  for (; t < T; ++t) {
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4)
+      Tile<1, 4>(w + r * in, in, x + t * in, in, in, y + t * out_dim + r, out_dim);
+    for (; r < r1; ++r)
+      Tile<1, 1>(w + r * in, in, x + t * in, in, in, y + t * out_dim + r, out_dim);
   }
 }
 
@@ -106,6 +112,37 @@ void MatVecF32(const float* w, int64_t in, int64_t out_dim, const float* x, int6
 void MatVecBf16(const uint16_t* w, int64_t in, int64_t out_dim, const float* x, int64_t T,
                 int64_t r0, int64_t r1, float* y) {
   MatVecRowsT(w, in, out_dim, x, T, r0, r1, y);
+}
+
+// out[j] = alpha · (a_j · x) for rows a_j = a + j·lda, each summed as Tile sums an element.
+void DotRowsImpl(const float* a, int64_t lda, int64_t rows, const float* x, int64_t n, float alpha,
+                 float* out) {
+  int64_t j = 0;
+  for (; j + 4 <= rows; j += 4) Tile<1, 4>(a + j * lda, lda, x, n, n, out + j, 1);
+  for (; j < rows; ++j) Tile<1, 1>(a + j * lda, lda, x, n, n, out + j, 1);
+  for (j = 0; j < rows; ++j) out[j] *= alpha;
+}
+
+// out (n) = Σ_j p_j · v_j over rows v_j = v + j·ldv, j in increasing order, per element.
+void WeightedSumRowsImpl(const float* p, const float* v, int64_t ldv, int64_t rows, int64_t n,
+                         float* out) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    auto acc = hn::Zero(df);
+    for (int64_t j = 0; j < rows; ++j)
+      acc = hn::MulAdd(hn::Set(df, p[j]), hn::LoadU(df, v + j * ldv + i), acc);
+    hn::StoreU(acc, df, out + i);
+  }
+  if (i < n) {
+    auto acc = hn::Zero(df);
+    for (int64_t j = 0; j < rows; ++j)
+      acc = hn::MulAdd(hn::Set(df, p[j]), LoadTail(df, v + j * ldv + i, n - i), acc);
+    HWY_ALIGN float buf[hn::MaxLanes(DF())];
+    hn::Store(acc, df, buf);
+    for (int64_t k = 0; i + k < n; ++k) out[i + k] = buf[k];
+  }
 }
 
 void WidenBf16Impl(const uint16_t* src, int64_t n, float* dst) {
@@ -126,6 +163,8 @@ namespace tinylora {
 HWY_EXPORT(MatVecF32);
 HWY_EXPORT(MatVecBf16);
 HWY_EXPORT(WidenBf16Impl);
+HWY_EXPORT(DotRowsImpl);
+HWY_EXPORT(WeightedSumRowsImpl);
 
 void MatVecRows(const Tensor& w, const float* x, int64_t T, int64_t row_begin, int64_t row_end,
                 float* y) {
@@ -134,6 +173,16 @@ void MatVecRows(const Tensor& w, const float* x, int64_t T, int64_t row_begin, i
   } else {
     HWY_DYNAMIC_DISPATCH(MatVecF32)(w.f32(), w.cols, w.rows, x, T, row_begin, row_end, y);
   }
+}
+
+void DotRows(const float* a, int64_t lda, int64_t rows, const float* x, int64_t n, float alpha,
+             float* out) {
+  HWY_DYNAMIC_DISPATCH(DotRowsImpl)(a, lda, rows, x, n, alpha, out);
+}
+
+void WeightedSumRows(const float* p, const float* v, int64_t ldv, int64_t rows, int64_t n,
+                     float* out) {
+  HWY_DYNAMIC_DISPATCH(WeightedSumRowsImpl)(p, v, ldv, rows, n, out);
 }
 
 void WidenBf16(const uint16_t* src, int64_t n, float* dst) {

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "ops/gemm.h"
+#include "ops/matmul.h"
 
 namespace tinylora {
 
@@ -174,6 +175,24 @@ void AttentionGroupDecode(const AttentionShape& s, int kvh, const float* q, cons
   // out_g (group, HD) = probs · v_g
   Gemm(false, false, group, hd, len, 1.0f, scratch, len, v + kvh * hd, static_cast<int>(ldkv), 0.0f,
        out + static_cast<int64_t>(kvh) * group * hd, hd);
+}
+
+void AttentionGroupInvariant(const AttentionShape& s, int kvh, const float* q, int64_t ldq,
+                             const float* k, const float* v, int64_t ldkv, int64_t n, int64_t p0,
+                             float* out, int64_t ldo, float* scratch) {
+  const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const float* kg = k + static_cast<int64_t>(kvh) * hd;
+  const float* vg = v + static_cast<int64_t>(kvh) * hd;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t visible = p0 + i + 1;
+    for (int g = 0; g < group; ++g) {
+      const int64_t h = static_cast<int64_t>(kvh) * group + g;
+      DotRows(kg, ldkv, visible, q + i * ldq + h * hd, hd, scale, scratch);
+      Softmax(scratch, visible);
+      WeightedSumRows(scratch, vg, ldkv, visible, hd, out + i * ldo + h * hd);
+    }
+  }
 }
 
 void AttentionTrainHead(const AttentionShape& s, int head, const float* q, int64_t ldq,

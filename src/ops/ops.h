@@ -59,6 +59,14 @@ void AttentionHead(const AttentionShape& s, int head, const float* q, int64_t ld
 void AttentionGroupDecode(const AttentionShape& s, int kvh, const float* q, const float* k,
                           const float* v, int64_t ldkv, int64_t p0, float* out, float* scratch);
 
+// Batch-invariant: the same attention for the NH/KVH query heads of KV group `kvh`, each query
+// and head on its own — scores by a fixed-order dot over HD, softmax over the query's p+1
+// keys, output summed over the keys in order — so a query's output does not depend on how its
+// sequence was cut into chunks, nor on the batch. scratch holds p0+n floats.
+void AttentionGroupInvariant(const AttentionShape& s, int kvh, const float* q, int64_t ldq,
+                             const float* k, const float* v, int64_t ldkv, int64_t n, int64_t p0,
+                             float* out, int64_t ldo, float* scratch);
+
 // Training: causal self-attention of one sequence of T tokens (positions 0..T-1) for one
 // query head, saving the probabilities. q (T, ·) ldq; k, v (T, ·) ldkv; probs (T, T).
 void AttentionTrainHead(const AttentionShape& s, int head, const float* q, int64_t ldq,
