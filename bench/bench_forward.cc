@@ -139,12 +139,12 @@ int Main(int argc, char** argv) {
       "ceilings: sgemm %.1f GFLOP/s at the model's shapes (T=%d), read %.1f GB/s, copy %.1f GB/s\n"
       "prefill %d tokens: %.2f s, %.1f tokens/s, %.1f GFLOP/s = %.0f%% of sgemm\n"
       "decode %d tokens: %.2f tokens/s, %.1f GB/s = %.0f%% of read bandwidth\n",
-      dir.c_str(), static_cast<long long>(w->MatrixBytes()), DTypeName(w->layers[0].wq.dtype),
+      dir.c_str(), static_cast<long long>(w->MatrixBytes()), Traits(w->layers[0].wq.format).name,
       threads, sgemm, prefill, read_bw, copy_bw, prefill, prefill_s, prefill / prefill_s,
       prefill_gflops, 100 * prefill_gflops / sgemm, decode, tok_s, decode_gbs,
       100 * decode_gbs / read_bw);
   nlohmann::json j = {{"model", dir},
-                      {"dtype", DTypeName(w->layers[0].wq.dtype)},
+                      {"dtype", Traits(w->layers[0].wq.format).name},
                       {"threads", threads},
                       {"batch_invariant", invariant != 0},
                       {"sgemm_gflops", sgemm},

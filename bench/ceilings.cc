@@ -57,7 +57,7 @@ double Bf16GemmGflops(const std::vector<GemmShape>& shapes, int reps) {
   std::vector<PackedBf16> packed;
   for (const auto& s : shapes) {
     std::vector<uint16_t> w(static_cast<size_t>(s.n * s.k), F32ToBf16(0.25f));
-    packed.push_back(PackedBf16::Transposed(Tensor{DType::kBF16, s.n, s.k, w.data()}));
+    packed.push_back(PackedBf16::Transposed(Tensor{Format::kBF16, s.n, s.k, w.data()}));
   }
   return GemmGflops(shapes, reps, [&](size_t i, const float* x, float* y) {
     GemmBf16(packed[i], x, shapes[i].m, y, /*accumulate=*/false);

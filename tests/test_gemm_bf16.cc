@@ -36,7 +36,7 @@ std::vector<uint16_t> RandomBf16(size_t n, uint32_t seed) {
 TEST(PackedBf16, LayoutHoldsTheWeightAndZeroPadding) {
   const int64_t out = 19, in = 45;  // neither a multiple of 16 nor of 32
   std::vector<uint16_t> w = RandomBf16(static_cast<size_t>(out * in), 1);
-  const Tensor t{DType::kBF16, out, in, w.data()};
+  const Tensor t{Format::kBF16, out, in, w.data()};
   const PackedBf16 fwd = PackedBf16::Transposed(t), bwd = PackedBf16::AsIs(t);
   ASSERT_EQ(fwd.k(), in);
   ASSERT_EQ(fwd.n(), out);
@@ -59,7 +59,7 @@ TEST(PackedBf16, LayoutHoldsTheWeightAndZeroPadding) {
 
 TEST(PackedBf16, RefusesANonBf16Weight) {
   std::vector<float> w(4);
-  EXPECT_THROW(PackedBf16::Transposed(Tensor{DType::kF32, 2, 2, w.data()}), Error);
+  EXPECT_THROW(PackedBf16::Transposed(Tensor{Format::kF32, 2, 2, w.data()}), Error);
 }
 
 // |c - ref| within f32 summation error of Σ|a·b| for every element.
@@ -83,7 +83,7 @@ TEST(GemmBf16, MatchesReferenceOnOddShapes) {
   for (const Shape& s : shapes) {
     SCOPED_TRACE(testing::Message() << "m=" << s.m << " n=" << s.n << " k=" << s.k);
     std::vector<uint16_t> w = RandomBf16(static_cast<size_t>(s.n * s.k), 2);
-    const PackedBf16 b = PackedBf16::Transposed(Tensor{DType::kBF16, s.n, s.k, w.data()});
+    const PackedBf16 b = PackedBf16::Transposed(Tensor{Format::kBF16, s.n, s.k, w.data()});
     std::vector<float> a = Random(static_cast<size_t>(s.m * s.k), 3);
     std::vector<float> c(static_cast<size_t>(s.m * s.n)), ref(c.size()), bound(c.size());
     for (int64_t i = 0; i < s.m; ++i) {
@@ -108,7 +108,7 @@ TEST(GemmBf16, MatchesReferenceOnOddShapes) {
 
 TEST(GemmBf16, ReferenceRoundsAToBf16) {  // guards the reference the kernel is held to
   const uint16_t w[2] = {F32ToBf16(1.0f), F32ToBf16(1.0f)};
-  const PackedBf16 b = PackedBf16::Transposed(Tensor{DType::kBF16, 1, 2, w});
+  const PackedBf16 b = PackedBf16::Transposed(Tensor{Format::kBF16, 1, 2, w});
   const float a[2] = {1.0f + 1.0f / 512, 3.0f};  // 1 + 2^-9 rounds to 1 in BF16
   float c = 0;
   GemmBf16Reference(b, a, 1, &c, false);
@@ -119,9 +119,9 @@ TEST(GemmBf16, MatMulAndBackwardUseThePacking) {
   SKIP_WITHOUT_AMX();
   const int64_t T = 40, out = 48, in = 80;
   std::vector<uint16_t> w = RandomBf16(static_cast<size_t>(out * in), 5);
-  PackedWeight p{PackedBf16::Transposed(Tensor{DType::kBF16, out, in, w.data()}),
-                 PackedBf16::AsIs(Tensor{DType::kBF16, out, in, w.data()})};
-  Tensor t{DType::kBF16, out, in, w.data()};
+  PackedWeight p{PackedBf16::Transposed(Tensor{Format::kBF16, out, in, w.data()}),
+                 PackedBf16::AsIs(Tensor{Format::kBF16, out, in, w.data()})};
+  Tensor t{Format::kBF16, out, in, w.data()};
   std::vector<float> x = Random(static_cast<size_t>(T * in), 6), dy = Random(T * out, 7);
   // Forward: x rounded to BF16, so it differs from the f32 product and equals the BF16 one.
   std::vector<float> y(static_cast<size_t>(T * out)), y32(y.size()), yref(y.size());

@@ -116,12 +116,13 @@ TEST_P(Fixture, CachedDecodeEqualsRecomputation) {
 
 INSTANTIATE_TEST_SUITE_P(Forward, Fixture, ::testing::Values("gqa", "tied", "bf16", "odd"));
 
-TEST(Model, F16IsWidenedAndBf16KeptInPlace) {
+TEST(Model, F16AndBf16MatricesKeptInTheirFormatNormsF32) {
   auto odd = ModelWeights::Load(test::FixturePath("forward/odd"));
-  EXPECT_EQ(odd->layers[0].wq.dtype, DType::kF32);
+  EXPECT_EQ(odd->layers[0].wq.format, Format::kF16);
+  EXPECT_EQ(odd->layers[0].attn_norm.format, Format::kF32);
   auto bf = ModelWeights::Load(test::FixturePath("forward/bf16"));
-  EXPECT_EQ(bf->layers[0].wq.dtype, DType::kBF16);
-  EXPECT_EQ(bf->layers[0].attn_norm.dtype, DType::kF32);
+  EXPECT_EQ(bf->layers[0].wq.format, Format::kBF16);
+  EXPECT_EQ(bf->layers[0].attn_norm.format, Format::kF32);
 }
 
 TEST(Model, TiedHeadIsTheEmbedding) {

@@ -32,15 +32,19 @@ struct MatCase {
 const MatCase kMatCases[] = {{1, 1, 1},   {1, 17, 33},  {3, 40, 64},   {4, 31, 100}, {5, 64, 257},
                              {8, 33, 16}, {9, 70, 130}, {33, 65, 129}, {64, 300, 96}};
 
-void CheckMatMul(DType dtype, int64_t misalign) {
+void CheckMatMul(Format dtype, int64_t misalign) {
   for (const MatCase& mc : kMatCases) {
     std::vector<float> wf = Random(static_cast<size_t>(mc.out * mc.in + misalign), 1, 0.5f);
-    std::vector<uint16_t> wb(wf.size());
-    for (size_t i = 0; i < wf.size(); ++i) wb[i] = F32ToBf16(wf[i]);
+    std::vector<uint16_t> wb(wf.size());  // BF16 from the values; F16 bits with exponents ±5
+    for (size_t i = 0; i < wf.size(); ++i) {
+      wb[i] = dtype == Format::kF16
+                  ? static_cast<uint16_t>(((i * 2654435761u) & 0x83ffu) | ((10 + i % 11) << 10))
+                  : F32ToBf16(wf[i]);
+    }
     std::vector<float> x = Random(static_cast<size_t>(mc.T * mc.in), 2);
     Tensor w{dtype, mc.out, mc.in,
-             dtype == DType::kBF16 ? static_cast<const void*>(wb.data() + misalign)
-                                   : static_cast<const void*>(wf.data() + misalign)};
+             dtype == Format::kF32 ? static_cast<const void*>(wf.data() + misalign)
+                                   : static_cast<const void*>(wb.data() + misalign)};
     std::vector<float> y(static_cast<size_t>(mc.T * mc.out)), ref(y.size()), rows(y.size());
     MatMul(w, x.data(), mc.T, y.data());
     MatMulReference(w, x.data(), mc.T, ref.data());
@@ -63,21 +67,25 @@ void ForEachTarget(F body) {
 }
 
 TEST(MatMul, F32MatchesReferenceOnEveryTarget) {
-  ForEachTarget([] { CheckMatMul(DType::kF32, 0); });
+  ForEachTarget([] { CheckMatMul(Format::kF32, 0); });
 }
 TEST(MatMul, Bf16MatchesReferenceOnEveryTarget) {
-  ForEachTarget([] { CheckMatMul(DType::kBF16, 0); });
+  ForEachTarget([] { CheckMatMul(Format::kBF16, 0); });
+}
+TEST(MatMul, F16MatchesReferenceOnEveryTarget) {
+  ForEachTarget([] { CheckMatMul(Format::kF16, 0); });
 }
 TEST(MatMul, MisalignedWeights) {
-  CheckMatMul(DType::kF32, 1);
-  CheckMatMul(DType::kBF16, 3);
+  CheckMatMul(Format::kF32, 1);
+  CheckMatMul(Format::kBF16, 3);
+  CheckMatMul(Format::kF16, 5);
 }
 
 TEST(MatMul, ReferenceIsAPlainProduct) {  // guards the reference itself
   const float w[] = {1, 2, 3, 4, 5, 6};   // (2, 3)
   const float x[] = {1, 0, -1};           // (1, 3)
   float y[2];
-  MatMulReference(Tensor{DType::kF32, 2, 3, w}, x, 1, y);
+  MatMulReference(Tensor{Format::kF32, 2, 3, w}, x, 1, y);
   EXPECT_FLOAT_EQ(y[0], -2.0f);
   EXPECT_FLOAT_EQ(y[1], -2.0f);
 }
@@ -150,10 +158,10 @@ TEST(GatherRows, F32AndBf16RowsAsF32) {
   for (size_t i = 0; i < f.size(); ++i) b[i] = F32ToBf16(f[i]);
   const int32_t ids[] = {3, 0, 3, 4};
   std::vector<float> out(4 * C);
-  GatherRows(Tensor{DType::kF32, V, C, f.data()}, ids, 4, out.data());
+  GatherRows(Tensor{Format::kF32, V, C, f.data()}, ids, 4, out.data());
   for (int t = 0; t < 4; ++t)
     for (int64_t i = 0; i < C; ++i) ASSERT_EQ(out[t * C + i], f[ids[t] * C + i]);
-  GatherRows(Tensor{DType::kBF16, V, C, b.data()}, ids, 4, out.data());
+  GatherRows(Tensor{Format::kBF16, V, C, b.data()}, ids, 4, out.data());
   for (int t = 0; t < 4; ++t)
     for (int64_t i = 0; i < C; ++i) ASSERT_EQ(out[t * C + i], Bf16ToF32(b[ids[t] * C + i]));
 }
@@ -215,14 +223,14 @@ TEST(Attention, GroupDecodeMatchesReference) {
 // Batch invariance: a row's product is the same bits whatever T, its place in the batch, the
 // tiles that computed it (4-row groups or leftovers) and the SIMD target's vector tail.
 TEST(MatMul, BatchInvariantRowsDoNotDependOnTheBatch) {
-  for (DType dtype : {DType::kF32, DType::kBF16}) {
+  for (Format dtype : {Format::kF32, Format::kBF16}) {
     const int64_t out = 37, in = 133;
     std::vector<float> wf = Random(static_cast<size_t>(out * in), 1, 0.5f);
     std::vector<uint16_t> wb(wf.size());
     for (size_t i = 0; i < wf.size(); ++i) wb[i] = F32ToBf16(wf[i]);
     Tensor w{dtype, out, in,
-             dtype == DType::kBF16 ? static_cast<const void*>(wb.data())
-                                   : static_cast<const void*>(wf.data())};
+             dtype == Format::kBF16 ? static_cast<const void*>(wb.data())
+                                    : static_cast<const void*>(wf.data())};
     const int64_t T = 23;
     const std::vector<float> x = Random(static_cast<size_t>(T * in), 2);
     ForEachTarget([&] {

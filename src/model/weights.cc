@@ -87,28 +87,23 @@ class WeightLoader {
       Fail(file->path() + ": tensor '" + spec.name + "' has shape " + ShapeText(info->shape) +
            " but config.json implies " + ShapeText(spec.shape));
     }
-    if (info->dtype != DType::kF32 && info->dtype != DType::kF16 && info->dtype != DType::kBF16) {
-      Fail(file->path() + ": tensor '" + spec.name + "' has dtype " + DTypeName(info->dtype) +
-           "; only F32, F16 and BF16 are supported");
-    }
+    const Format source = FormatOfDType(info->dtype, file->path() + ": tensor '" + spec.name + "'");
     Tensor t;
     t.rows = spec.shape.size() == 2 ? spec.shape[0] : 1;
     t.cols = spec.shape.back();
     const uint8_t* src = file->Data(*info);
-    const bool keep_dtype = !spec.is_norm && info->dtype != DType::kF16;
-    t.dtype = keep_dtype ? info->dtype : DType::kF32;
-    const bool aligned = reinterpret_cast<uintptr_t>(src) % DTypeSize(t.dtype) == 0;
-    if (keep_dtype && aligned) {
+    // Matrices stay in their file's format, in place; norm vectors are always F32.
+    t.format = spec.is_norm ? Format::kF32 : source;
+    const bool in_place = t.format == source;
+    if (in_place && reinterpret_cast<uintptr_t>(src) % Traits(t.format).align == 0) {
       t.data = src;  // used in place from the map
       return t;
     }
-    std::vector<uint8_t>& buf =
-        m_->owned_.emplace_back(static_cast<size_t>(t.numel()) * DTypeSize(t.dtype));
-    if (keep_dtype) {
+    std::vector<uint8_t>& buf = m_->owned_.emplace_back(static_cast<size_t>(t.nbytes()));
+    if (in_place) {  // realigned by one copy
       std::memcpy(buf.data(), src, buf.size());
     } else {
-      WidenToF32(info->dtype, src, t.numel(),
-                 reinterpret_cast<float*>(buf.data()));  // checked above
+      Traits(source).dequantize(src, t.numel(), reinterpret_cast<float*>(buf.data()));
     }
     file->file().Release(info->offset, info->nbytes);  // the original is not kept
     t.data = buf.data();
@@ -161,7 +156,7 @@ int64_t ModelWeights::PackBf16(bool backward) {
   }
   int64_t bytes = 0;
   for (Tensor* t : matrices) {
-    if (t->dtype != DType::kBF16) continue;
+    if (!Traits(t->format).amx_bf16) continue;
     // This tensor's packing when an earlier call made one (owned by packed_, so writable).
     auto* p = const_cast<PackedWeight*>(t->packed);
     if (p == nullptr) {

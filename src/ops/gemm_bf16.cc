@@ -192,7 +192,7 @@ void PackedBf16::Free::operator()(uint16_t* p) const { std::free(p); }
 
 PackedBf16::PackedBf16(const Tensor& w, int64_t k, int64_t n)
     : k_(k), n_(n), k_pad_(RoundUp(k, kStep)), n_pad_(RoundUp(n, 32)) {
-  if (w.dtype != DType::kBF16) FailRuntime("BF16 packing of a non-BF16 weight");
+  if (!Traits(w.format).amx_bf16) FailRuntime("BF16 packing of a non-BF16 weight");
   // Packings of 2 MB and more are 2 MB aligned and backed by huge pages where the kernel
   // allows (a TinyLlama packs 4 GB, which in 4 KB pages costs a million page faults); smaller
   // ones are 64-byte aligned, so a small model does not round each matrix up to 2 MB.

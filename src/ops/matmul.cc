@@ -4,6 +4,7 @@
 #include <cstring>
 #include <vector>
 
+#include "ops/format.h"
 #include "ops/gemm.h"
 #include "ops/gemm_bf16.h"
 
@@ -12,11 +13,14 @@ namespace tinylora {
 namespace {
 constexpr int64_t kRowBlock = 16;    // rows of W per task of the streaming kernel
 constexpr int64_t kPanelRows = 256;  // rows of a BF16 W widened at a time for sgemm
-// Widens rows [r0, r0 + nr) of a BF16 W into panel (nr, in), in parallel.
+// Dequantises rows [r0, r0 + nr) of W into panel (nr, in), in parallel.
 void WidenPanel(const Tensor& w, int64_t r0, int64_t nr, float* panel) {
+  const FormatTraits& f = Traits(w.format);
+  const auto* base = static_cast<const uint8_t*>(w.data);
+  const int64_t row_bytes = FormatBytes(w.format, w.cols);
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < nr; ++r)
-    WidenBf16(w.bf16() + (r0 + r) * w.cols, w.cols, panel + r * w.cols);
+    f.dequantize(base + (r0 + r) * row_bytes, w.cols, panel + r * w.cols);
 }
 
 }  // namespace
@@ -35,12 +39,12 @@ void MatMul(const Tensor& w, const float* x, int64_t T, float* y) {
     GemmBf16(w.packed->forward, x, T, y, /*accumulate=*/false);
     return;
   }
-  if (w.dtype == DType::kF32) {
+  if (Traits(w.format).gemm_in_place) {
     Gemm(false, true, static_cast<int>(T), static_cast<int>(out), static_cast<int>(in), 1.0f, x,
          static_cast<int>(in), w.f32(), static_cast<int>(in), 0.0f, y, static_cast<int>(out));
     return;
   }
-  // BF16: widen a panel of rows of W to F32, then one sgemm writes those columns of y.
+  // Other formats: dequantise a panel of rows of W, then one sgemm writes those columns of y.
   std::vector<float> panel(static_cast<size_t>(std::min(out, kPanelRows) * in));
   for (int64_t r0 = 0; r0 < out; r0 += kPanelRows) {
     const int64_t nr = std::min(kPanelRows, out - r0);
@@ -66,13 +70,13 @@ void MatMulBackwardX(const Tensor& w, const float* dy, int64_t T, float* dx, boo
     GemmBf16(w.packed->backward, dy, T, dx, accumulate);
     return;
   }
-  if (w.dtype == DType::kF32) {
+  if (Traits(w.format).gemm_in_place) {
     Gemm(false, false, static_cast<int>(T), static_cast<int>(in), static_cast<int>(out), 1.0f, dy,
          static_cast<int>(out), w.f32(), static_cast<int>(in), accumulate ? 1.0f : 0.0f, dx,
          static_cast<int>(in));
     return;
   }
-  // BF16: dx += dy[:, panel] · W_panel, one widened panel of rows at a time.
+  // Other formats: dx += dy[:, panel] · W_panel, one dequantised panel of rows at a time.
   std::vector<float> panel(static_cast<size_t>(std::min(out, kPanelRows) * in));
   for (int64_t r0 = 0; r0 < out; r0 += kPanelRows) {
     const int64_t nr = std::min(kPanelRows, out - r0);
@@ -91,31 +95,24 @@ void MatMulBackwardW(const float* dy, const float* x, int64_t T, int64_t out, in
 }
 
 void GatherRows(const Tensor& table, const int32_t* ids, int64_t n, float* out) {
-  const int64_t C = table.cols;
-  for (int64_t t = 0; t < n; ++t) {
-    const int64_t id = ids[t];
-    if (table.dtype == DType::kBF16) {
-      WidenBf16(table.bf16() + id * C, C, out + t * C);
-    } else {
-      std::memcpy(out + t * C, table.f32() + id * C, sizeof(float) * C);
-    }
-  }
+  const FormatTraits& f = Traits(table.format);
+  const auto* base = static_cast<const uint8_t*>(table.data);
+  const int64_t row_bytes = FormatBytes(table.format, table.cols);
+  for (int64_t t = 0; t < n; ++t)
+    f.dequantize(base + ids[t] * row_bytes, table.cols, out + t * table.cols);
 }
 
 void MatMulReference(const Tensor& w, const float* x, int64_t T, float* y) {
-  for (int64_t t = 0; t < T; ++t) {
-    for (int64_t o = 0; o < w.rows; ++o) {
+  const FormatTraits& f = Traits(w.format);
+  const auto* base = static_cast<const uint8_t*>(w.data);
+  const int64_t row_bytes = FormatBytes(w.format, w.cols);
+  std::vector<float> row(static_cast<size_t>(w.cols));
+  for (int64_t o = 0; o < w.rows; ++o) {
+    f.dequantize_reference(base + o * row_bytes, w.cols, row.data());
+    for (int64_t t = 0; t < T; ++t) {
       double acc = 0;
-      for (int64_t i = 0; i < w.cols; ++i) {
-        float wi;
-        if (w.dtype == DType::kBF16) {
-          uint32_t bits = static_cast<uint32_t>(w.bf16()[o * w.cols + i]) << 16;
-          __builtin_memcpy(&wi, &bits, 4);
-        } else {
-          wi = w.f32()[o * w.cols + i];
-        }
-        acc += static_cast<double>(wi) * x[t * w.cols + i];
-      }
+      for (int64_t i = 0; i < w.cols; ++i)
+        acc += static_cast<double>(row[static_cast<size_t>(i)]) * x[t * w.cols + i];
       y[t * w.rows + o] = static_cast<float>(acc);
     }
   }

@@ -1,5 +1,5 @@
 // y = x · Wᵀ, the one product every projection uses.
-//   x: (T, in) f32, row-major      W: (out, in) F32 or BF16      y: (T, out) f32
+//   x: (T, in) f32, row-major      W: (out, in) in any format of ops/format.h      y: (T, out)
 // Few rows (decode) go to a Highway kernel that streams W once, parallel over output rows;
 // many rows (prefill) go to OpenBLAS sgemm (BF16 panels are widened to F32 first), or, for a
 // BF16 W packed for AMX (Tensor::packed), to the BF16 GEMM (x rounded to BF16).
@@ -47,7 +47,16 @@ void DotRows(const float* a, int64_t lda, int64_t rows, const float* x, int64_t 
 void WeightedSumRows(const float* p, const float* v, int64_t ldv, int64_t rows, int64_t n,
                      float* out);
 
-// BF16 -> F32 widening of n values (Highway).
+// BF16 / F16 -> F32 widening of n values (Highway).
 void WidenBf16(const uint16_t* src, int64_t n, float* dst);
+void WidenF16(const uint16_t* src, int64_t n, float* dst);
+
+// The streaming kernel per format, as the format table holds it (see FormatTraits::matvec).
+void MatVecF32Rows(const void* w, int64_t in, int64_t out, const float* x, int64_t T, int64_t r0,
+                   int64_t r1, float* y);
+void MatVecBf16Rows(const void* w, int64_t in, int64_t out, const float* x, int64_t T, int64_t r0,
+                    int64_t r1, float* y);
+void MatVecF16Rows(const void* w, int64_t in, int64_t out, const float* x, int64_t T, int64_t r0,
+                   int64_t r1, float* y);
 
 }  // namespace tinylora

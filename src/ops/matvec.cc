@@ -6,7 +6,9 @@
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
 #include <hwy/highway.h>
 
+#include "ops/format.h"
 #include "ops/matmul.h"
+#include "util/half.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace tinylora {
@@ -32,7 +34,18 @@ HWY_INLINE hn::Vec<DF> LoadWeights<uint16_t>(DF df, const uint16_t* w, int64_t i
   return hn::BitCast(df, hn::ShiftLeft<16>(wide));
 }
 
+template <>
+HWY_INLINE hn::Vec<DF> LoadWeights<hwy::float16_t>(DF df, const hwy::float16_t* w, int64_t i) {
+  const hn::Rebind<hwy::float16_t, DF> d16;
+  return hn::PromoteTo(df, hn::LoadU(d16, w + i));
+}
+
 inline float ScalarWeight(const float* w, int64_t i) { return w[i]; }
+inline float ScalarWeight(const hwy::float16_t* w, int64_t i) {
+  uint16_t bits;
+  __builtin_memcpy(&bits, w + i, 2);
+  return F16ToF32(bits);
+}
 inline float ScalarWeight(const uint16_t* w, int64_t i) {
   uint32_t bits = static_cast<uint32_t>(w[i]) << 16;
   float f;
@@ -114,6 +127,11 @@ void MatVecBf16(const uint16_t* w, int64_t in, int64_t out_dim, const float* x, 
   MatVecRowsT(w, in, out_dim, x, T, r0, r1, y);
 }
 
+void MatVecF16(const hwy::float16_t* w, int64_t in, int64_t out_dim, const float* x, int64_t T,
+               int64_t r0, int64_t r1, float* y) {
+  MatVecRowsT(w, in, out_dim, x, T, r0, r1, y);
+}
+
 // out[j] = alpha · (a_j · x) for rows a_j = a + j·lda, each summed as Tile sums an element.
 void DotRowsImpl(const float* a, int64_t lda, int64_t rows, const float* x, int64_t n, float alpha,
                  float* out) {
@@ -145,13 +163,17 @@ void WeightedSumRowsImpl(const float* p, const float* v, int64_t ldv, int64_t ro
   }
 }
 
-void WidenBf16Impl(const uint16_t* src, int64_t n, float* dst) {
+template <typename WT>
+void WidenT(const WT* src, int64_t n, float* dst) {
   const DF df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   int64_t i = 0;
   for (; i + N <= n; i += N) hn::StoreU(LoadWeights(df, src, i), df, dst + i);
   for (; i < n; ++i) dst[i] = ScalarWeight(src, i);
 }
+
+void WidenBf16Impl(const uint16_t* src, int64_t n, float* dst) { WidenT(src, n, dst); }
+void WidenF16Impl(const hwy::float16_t* src, int64_t n, float* dst) { WidenT(src, n, dst); }
 
 }  // namespace HWY_NAMESPACE
 }  // namespace tinylora
@@ -162,17 +184,32 @@ namespace tinylora {
 
 HWY_EXPORT(MatVecF32);
 HWY_EXPORT(MatVecBf16);
+HWY_EXPORT(MatVecF16);
 HWY_EXPORT(WidenBf16Impl);
+HWY_EXPORT(WidenF16Impl);
 HWY_EXPORT(DotRowsImpl);
 HWY_EXPORT(WeightedSumRowsImpl);
 
 void MatVecRows(const Tensor& w, const float* x, int64_t T, int64_t row_begin, int64_t row_end,
                 float* y) {
-  if (w.dtype == DType::kBF16) {
-    HWY_DYNAMIC_DISPATCH(MatVecBf16)(w.bf16(), w.cols, w.rows, x, T, row_begin, row_end, y);
-  } else {
-    HWY_DYNAMIC_DISPATCH(MatVecF32)(w.f32(), w.cols, w.rows, x, T, row_begin, row_end, y);
-  }
+  Traits(w.format).matvec(w.data, w.cols, w.rows, x, T, row_begin, row_end, y);
+}
+
+void MatVecF32Rows(const void* w, int64_t in, int64_t out, const float* x, int64_t T, int64_t r0,
+                   int64_t r1, float* y) {
+  HWY_DYNAMIC_DISPATCH(MatVecF32)(static_cast<const float*>(w), in, out, x, T, r0, r1, y);
+}
+void MatVecBf16Rows(const void* w, int64_t in, int64_t out, const float* x, int64_t T, int64_t r0,
+                    int64_t r1, float* y) {
+  HWY_DYNAMIC_DISPATCH(MatVecBf16)(static_cast<const uint16_t*>(w), in, out, x, T, r0, r1, y);
+}
+void MatVecF16Rows(const void* w, int64_t in, int64_t out, const float* x, int64_t T, int64_t r0,
+                   int64_t r1, float* y) {
+  HWY_DYNAMIC_DISPATCH(MatVecF16)(static_cast<const hwy::float16_t*>(w), in, out, x, T, r0, r1, y);
+}
+
+void WidenF16(const uint16_t* src, int64_t n, float* dst) {
+  HWY_DYNAMIC_DISPATCH(WidenF16Impl)(reinterpret_cast<const hwy::float16_t*>(src), n, dst);
 }
 
 void DotRows(const float* a, int64_t lda, int64_t rows, const float* x, int64_t n, float alpha,

@@ -1,17 +1,18 @@
-// A weight the engine computes with: row-major, F32 or BF16, not owning its bytes.
+// A weight the engine computes with: row-major, in a format of ops/format.h, not owning its
+// bytes.
 // Vectors have rows = 1.
 #pragma once
 
 #include <cstdint>
 
-#include "formats/safetensors.h"
+#include "ops/format.h"
 
 namespace tinylora {
 
 struct PackedWeight;  // ops/gemm_bf16.h
 
 struct Tensor {
-  DType dtype = DType::kF32;  // kF32 or kBF16
+  Format format = Format::kF32;
   int64_t rows = 0, cols = 0;
   const void* data = nullptr;
   // A BF16 weight's AMX packing (ModelWeights::PackBf16): MatMul then computes in BF16.
@@ -20,7 +21,7 @@ struct Tensor {
   const float* f32() const { return static_cast<const float*>(data); }
   const uint16_t* bf16() const { return static_cast<const uint16_t*>(data); }
   int64_t numel() const { return rows * cols; }
-  int64_t nbytes() const { return numel() * static_cast<int64_t>(DTypeSize(dtype)); }
+  int64_t nbytes() const { return FormatBytes(format, numel()); }
 };
 
 }  // namespace tinylora

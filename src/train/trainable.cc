@@ -21,7 +21,7 @@ std::unique_ptr<TrainableBase> Allocate(const LlamaConfig& c, bool with_grads) {
   std::vector<Tensor> views(specs.size());
   for (size_t i = 0; i < specs.size(); ++i) {
     const auto& shape = specs[i].shape;
-    views[i] = Tensor{DType::kF32, shape.size() == 2 ? shape[0] : 1, shape.back(),
+    views[i] = Tensor{Format::kF32, shape.size() == 2 ? shape[0] : 1, shape.back(),
                       t->params.value(static_cast<int>(i))};
   }
   size_t k = 0;
@@ -90,9 +90,7 @@ std::unique_ptr<TrainableBase> MakeTrainable(const ModelWeights& source, bool wi
   for (size_t i = 0; i < src.size(); ++i) {
     float* dst = t->params.value(static_cast<int>(i));
     const Tensor& s = *src[i];
-    for (int64_t j = 0; j < s.numel(); ++j) {
-      dst[j] = s.dtype == DType::kBF16 ? Bf16ToF32(s.bf16()[j]) : s.f32()[j];
-    }
+    Traits(s.format).dequantize(s.data, s.numel(), dst);
   }
   return t;
 }

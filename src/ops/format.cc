@@ -1,0 +1,57 @@
+#include "ops/format.h"
+
+#include <cstring>
+
+#include "ops/matmul.h"
+#include "util/error.h"
+#include "util/half.h"
+
+namespace tinylora {
+
+namespace {
+
+void CopyF32(const void* src, int64_t n, float* dst) {
+  std::memcpy(dst, src, sizeof(float) * static_cast<size_t>(n));
+}
+void F16Reference(const void* src, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = F16ToF32(static_cast<const uint16_t*>(src)[i]);
+}
+void Bf16Reference(const void* src, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = Bf16ToF32(static_cast<const uint16_t*>(src)[i]);
+}
+void F16Fast(const void* src, int64_t n, float* dst) {
+  WidenF16(static_cast<const uint16_t*>(src), n, dst);
+}
+void Bf16Fast(const void* src, int64_t n, float* dst) {
+  WidenBf16(static_cast<const uint16_t*>(src), n, dst);
+}
+
+const FormatTraits kTable[] = {
+    {"f32", 1, 4, 4, CopyF32, CopyF32, MatVecF32Rows, true, false, DType::kF32},
+    {"f16", 1, 2, 2, F16Reference, F16Fast, MatVecF16Rows, false, false, DType::kF32},
+    {"bf16", 1, 2, 2, Bf16Reference, Bf16Fast, MatVecBf16Rows, false, true, DType::kBF16},
+};
+
+}  // namespace
+
+const FormatTraits& Traits(Format f) { return kTable[static_cast<int>(f)]; }
+
+Format FormatOfDType(DType dtype, const std::string& what) {
+  switch (dtype) {
+    case DType::kF32:
+      return Format::kF32;
+    case DType::kF16:
+      return Format::kF16;
+    case DType::kBF16:
+      return Format::kBF16;
+    default:
+      Fail(what + " has dtype " + DTypeName(dtype) + "; only F32, F16 and BF16 are supported");
+  }
+}
+
+int64_t FormatBytes(Format f, int64_t n) {
+  const FormatTraits& t = Traits(f);
+  return n / t.block * t.block_bytes;
+}
+
+}  // namespace tinylora

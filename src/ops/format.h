@@ -1,0 +1,40 @@
+// Weight formats (DESIGN.md §8): one traits entry per format a frozen matrix can be held in —
+// its block layout, a plain reference dequantiser, a fast one (the GEMM path widens panels with
+// it), and its streaming kernel (decode and batch-invariant products). Code above ops/ never
+// asks which format a tensor has; a new format is one more entry here and its kernels.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "formats/safetensors.h"
+
+namespace tinylora {
+
+enum class Format : uint8_t { kF32, kF16, kBF16 };
+
+struct FormatTraits {
+  const char* name;     // "f32", "f16", "bf16"
+  int64_t block;        // weights per block (1 for the float formats)
+  int64_t block_bytes;  // bytes per block
+  int64_t align;        // the alignment its kernels need, in bytes
+  // dst (n) = the n weights starting at src (n a multiple of `block`): plain, for tests
+  void (*dequantize_reference)(const void* src, int64_t n, float* dst);
+  // the same, fast (Highway): the GEMM path's panels, the embedding lookup
+  void (*dequantize)(const void* src, int64_t n, float* dst);
+  // y[t·out + r] = W_r · x_t for rows [r0, r1) of W (out, in) and T rows of x, each element
+  // summed in one fixed order whatever T (ops/matvec.cc)
+  void (*matvec)(const void* w, int64_t in, int64_t out, const float* x, int64_t T, int64_t r0,
+                 int64_t r1, float* y);
+  bool gemm_in_place;  // F32: sgemm reads the weight itself, no widened panel
+  bool amx_bf16;       // ops/gemm_bf16 can pack it (train --bf16)
+  DType saved_as;      // the safetensors dtype `merge` writes a base of this format in
+};
+
+const FormatTraits& Traits(Format f);
+// The format a safetensors dtype is held in; Error (exit 2) naming `what` for other dtypes.
+Format FormatOfDType(DType dtype, const std::string& what);
+// Bytes of n weights (n a multiple of the format's block).
+int64_t FormatBytes(Format f, int64_t n);
+
+}  // namespace tinylora
