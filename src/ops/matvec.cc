@@ -71,28 +71,36 @@ HWY_INLINE void Tile(const WT* w, int64_t ldw, const float* x, int64_t ldx, int6
                      int64_t ldy) {
   const DF df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  // The constant loops are unrolled so that the accumulators live in registers.
   hn::Vec<DF> acc[RT][RO];
-  for (int t = 0; t < RT; ++t)
-    for (int o = 0; o < RO; ++o) acc[t][o] = hn::Zero(df);
+#pragma GCC unroll 16
+  for (int k = 0; k < RT * RO; ++k) acc[k / RO][k % RO] = hn::Zero(df);
   int64_t i = 0;
   for (; i + N <= n; i += N) {
     hn::Vec<DF> wv[RO];
+#pragma GCC unroll 4
     for (int o = 0; o < RO; ++o) wv[o] = LoadWeights(df, w + o * ldw, i);
+#pragma GCC unroll 4
     for (int t = 0; t < RT; ++t) {
       const auto xv = hn::LoadU(df, x + t * ldx + i);
+#pragma GCC unroll 4
       for (int o = 0; o < RO; ++o) acc[t][o] = hn::MulAdd(wv[o], xv, acc[t][o]);
     }
   }
   if (i < n) {
     hn::Vec<DF> wv[RO];
+#pragma GCC unroll 4
     for (int o = 0; o < RO; ++o) wv[o] = LoadTail(df, w + o * ldw + i, n - i);
+#pragma GCC unroll 4
     for (int t = 0; t < RT; ++t) {
       const auto xv = LoadTail(df, x + t * ldx + i, n - i);
+#pragma GCC unroll 4
       for (int o = 0; o < RO; ++o) acc[t][o] = hn::MulAdd(wv[o], xv, acc[t][o]);
     }
   }
-  for (int t = 0; t < RT; ++t)
-    for (int o = 0; o < RO; ++o) y[t * ldy + o] = hn::GetLane(hn::SumOfLanes(df, acc[t][o]));
+#pragma GCC unroll 16
+  for (int k = 0; k < RT * RO; ++k)
+    y[(k / RO) * ldy + k % RO] = hn::GetLane(hn::SumOfLanes(df, acc[k / RO][k % RO]));
 }
 
 // Rows [r0, r1) of W against all T rows of x: tiles of 4 rows of x × 2 of W (prefill), 1 × 4
