@@ -487,7 +487,45 @@ TEST(Backward, RmsNormRopeCrossEntropy) {
   std::vector<float> grad = logits;
   EXPECT_NEAR(CrossEntropyForwardBackward(grad.data(), tg.data(), mask.data(), N, V, 1.0f), ce(),
               1e-5);
+  for (int64_t j = 0; j < V; ++j) EXPECT_EQ(grad[1 * V + j], 0.0f);  // the masked row
   EXPECT_LT(FdError(logits.data(), N * V, grad, ce), 1e-3);
+}
+
+TEST(Backward, SwiGluAndTrainingAttention) {
+  std::vector<float> g = Random(20, 6), u = Random(20, 7), d2 = Random(20, 8), dg(20), du(20);
+  auto swiglu_loss = [&] {
+    std::vector<float> y(20);
+    SwiGluReference(g.data(), u.data(), 20, y.data());
+    return Dot(d2, y);
+  };
+  SwiGluBackward(d2.data(), g.data(), u.data(), 20, dg.data(), du.data());
+  EXPECT_LT(FdError(g.data(), 20, dg, swiglu_loss), 1e-3);
+  EXPECT_LT(FdError(u.data(), 20, du, swiglu_loss), 1e-3);
+
+  const AttentionShape s{4, 2, 8};
+  const int64_t T = 6, ldq = 32, ldkv = 16;
+  std::vector<float> q = Random(T * ldq, 9), k = Random(T * ldkv, 10), v = Random(T * ldkv, 11);
+  const std::vector<float> da = Random(T * ldq, 12);
+  auto attn_loss = [&] {
+    std::vector<float> out(T * ldq), probs(T * T);
+    for (int h = 0; h < 4; ++h)
+      AttentionTrainHead(s, h, q.data(), ldq, k.data(), v.data(), ldkv, T, probs.data(), out.data(),
+                         ldq);
+    return Dot(da, out);
+  };
+  std::vector<float> dq(q.size()), dk(k.size(), 0.0f), dv(v.size(), 0.0f), probs(4 * T * T),
+      out(T * ldq), scratch(T * T), ref(T * ldq);
+  for (int h = 0; h < 4; ++h)
+    AttentionTrainHead(s, h, q.data(), ldq, k.data(), v.data(), ldkv, T, &probs[h * T * T],
+                       out.data(), ldq);
+  AttentionReference(s, q.data(), ldq, k.data(), v.data(), ldkv, T, 0, ref.data(), ldq);
+  EXPECT_LT(MaxAbsDiff(out, ref), 1e-5);
+  for (int h = 0; h < 4; ++h)
+    AttentionTrainHeadBackward(s, h, q.data(), ldq, k.data(), v.data(), ldkv, T, &probs[h * T * T],
+                               da.data(), ldq, dq.data(), dk.data(), dv.data(), scratch.data());
+  EXPECT_LT(FdError(q.data(), T * ldq, dq, attn_loss), 1e-3);
+  EXPECT_LT(FdError(k.data(), T * ldkv, dk, attn_loss), 1e-3);
+  EXPECT_LT(FdError(v.data(), T * ldkv, dv, attn_loss), 1e-3);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 // The training backward pass: whole-model gradients against central finite differences
-// (pretraining and LoRA), activation checkpointing equal to storing, and per-op checks.
+// (pretraining and LoRA), activation checkpointing equal to storing, blocked attention. The
+// per-op gradient checks are in test_backend_ops.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -199,108 +200,7 @@ TEST(TrainGradients, SeqLenOverContextIsRefused) {
   EXPECT_THROW(TrainModel(*src, nullptr, nullptr, 1, 65, false), Error);
 }
 
-// Per-op checks: scalar loss Σ dout·op(x); central differences in double over float ops.
-template <typename F>
-void CheckOp(std::vector<float>& x, const std::vector<float>& analytic, F loss_of_x, double tol) {
-  double num2 = 0, diff2 = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    const float orig = x[i], h = 1e-2f;
-    x[i] = orig + h;
-    const double up = loss_of_x();
-    x[i] = orig - h;
-    const double down = loss_of_x();
-    x[i] = orig;
-    const double fd = (up - down) / (2.0 * h);
-    num2 += fd * fd;
-    diff2 += (fd - analytic[i]) * (fd - analytic[i]);
-  }
-  EXPECT_LT(std::sqrt(diff2 / num2), tol);
-}
-
 std::vector<float> Randn(size_t n, uint32_t seed) { return test::Random(n, seed); }
-
-double Dot(const std::vector<float>& a, const std::vector<float>& b) {
-  double s = 0;
-  for (size_t i = 0; i < a.size(); ++i) s += static_cast<double>(a[i]) * b[i];
-  return s;
-}
-
-TEST(OpGradients, RmsNorm) {
-  const int T = 3, C = 8;
-  std::vector<float> x = Randn(T * C, 1), w = Randn(C, 2), dout = Randn(T * C, 3), y(T * C), r(T);
-  auto loss = [&] {
-    RmsNorm(x.data(), w.data(), T, C, 1e-5f, y.data(), r.data());
-    return Dot(dout, y);
-  };
-  loss();
-  std::vector<float> dx(T * C, 0.0f), dw(C, 0.0f);
-  RmsNormBackward(dout.data(), x.data(), w.data(), r.data(), T, C, dx.data(), dw.data());
-  CheckOp(x, dx, loss, 1e-3);
-  CheckOp(w, dw, loss, 1e-3);
-}
-
-TEST(OpGradients, RopeSwiGluAttentionCrossEntropy) {
-  RopeTable table(8, 16, 10000.0);
-  std::vector<int32_t> pos = {0, 5, 11};
-  std::vector<float> x = Randn(3 * 2 * 8, 4), dout = Randn(x.size(), 5);
-  auto rope_loss = [&] {
-    std::vector<float> y = x;
-    Rope(y.data(), pos.data(), 3, 2, table);
-    return Dot(dout, y);
-  };
-  std::vector<float> dx = dout;
-  RopeBackward(dx.data(), pos.data(), 3, 2, table);
-  CheckOp(x, dx, rope_loss, 1e-3);
-
-  std::vector<float> g = Randn(20, 6), u = Randn(20, 7), d2 = Randn(20, 8), dg(20), du(20);
-  auto swiglu_loss = [&] {
-    std::vector<float> y(20);
-    SwiGluReference(g.data(), u.data(), 20, y.data());
-    return Dot(d2, y);
-  };
-  SwiGluBackward(d2.data(), g.data(), u.data(), 20, dg.data(), du.data());
-  CheckOp(g, dg, swiglu_loss, 1e-3);
-  CheckOp(u, du, swiglu_loss, 1e-3);
-
-  const AttentionShape s{4, 2, 8};
-  const int64_t T = 6, ldq = 32, ldkv = 16;
-  std::vector<float> q = Randn(T * ldq, 9), k = Randn(T * ldkv, 10), v = Randn(T * ldkv, 11);
-  std::vector<float> da = Randn(T * ldq, 12);
-  auto attn_loss = [&] {
-    std::vector<float> out(T * ldq), probs(T * T);
-    for (int h = 0; h < 4; ++h)
-      AttentionTrainHead(s, h, q.data(), ldq, k.data(), v.data(), ldkv, T, probs.data(), out.data(),
-                         ldq);
-    return Dot(da, out);
-  };
-  std::vector<float> dq(q.size()), dk(k.size(), 0.0f), dv(v.size(), 0.0f), probs(4 * T * T),
-      out(T * ldq), scratch(T * T);
-  for (int h = 0; h < 4; ++h) {
-    AttentionTrainHead(s, h, q.data(), ldq, k.data(), v.data(), ldkv, T, &probs[h * T * T],
-                       out.data(), ldq);
-  }
-  std::vector<float> ref(out.size());
-  AttentionReference(s, q.data(), ldq, k.data(), v.data(), ldkv, T, 0, ref.data(), ldq);
-  for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], ref[i], 1e-5);
-  for (int h = 0; h < 4; ++h) {
-    AttentionTrainHeadBackward(s, h, q.data(), ldq, k.data(), v.data(), ldkv, T, &probs[h * T * T],
-                               da.data(), ldq, dq.data(), dk.data(), dv.data(), scratch.data());
-  }
-  CheckOp(q, dq, attn_loss, 1e-3);
-  CheckOp(k, dk, attn_loss, 1e-3);
-  CheckOp(v, dv, attn_loss, 1e-3);
-
-  const int64_t N = 4, V = 9;
-  std::vector<float> logits = Randn(N * V, 13);
-  std::vector<int32_t> tg = {1, 8, 0, 3};
-  std::vector<uint8_t> mask = {1, 0, 1, 1};
-  auto ce_loss = [&] { return CrossEntropyLoss(logits.data(), tg.data(), mask.data(), N, V); };
-  std::vector<float> grad = logits;
-  const double total = CrossEntropyForwardBackward(grad.data(), tg.data(), mask.data(), N, V, 1.0f);
-  EXPECT_NEAR(total, ce_loss(), 1e-5);
-  for (int64_t j = 0; j < V; ++j) EXPECT_EQ(grad[1 * V + j], 0.0f);  // masked row
-  CheckOp(logits, grad, ce_loss, 1e-3);
-}
 
 }  // namespace
 }  // namespace tinylora

@@ -35,10 +35,9 @@ LlamaModel::LlamaModel(const ModelWeights& w, std::vector<const Adapter*> adapte
   if (adapters_.empty()) adapters_.push_back(nullptr);
 }
 
-std::vector<RoutingStats> LlamaModel::routing_stats(int seq) const {
+std::vector<RoutingStats> LlamaModel::Stats(const std::vector<RoutingTotals>& blocks) {
   std::vector<RoutingStats> out;
-  if (seq < 0 || seq >= static_cast<int>(routing_.size())) return out;
-  for (const RoutingTotals& t : routing_[static_cast<size_t>(seq)]) {
+  for (const RoutingTotals& t : blocks) {
     RoutingStats s;
     s.usage = t.usage;
     s.entropy = t.decisions > 0 ? t.entropy / static_cast<double>(t.decisions) : 0;
@@ -46,6 +45,11 @@ std::vector<RoutingStats> LlamaModel::routing_stats(int seq) const {
     out.push_back(s);
   }
   return out;
+}
+
+std::vector<RoutingStats> LlamaModel::routing_stats(int seq) const {
+  if (seq < 0 || seq >= static_cast<int>(routing_.size())) return {};
+  return Stats(routing_[static_cast<size_t>(seq)]);
 }
 
 void LlamaModel::ResetRoutingStats(int seq) {
@@ -66,15 +70,7 @@ std::vector<RoutingStats> LlamaModel::routing_stats() const {
       s.decisions += seq[l].decisions;
     }
   }
-  std::vector<RoutingStats> out;
-  for (const RoutingTotals& t : sum) {
-    RoutingStats s;
-    s.usage = t.usage;
-    s.entropy = t.decisions > 0 ? t.entropy / static_cast<double>(t.decisions) : 0;
-    s.decided = t.decisions > 0 ? t.decided / static_cast<double>(t.decisions) : 0;
-    out.push_back(s);
-  }
-  return out;
+  return Stats(sum);
 }
 
 void LlamaModel::Route(int l, const Batch& batch, const float* xn) {

@@ -93,6 +93,7 @@ class LlamaModel {
     double entropy = 0, decided = 0;
     int64_t decisions = 0;
   };
+  static std::vector<RoutingStats> Stats(const std::vector<RoutingTotals>& blocks);
   std::vector<Run> Validate(const Batch& batch, const KvCache& cache) const;
   // Every token of a tree slot descends block l's router: leaf_, gate_ and its sequence's totals.
   void Route(int l, const Batch& batch, const float* xn);
