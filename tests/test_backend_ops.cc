@@ -18,6 +18,7 @@
 
 #include "adapters/lora.h"
 #include "adapters/tree.h"
+#include "ops/dropout.h"
 #include "ops/format.h"
 #include "ops/gemm.h"
 #include "ops/gemm_bf16.h"
@@ -489,6 +490,38 @@ TEST(Backward, RmsNormRopeCrossEntropy) {
               1e-5);
   for (int64_t j = 0; j < V; ++j) EXPECT_EQ(grad[1 * V + j], 0.0f);  // the masked row
   EXPECT_LT(FdError(logits.data(), N * V, grad, ce), 1e-3);
+}
+
+TEST(Backward, DropoutAndResidualAdd) {
+  const int64_t n = 4000;
+  std::vector<float> x = Random(n, 1), g = Random(n, 2), y(n);
+  DropoutForward(77, 0.25, x.data(), n, y.data());
+  int64_t dropped = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (y[i] == 0.0f) {
+      ++dropped;
+    } else {
+      ASSERT_EQ(y[i], x[i] * static_cast<float>(1.0 / 0.75)) << i;
+    }
+  }
+  EXPECT_NEAR(static_cast<double>(dropped) / n, 0.25, 0.03);
+  std::vector<float> again(n);
+  DropoutForward(77, 0.25, x.data(), n, again.data());
+  EXPECT_EQ(again, y);  // the same key draws the same mask
+  DropoutForward(78, 0.25, x.data(), n, again.data());
+  EXPECT_NE(again, y);
+  std::vector<float> small(x.begin(), x.begin() + 50);
+  auto loss = [&] {
+    std::vector<float> out(50);
+    DropoutForward(77, 0.25, small.data(), 50, out.data());
+    return Dot(std::vector<float>(g.begin(), g.begin() + 50), out);
+  };
+  std::vector<float> dx(50, 0.0f);
+  DropoutBackwardAdd(77, 0.25, g.data(), 50, dx.data());
+  EXPECT_LT(FdError(small.data(), 50, dx, loss), 1e-3);
+  std::vector<float> sum(n);
+  Add(x.data(), g.data(), n, sum.data());
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(sum[i], x[i] + g[i]);
 }
 
 TEST(Backward, SwiGluAndTrainingAttention) {

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <string>
 
+#include "ops/dropout.h"
 #include "ops/lora_rows.h"
 #include "ops/matmul.h"
 #include "util/error.h"
@@ -187,12 +188,6 @@ std::vector<LlamaModel::Run> LlamaModel::Validate(const Batch& b, const KvCache&
   return runs;
 }
 
-namespace {
-void AddInPlace(float* x, const float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
-}
-}  // namespace
-
 void LlamaModel::Forward(const Batch& batch, KvCache& cache, std::vector<float>* logits) {
   const std::vector<Run> runs = Validate(batch, cache);
   const LlamaConfig& c = w_.config;
@@ -262,14 +257,14 @@ void LlamaModel::Forward(const Batch& batch, KvCache& cache, std::vector<float>*
       }
     }
     Project(layer, Module::kO, L.wo, batch, att_.data(), h1_.data());  // (T, C)
-    AddInPlace(x_.data(), h1_.data(), T * C);
+    Add(x_.data(), h1_.data(), T * C, x_.data());
     // MLP block
     RmsNorm(x_.data(), L.mlp_norm.f32(), T, C, static_cast<float>(c.rms_eps), xn_.data());
     Project(layer, Module::kGate, L.w_gate, batch, xn_.data(), h1_.data());  // gate (T, F)
     Project(layer, Module::kUp, L.w_up, batch, xn_.data(), h2_.data());      // up (T, F)
     SwiGlu(h1_.data(), h2_.data(), T * F, h1_.data());
     Project(layer, Module::kDown, L.w_down, batch, h1_.data(), h2_.data());  // (T, C)
-    AddInPlace(x_.data(), h2_.data(), T * C);
+    Add(x_.data(), h2_.data(), T * C, x_.data());
   }
   for (const Run& r : runs) cache.length[static_cast<size_t>(r.seq)] = static_cast<int>(r.p0 + r.n);
 

@@ -5,18 +5,12 @@
 #include <algorithm>
 #include <cstring>
 
+#include "ops/dropout.h"
 #include "ops/loss.h"
 #include "ops/matmul.h"
 #include "util/error.h"
 
 namespace tinylora {
-
-uint64_t TrainModel::Mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
 
 namespace {
 
@@ -151,14 +145,7 @@ bool TrainModel::Dropout(int l, Module m, uint64_t seed, const float* x, int64_t
                          float* out) const {
   const double p = adapter_ ? adapter_->config().dropout : 0.0;
   if (p <= 0 || seed == 0) return false;
-  const uint64_t key = DropoutKey(l, m, seed);
-  const uint64_t threshold = static_cast<uint64_t>(p * 18446744073709551616.0);
-  const float keep_scale = static_cast<float>(1.0 / (1.0 - p));
-  const int64_t n = N_ * in;
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    out[i] = Mix(key ^ static_cast<uint64_t>(i)) < threshold ? 0.0f : x[i] * keep_scale;
-  }
+  DropoutForward(DropoutKey(l, m, seed), p, x, N_ * in, out);
   return true;
 }
 
@@ -210,14 +197,7 @@ void TrainModel::LinearBackward(int l, Module m, const float* x, const float* u,
                          tree_scratch_);
   }
   if (dropout) {  // dx += mask/(1-p) ∘ dx_lora, the mask regenerated from the same key
-    const double p = adapter_->config().dropout;
-    const uint64_t key = DropoutKey(l, m, seed);
-    const uint64_t threshold = static_cast<uint64_t>(p * 18446744073709551616.0);
-    const float keep_scale = static_cast<float>(1.0 / (1.0 - p));
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
-      if (Mix(key ^ static_cast<uint64_t>(i)) >= threshold) dx[i] += dxdrop_[i] * keep_scale;
-    }
+    DropoutBackwardAdd(DropoutKey(l, m, seed), adapter_->config().dropout, dxdrop_, n, dx);
   }
 }
 
@@ -250,14 +230,14 @@ void TrainModel::LayerForward(int l, LayerActs& a, float* x_out, bool train, uin
                        a.probs + task * T * T, a.att + b * T * Q, Q);
   }
   Linear(l, Module::kO, a.att, tmp_c_, a.u[3], train, seed);
-  for (int64_t i = 0; i < N * C; ++i) a.x_mid[i] = a.x_in[i] + tmp_c_[i];
+  Add(a.x_in, tmp_c_, N * C, a.x_mid);
   // MLP block
   RmsNorm(a.x_mid, L.mlp_norm.f32(), N, C, eps, a.xn2, a.rstd2);
   Linear(l, Module::kGate, a.xn2, a.gate, a.u[4], train, seed);
   Linear(l, Module::kUp, a.xn2, a.up, a.u[5], train, seed);
   SwiGlu(a.gate, a.up, N * F, a.h);
   Linear(l, Module::kDown, a.h, tmp_c_, a.u[6], train, seed);
-  for (int64_t i = 0; i < N * C; ++i) x_out[i] = a.x_mid[i] + tmp_c_[i];
+  Add(a.x_mid, tmp_c_, N * C, x_out);
 }
 
 void TrainModel::LayerBackward(int l, LayerActs& a, const float* dx_out, float* dx_in,

@@ -85,7 +85,6 @@ class TrainModel {
   // x_d (N, in) = dropout(x) for (layer, module, seed); false when dropout is off.
   bool Dropout(int l, Module m, uint64_t seed, const float* x, int64_t in, float* out) const;
   static uint64_t DropoutKey(int l, Module m, uint64_t seed);
-  static uint64_t Mix(uint64_t x);
 
   const ModelWeights& w_;
   const ModelGrads* grads_;
