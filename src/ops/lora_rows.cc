@@ -1,4 +1,5 @@
-// Highway kernel of LoraRowsForward, compiled for each SIMD target and dispatched at run time.
+// LoraRowsForward, compiled for each SIMD target (the B·u loop is plain code the compiler
+// vectorises for the target) and dispatched at run time.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "ops/lora_rows.cc"
 #include "ops/lora_rows.h"
@@ -8,30 +9,11 @@
 
 #include <vector>
 
+#include "ops/matmul.h"
+
 HWY_BEFORE_NAMESPACE();
 namespace tinylora {
 namespace HWY_NAMESPACE {
-namespace hn = hwy::HWY_NAMESPACE;
-
-// a · b over n floats: four vector accumulators over full vectors of `d`, summed as
-// (a0 + a1) + (a2 + a3), then the lanes, then the scalar tail in order.
-template <class D>
-HWY_INLINE float DotN(D d, const float* a, const float* b, int64_t n) {
-  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
-  auto a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
-  int64_t i = 0;
-  for (; i + 4 * N <= n; i += 4 * N) {
-    a0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), a0);
-    a1 = hn::MulAdd(hn::LoadU(d, a + i + N), hn::LoadU(d, b + i + N), a1);
-    a2 = hn::MulAdd(hn::LoadU(d, a + i + 2 * N), hn::LoadU(d, b + i + 2 * N), a2);
-    a3 = hn::MulAdd(hn::LoadU(d, a + i + 3 * N), hn::LoadU(d, b + i + 3 * N), a3);
-  }
-  for (; i + N <= n; i += N) a0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), a0);
-  float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3))));
-  for (; i < n; ++i) sum += a[i] * b[i];
-  return sum;
-}
-
 void LoraRowImpl(const float* A, const float* B, int r, float scale, int64_t in, int64_t out,
                  const float* x, float* y) {
   constexpr int kStackRank = 256;
@@ -42,9 +24,8 @@ void LoraRowImpl(const float* A, const float* B, int r, float scale, int64_t in,
     u_heap.resize(static_cast<size_t>(r));
     u = u_heap.data();
   }
-  // u (r) = A x: rows of A are long, so full vectors.
-  const hn::ScalableTag<float> df;
-  for (int k = 0; k < r; ++k) u[k] = DotN(df, A + static_cast<int64_t>(k) * in, x, in);
+  // u (r) = A x by the streaming kernel's fixed-order dot.
+  DotRows(A, in, r, x, in, 1.0f, u);
   // y_o += scale · Σ_k B[o, k] u_k, k in order. Rows of B are only r long, so eight outputs
   // at a time, for eight independent chains (the tail does the same operations per output).
   int64_t o = 0;
