@@ -14,6 +14,10 @@
 namespace tinylora {
 
 enum class GateKind { kPath, kUnit };
+// The gate an adapter config names ("path" or "unit", checked when the adapter is made).
+inline GateKind GateOf(const AdapterConfig& c) {
+  return c.gate == "unit" ? GateKind::kUnit : GateKind::kPath;
+}
 
 // One block's routing of N tokens.
 struct Routing {

@@ -34,6 +34,7 @@ LlamaModel::LlamaModel(const ModelWeights& w, std::vector<const Adapter*> adapte
       adapters_(std::move(adapters)),
       rope_(w.config.head_dim, w.config.max_pos, w.config.rope_theta) {
   if (adapters_.empty()) adapters_.push_back(nullptr);
+  for (const Adapter* a : adapters_) gates_.push_back(a ? GateOf(a->config()) : GateKind::kPath);
 }
 
 std::vector<RoutingStats> LlamaModel::Stats(const std::vector<RoutingTotals>& blocks) {
@@ -85,8 +86,9 @@ void LlamaModel::Route(int l, const Batch& batch, const float* xn) {
   for (int64_t t = 0; t < T; ++t) {
     const Adapter* a = adapters_[static_cast<size_t>(batch.adapter[t])];
     if (a == nullptr || a->depth() == 0) continue;
-    const GateKind gate = a->config().gate == "unit" ? GateKind::kUnit : GateKind::kPath;
-    const HardRoute h = RouteHardRow(*a->Router(l), xn + t * C, gate, &path_z_[t * kMaxTreeDepth]);
+    const HardRoute h =
+        RouteHardRow(*a->Router(l), xn + t * C, gates_[static_cast<size_t>(batch.adapter[t])],
+                     &path_z_[t * kMaxTreeDepth]);
     leaf_[static_cast<size_t>(t)] = h.leaf;
     gate_[static_cast<size_t>(t)] = h.gate;
   }

@@ -103,6 +103,7 @@ class LlamaModel {
 
   const ModelWeights& w_;
   std::vector<const Adapter*> adapters_;  // the forest, by slot
+  std::vector<GateKind> gates_;           // each slot's gate
   RopeTable rope_;
   bool batch_invariant_ = true;
   std::vector<std::vector<RoutingTotals>> routing_;  // (sequence id, L), grown on first use

@@ -16,11 +16,8 @@ constexpr int64_t kPanelRows = 256;  // rows of a BF16 W widened at a time for s
 // Dequantises rows [r0, r0 + nr) of W into panel (nr, in), in parallel.
 void WidenPanel(const Tensor& w, int64_t r0, int64_t nr, float* panel) {
   const FormatTraits& f = Traits(w.format);
-  const auto* base = static_cast<const uint8_t*>(w.data);
-  const int64_t row_bytes = FormatBytes(w.format, w.cols);
 #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < nr; ++r)
-    f.dequantize(base + (r0 + r) * row_bytes, w.cols, panel + r * w.cols);
+  for (int64_t r = 0; r < nr; ++r) f.dequantize(w.row(r0 + r), w.cols, panel + r * w.cols);
 }
 
 }  // namespace
@@ -96,19 +93,14 @@ void MatMulBackwardW(const float* dy, const float* x, int64_t T, int64_t out, in
 
 void GatherRows(const Tensor& table, const int32_t* ids, int64_t n, float* out) {
   const FormatTraits& f = Traits(table.format);
-  const auto* base = static_cast<const uint8_t*>(table.data);
-  const int64_t row_bytes = FormatBytes(table.format, table.cols);
-  for (int64_t t = 0; t < n; ++t)
-    f.dequantize(base + ids[t] * row_bytes, table.cols, out + t * table.cols);
+  for (int64_t t = 0; t < n; ++t) f.dequantize(table.row(ids[t]), table.cols, out + t * table.cols);
 }
 
 void MatMulReference(const Tensor& w, const float* x, int64_t T, float* y) {
   const FormatTraits& f = Traits(w.format);
-  const auto* base = static_cast<const uint8_t*>(w.data);
-  const int64_t row_bytes = FormatBytes(w.format, w.cols);
   std::vector<float> row(static_cast<size_t>(w.cols));
   for (int64_t o = 0; o < w.rows; ++o) {
-    f.dequantize_reference(base + o * row_bytes, w.cols, row.data());
+    f.dequantize_reference(w.row(o), w.cols, row.data());
     for (int64_t t = 0; t < T; ++t) {
       double acc = 0;
       for (int64_t i = 0; i < w.cols; ++i)

@@ -22,6 +22,10 @@ struct Tensor {
   const uint16_t* bf16() const { return static_cast<const uint16_t*>(data); }
   int64_t numel() const { return rows * cols; }
   int64_t nbytes() const { return FormatBytes(format, numel()); }
+  // Where row r starts, in the tensor's format.
+  const void* row(int64_t r) const {
+    return static_cast<const uint8_t*>(data) + FormatBytes(format, r * cols);
+  }
 };
 
 }  // namespace tinylora

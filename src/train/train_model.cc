@@ -57,7 +57,7 @@ TrainModel::TrainModel(const ModelWeights& w, const ModelGrads* grads, Adapter* 
   CheckSeqLen(T, c_);
   if (adapter_ != nullptr) {
     routing_.resize(static_cast<size_t>(c_.n_layers));
-    gate_ = adapter_->config().gate == "unit" ? GateKind::kUnit : GateKind::kPath;
+    gate_ = GateOf(adapter_->config());
   }
   pos_.resize(static_cast<size_t>(N_));
   for (int64_t n = 0; n < N_; ++n) pos_[static_cast<size_t>(n)] = static_cast<int32_t>(n % T);
