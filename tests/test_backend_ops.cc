@@ -170,32 +170,39 @@ std::vector<ForwardCase> ForwardCases() {
                      return RelErr(y, ref);
                    },
                    1e-4});
-  cases.push_back(
-      {"attention (query blocks, sgemm)",
-       [] {
-         const AttentionShape s{4, 2, 16};
-         const int64_t P = 70, ldq = 64, ldkv = 32;
-         const auto q = Random(P * ldq, 1), k = Random(P * ldkv, 2), v = Random(P * ldkv, 3);
-         std::vector<float> out(P * ldq), ref(out.size()), scratch(P * P);
-         for (int h = 0; h < 4; ++h)
-           AttentionHead(s, h, q.data(), ldq, k.data(), v.data(), ldkv, P, 0, out.data(), ldq,
-                         scratch.data());
-         AttentionReference(s, q.data(), ldq, k.data(), v.data(), ldkv, P, 0, ref.data(), ldq);
-         return RelErr(out, ref);
-       },
-       1e-5});
+  // Both attentions of inference over P queries of one sequence (AttentionShape {4, 2, 16}),
+  // against the plain reference; `run` computes all heads into out.
+  using AttentionRun = std::function<void(const AttentionShape&, const float* q, const float* k,
+                                          const float* v, int64_t P, float* out)>;
+  auto attention_error = [](int64_t P, AttentionRun run) {
+    const AttentionShape s{4, 2, 16};
+    const int64_t ldq = 64, ldkv = 32;
+    const auto q = Random(P * ldq, 1), k = Random(P * ldkv, 2), v = Random(P * ldkv, 3);
+    std::vector<float> out(P * ldq), ref(out.size());
+    run(s, q.data(), k.data(), v.data(), P, out.data());
+    AttentionReference(s, q.data(), ldq, k.data(), v.data(), ldkv, P, 0, ref.data(), ldq);
+    return RelErr(out, ref);
+  };
+  cases.push_back({"attention (query blocks, sgemm)",
+                   [attention_error] {
+                     return attention_error(
+                         70, [](const AttentionShape& s, const float* q, const float* k,
+                                const float* v, int64_t P, float* out) {
+                           std::vector<float> scratch(P * P);
+                           for (int h = 0; h < s.n_heads; ++h)
+                             AttentionHead(s, h, q, 64, k, v, 32, P, 0, out, 64, scratch.data());
+                         });
+                   },
+                   1e-5});
   cases.push_back(
       {"attention batch-invariant",
-       [] {
-         const AttentionShape s{4, 2, 16};
-         const int64_t P = 21, ldq = 64, ldkv = 32;
-         const auto q = Random(P * ldq, 1), k = Random(P * ldkv, 2), v = Random(P * ldkv, 3);
-         std::vector<float> out(P * ldq), ref(out.size()), scratch(P);
-         for (int g = 0; g < 2; ++g)
-           AttentionGroupInvariant(s, g, q.data(), ldq, k.data(), v.data(), ldkv, P, 0, out.data(),
-                                   ldq, scratch.data());
-         AttentionReference(s, q.data(), ldq, k.data(), v.data(), ldkv, P, 0, ref.data(), ldq);
-         return RelErr(out, ref);
+       [attention_error] {
+         return attention_error(21, [](const AttentionShape& s, const float* q, const float* k,
+                                       const float* v, int64_t P, float* out) {
+           std::vector<float> scratch(P);
+           for (int g = 0; g < s.n_kv_heads; ++g)
+             AttentionGroupInvariant(s, g, q, 64, k, v, 32, P, 0, out, 64, scratch.data());
+         });
        },
        1e-5});
   cases.push_back({"rmsnorm",
