@@ -161,33 +161,26 @@ TEST(Forest, MixedAdaptersInOneBatchEqualEachSequenceAlone) {
                                                  {8, 40, 41, 6, 19, 4, 4, 90, 13},
                                                  {7, 1, 33, 60, 2, 9, 28}};
   const size_t V = static_cast<size_t>(base->config.vocab);
-  // Each sequence alone, in one piece, on a model holding only its adapter.
-  std::vector<std::vector<float>> alone;
-  for (size_t s = 0; s < prompts.size(); ++s) {
-    LlamaModel model(*base, forest[s]);
+  // A prompt alone, in one piece, on a model holding one adapter (or none): every position's
+  // logits.
+  auto run_alone = [&](const Adapter* adapter, const std::vector<int>& prompt) {
+    LlamaModel model(*base, adapter);
     KvCache cache(model.config(), 1, 16);
     Batch b;
-    for (size_t i = 0; i < prompts[s].size(); ++i)
-      b.Add(prompts[s][i], 0, static_cast<int>(i), true);
+    for (size_t i = 0; i < prompt.size(); ++i) b.Add(prompt[i], 0, static_cast<int>(i), true);
     std::vector<float> logits;
     model.Forward(b, cache, &logits);
-    alone.push_back(logits);
-  }
+    return logits;
+  };
+  std::vector<std::vector<float>> alone;
+  for (size_t s = 0; s < prompts.size(); ++s) alone.push_back(run_alone(forest[s], prompts[s]));
   // The adapters matter: each sequence's logits differ from the base's on the same prompt.
-  {
-    LlamaModel plain(*base);
-    for (size_t s = 1; s < prompts.size(); ++s) {
-      KvCache cache(plain.config(), 1, 16);
-      Batch b;
-      for (size_t i = 0; i < prompts[s].size(); ++i)
-        b.Add(prompts[s][i], 0, static_cast<int>(i), true);
-      std::vector<float> logits;
-      plain.Forward(b, cache, &logits);
-      double diff = 0;
-      for (size_t k = 0; k < logits.size(); ++k)
-        diff = std::max(diff, std::fabs(double{logits[k]} - alone[s][k]));
-      EXPECT_GT(diff, 1e-2) << s;
-    }
+  for (size_t s = 1; s < prompts.size(); ++s) {
+    const std::vector<float> plain = run_alone(nullptr, prompts[s]);
+    double diff = 0;
+    for (size_t k = 0; k < plain.size(); ++k)
+      diff = std::max(diff, std::fabs(double{plain[k]} - alone[s][k]));
+    EXPECT_GT(diff, 1e-2) << s;
   }
   // All three together, each prompt in chunks: 3+5+3, 4+1+4, 2+2+3 tokens per forward.
   LlamaModel model(*base, forest);
