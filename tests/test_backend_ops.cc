@@ -18,6 +18,8 @@
 
 #include "adapters/lora.h"
 #include "adapters/tree.h"
+#include "backend/backend.h"
+#include "ops/attention.h"
 #include "ops/dropout.h"
 #include "ops/format.h"
 #include "ops/gemm.h"
@@ -358,14 +360,14 @@ TEST(Backward, LoraKernels) {
   std::vector<float> x = Random(N * l.in, 1), g = Random(N * l.out, 2);
   auto loss = [&] {
     std::vector<float> u(N * l.r), y(N * l.out, 0.0f);
-    LoraForward(l, 2.0f, x.data(), N, u.data(), y.data());
+    LoraForward(CpuBackend().ops(), l, 2.0f, x.data(), N, u.data(), y.data());
     return Dot(g, y);
   };
   std::vector<float> u(N * l.r), y(N * l.out, 0.0f), du(N * l.r), dx(N * l.in, 0.0f);
-  LoraForward(l, 2.0f, x.data(), N, u.data(), y.data());
+  LoraForward(CpuBackend().ops(), l, 2.0f, x.data(), N, u.data(), y.data());
   a->params().ZeroGrads();
-  LoraBackward(l, 2.0f, x.data(), u.data(), g.data(), N, du.data());
-  LoraBackwardX(l, du.data(), N, dx.data());
+  LoraBackward(CpuBackend().ops(), l, 2.0f, x.data(), u.data(), g.data(), N, du.data());
+  LoraBackwardX(CpuBackend().ops(), l, du.data(), N, dx.data());
   EXPECT_LT(FdError(x.data(), N * l.in, dx, loss), 1e-3);
   EXPECT_LT(FdError(l.A, l.r * l.in, a->params().DenseGrad(l.a_index), loss), 1e-3);
   EXPECT_LT(FdError(l.B, l.out * l.r, a->params().DenseGrad(l.b_index), loss), 1e-3);
@@ -382,7 +384,7 @@ TEST(Backward, TreeLeafKernelsHardAndSoft) {
     const std::vector<float> xr = Random(N * 12, 3);
     Routing rt;
     if (soft) {
-      RouteSoft(*a->Router(0), xr.data(), N, &rt);
+      RouteSoft(CpuBackend().ops(), *a->Router(0), xr.data(), N, &rt);
     } else {
       RouteHard(*a->Router(0), xr.data(), N, GateKind::kPath, &rt);
     }
@@ -392,23 +394,25 @@ TEST(Backward, TreeLeafKernelsHardAndSoft) {
     auto loss = [&] {
       std::vector<float> u(U), y(N * l.out, 0.0f);
       if (soft) {
-        TreeLoraForwardSoft(l, 2.0f, x.data(), N, rt, u.data(), y.data(), sc);
+        TreeLoraForwardSoft(CpuBackend().ops(), l, 2.0f, x.data(), N, rt, u.data(), y.data(), sc);
       } else {
-        TreeLoraForwardHard(l, 2.0f, x.data(), N, rt, u.data(), y.data(), sc);
+        TreeLoraForwardHard(CpuBackend().ops(), l, 2.0f, x.data(), N, rt, u.data(), y.data(), sc);
       }
       return Dot(g, y);
     };
     std::vector<float> u(U), y(N * l.out, 0.0f), dx(N * l.in, 0.0f);
     if (soft) {
-      TreeLoraForwardSoft(l, 2.0f, x.data(), N, rt, u.data(), y.data(), sc);
+      TreeLoraForwardSoft(CpuBackend().ops(), l, 2.0f, x.data(), N, rt, u.data(), y.data(), sc);
     } else {
-      TreeLoraForwardHard(l, 2.0f, x.data(), N, rt, u.data(), y.data(), sc);
+      TreeLoraForwardHard(CpuBackend().ops(), l, 2.0f, x.data(), N, rt, u.data(), y.data(), sc);
     }
     a->params().ZeroGrads();
     if (soft) {
-      TreeLoraBackwardSoft(l, 2.0f, x.data(), u.data(), g.data(), N, rt, dx.data(), sc);
+      TreeLoraBackwardSoft(CpuBackend().ops(), l, 2.0f, x.data(), u.data(), g.data(), N, rt,
+                           dx.data(), sc);
     } else {
-      TreeLoraBackwardHard(l, 2.0f, x.data(), u.data(), g.data(), N, rt, dx.data(), sc);
+      TreeLoraBackwardHard(CpuBackend().ops(), l, 2.0f, x.data(), u.data(), g.data(), N, rt,
+                           dx.data(), sc);
     }
     EXPECT_LT(FdError(x.data(), N * l.in, dx, loss), 1e-3);
     EXPECT_LT(FdError(l.A, l.R() * l.in, a->params().DenseGrad(l.a_index), loss), 1e-3);
@@ -435,7 +439,7 @@ TEST(Backward, RouterHardAndSoft) {
     Routing rt;
     auto route = [&] {
       if (soft) {
-        RouteSoft(r, x.data(), N, &rt);
+        RouteSoft(CpuBackend().ops(), r, x.data(), N, &rt);
       } else {
         RouteHard(r, x.data(), N, GateKind::kPath, &rt);
       }
@@ -452,7 +456,7 @@ TEST(Backward, RouterHardAndSoft) {
     (soft ? rt.dprobs : rt.dgate) = c;
     std::vector<float> dx(N * C, 0.0f);
     a->params().ZeroGrads();
-    RouterBackward(r, x.data(), rt, aux, dx.data());
+    RouterBackward(CpuBackend().ops(), r, x.data(), rt, aux, dx.data());
     const std::vector<float> dw = a->params().DenseGrad(r.w_index),
                              db = a->params().DenseGrad(r.b_index);
     EXPECT_LT(FdError(x.data(), N * C, dx, loss), 2e-3);

@@ -7,6 +7,7 @@
 #include <random>
 #include <vector>
 
+#include "ops/attention.h"
 #include "ops/gemm.h"
 #include "ops/lora_rows.h"
 #include "ops/matmul.h"

@@ -7,6 +7,7 @@
 #include <random>
 
 #include "adapters/lora.h"
+#include "ops/attention.h"
 #include "ops/loss.h"
 #include "ops/ops.h"
 #include "test_util.h"

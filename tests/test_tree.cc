@@ -10,6 +10,7 @@
 #include <random>
 
 #include "adapters/tree.h"
+#include "backend/backend.h"
 #include "formats/safetensors.h"
 #include "model/llama.h"
 #include "test_util.h"
@@ -97,7 +98,7 @@ TEST(TreeKernels, GroupedEqualsPerTokenLoop) {
     std::vector<float> y(static_cast<size_t>(N * lw.out), 0.5f), ref = y,
                                                                  u(static_cast<size_t>(N * lw.r));
     TreeScratch sc;
-    TreeLoraForwardHard(lw, 2.0f, x.data(), N, rt, u.data(), y.data(), sc);
+    TreeLoraForwardHard(CpuBackend().ops(), lw, 2.0f, x.data(), N, rt, u.data(), y.data(), sc);
     TreeLoraForwardHardReference(lw, 2.0f, x.data(), N, rt, ref.data());
     for (size_t i = 0; i < y.size(); ++i) ASSERT_NEAR(y[i], ref[i], 1e-5) << i;
   }

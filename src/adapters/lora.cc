@@ -6,8 +6,8 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "backend/backend.h"
 #include "formats/safetensors.h"
-#include "ops/gemm.h"
 #include "util/error.h"
 #include "util/file.h"
 #include "util/half.h"
@@ -15,36 +15,9 @@
 namespace tinylora {
 
 namespace {
-constexpr const char* kModuleNames[kNumModules] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
-                                                   "gate_proj", "up_proj", "down_proj"};
 const std::vector<Module> kAllModules = {Module::kQ,    Module::kK,  Module::kV,   Module::kO,
                                          Module::kGate, Module::kUp, Module::kDown};
 }  // namespace
-
-const char* ModuleName(Module m) { return kModuleNames[static_cast<int>(m)]; }
-
-std::string ModulePath(int layer, Module m) {
-  const bool attn = m == Module::kQ || m == Module::kK || m == Module::kV || m == Module::kO;
-  return "model.layers." + std::to_string(layer) + (attn ? ".self_attn." : ".mlp.") + ModuleName(m);
-}
-
-std::pair<int64_t, int64_t> ModuleShape(const LlamaConfig& c, Module m) {
-  switch (m) {
-    case Module::kQ:
-      return {c.q_dim(), c.hidden};
-    case Module::kK:
-    case Module::kV:
-      return {c.kv_dim(), c.hidden};
-    case Module::kO:
-      return {c.hidden, c.q_dim()};
-    case Module::kGate:
-    case Module::kUp:
-      return {c.intermediate, c.hidden};
-    case Module::kDown:
-      return {c.hidden, c.intermediate};
-  }
-  return {0, 0};
-}
 
 std::vector<Module> ParseTargets(const std::string& text, const std::string& what) {
   if (text == "all-linear") return kAllModules;
@@ -362,27 +335,28 @@ void Adapter::Save(const std::string& dir) const {
   WriteFileAtomic(JoinPath(dir, "adapter_config.json"), j.dump(2) + "\n");
 }
 
-void LoraForward(const LoraWeights& l, float s, const float* x_in, int64_t N, float* u, float* y) {
+void LoraForward(const Ops& ops, const LoraWeights& l, float s, const float* x_in, int64_t N,
+                 float* u, float* y) {
   const int n = static_cast<int>(N), in = static_cast<int>(l.in), out = static_cast<int>(l.out);
   // u (N, r) = x · Aᵀ ;  y (N, out) += s · u · Bᵀ
-  Gemm(false, true, n, l.r, in, 1.0f, x_in, in, l.A, in, 0.0f, u, l.r);
-  Gemm(false, true, n, out, l.r, s, u, l.r, l.B, l.r, 1.0f, y, out);
+  ops.gemm(false, true, n, l.r, in, 1.0f, x_in, in, l.A, in, 0.0f, u, l.r);
+  ops.gemm(false, true, n, out, l.r, s, u, l.r, l.B, l.r, 1.0f, y, out);
 }
 
-void LoraBackward(const LoraWeights& l, float s, const float* x_in, const float* u, const float* dy,
-                  int64_t N, float* du) {
+void LoraBackward(const Ops& ops, const LoraWeights& l, float s, const float* x_in, const float* u,
+                  const float* dy, int64_t N, float* du) {
   const int n = static_cast<int>(N), in = static_cast<int>(l.in), out = static_cast<int>(l.out);
   // dB (out, r) += s · dyᵀ · u
-  Gemm(true, false, out, l.r, n, s, dy, out, u, l.r, 1.0f, l.LeafGradB(0), l.r);
+  ops.gemm(true, false, out, l.r, n, s, dy, out, u, l.r, 1.0f, l.LeafGradB(0), l.r);
   // du (N, r) = s · dy · B
-  Gemm(false, false, n, l.r, out, s, dy, out, l.B, l.r, 0.0f, du, l.r);
+  ops.gemm(false, false, n, l.r, out, s, dy, out, l.B, l.r, 0.0f, du, l.r);
   // dA (r, in) += duᵀ · x
-  Gemm(true, false, l.r, in, n, 1.0f, du, l.r, x_in, in, 1.0f, l.LeafGradA(0), in);
+  ops.gemm(true, false, l.r, in, n, 1.0f, du, l.r, x_in, in, 1.0f, l.LeafGradA(0), in);
 }
 
-void LoraBackwardX(const LoraWeights& l, const float* du, int64_t N, float* dx) {
+void LoraBackwardX(const Ops& ops, const LoraWeights& l, const float* du, int64_t N, float* dx) {
   const int n = static_cast<int>(N), in = static_cast<int>(l.in);
-  Gemm(false, false, n, in, l.r, 1.0f, du, l.r, l.A, in, 1.0f, dx, in);
+  ops.gemm(false, false, n, in, l.r, 1.0f, du, l.r, l.A, in, 1.0f, dx, in);
 }
 
 }  // namespace tinylora

@@ -15,13 +15,8 @@
 
 namespace tinylora {
 
-enum class Module { kQ, kK, kV, kO, kGate, kUp, kDown };
-constexpr int kNumModules = 7;
-const char* ModuleName(Module m);  // "q_proj", …
-// "model.layers.{i}.self_attn.q_proj" / "model.layers.{i}.mlp.gate_proj"
-std::string ModulePath(int layer, Module m);
-// (out, in) of module m in a model of config c.
-std::pair<int64_t, int64_t> ModuleShape(const LlamaConfig& c, Module m);
+struct Ops;  // backend/backend.h: the adapters' GEMMs go through a backend's table
+
 // "q_proj,v_proj" or "all-linear" → modules; Error naming `what` otherwise.
 std::vector<Module> ParseTargets(const std::string& text, const std::string& what);
 
@@ -135,11 +130,12 @@ std::string RouterTensorName(int layer, bool bias);
 
 // y (N, out) += s · u · Bᵀ with u (N, r) = x_in · Aᵀ written to `u`. x_in is the (dropped-out)
 // input of the projection.
-void LoraForward(const LoraWeights& l, float s, const float* x_in, int64_t N, float* u, float* y);
+void LoraForward(const Ops& ops, const LoraWeights& l, float s, const float* x_in, int64_t N,
+                 float* u, float* y);
 // Given dy (N, out): dB += s·dyᵀ·u; du = s·dy·B (N, r, into `du`); dA += duᵀ·x_in.
-void LoraBackward(const LoraWeights& l, float s, const float* x_in, const float* u, const float* dy,
-                  int64_t N, float* du);
+void LoraBackward(const Ops& ops, const LoraWeights& l, float s, const float* x_in, const float* u,
+                  const float* dy, int64_t N, float* du);
 // dx (N, in) += du · A: the gradient reaching the projection's (dropped-out) input.
-void LoraBackwardX(const LoraWeights& l, const float* du, int64_t N, float* dx);
+void LoraBackwardX(const Ops& ops, const LoraWeights& l, const float* du, int64_t N, float* dx);
 
 }  // namespace tinylora

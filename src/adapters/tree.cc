@@ -6,7 +6,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "ops/gemm.h"
+#include "backend/backend.h"
 
 namespace tinylora {
 
@@ -85,7 +85,7 @@ void RouteHard(const RouterWeights& r, const float* x, int64_t N, GateKind gate,
   Group(rt);
 }
 
-void RouteSoft(const RouterWeights& r, const float* x, int64_t N, Routing* rt) {
+void RouteSoft(const Ops& ops, const RouterWeights& r, const float* x, int64_t N, Routing* rt) {
   const int d = r.depth, L = 1 << d, M = L - 1;
   Reset(rt, d, N, true);
   rt->gate_kind = GateKind::kPath;
@@ -93,8 +93,8 @@ void RouteSoft(const RouterWeights& r, const float* x, int64_t N, Routing* rt) {
   for (int64_t n = 0; n < N; ++n)
     std::memcpy(&rt->z[static_cast<size_t>(n * M)], r.b, sizeof(float) * M);
   // z (N, M) = x (N, C) · Wᵀ + b
-  Gemm(false, true, static_cast<int>(N), M, static_cast<int>(r.hidden), 1.0f, x,
-       static_cast<int>(r.hidden), r.W, static_cast<int>(r.hidden), 1.0f, rt->z.data(), M);
+  ops.gemm(false, true, static_cast<int>(N), M, static_cast<int>(r.hidden), 1.0f, x,
+           static_cast<int>(r.hidden), r.W, static_cast<int>(r.hidden), 1.0f, rt->z.data(), M);
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
     const float* z = &rt->z[static_cast<size_t>(n * M)];
@@ -206,8 +206,8 @@ double RouterAuxLoss(const Routing& rt, const AuxLoss& aux) {
   return aux.scale * loss;
 }
 
-double RouterBackward(const RouterWeights& r, const float* x, const Routing& rt, const AuxLoss& aux,
-                      float* dx) {
+double RouterBackward(const Ops& ops, const RouterWeights& r, const float* x, const Routing& rt,
+                      const AuxLoss& aux, float* dx) {
   const int d = rt.depth, L = 1 << d, M = L - 1;
   const int64_t N = rt.N, C = r.hidden;
   // dz of the nodes on each token's hard path, (N, d), and which nodes those are.
@@ -270,7 +270,7 @@ double RouterBackward(const RouterWeights& r, const float* x, const Routing& rt,
     const int n = static_cast<int>(N);
     if (r.training()) {
       std::vector<float> dW(static_cast<size_t>(M * C));
-      Gemm(true, false, M, c, n, 1.0f, dz.data(), M, x, c, 0.0f, dW.data(), c);
+      ops.gemm(true, false, M, c, n, 1.0f, dz.data(), M, x, c, 0.0f, dW.data(), c);
       float* db = r.GradB();
       for (int m = 0; m < M; ++m) {
         float* g = r.NodeGradW(m);
@@ -278,7 +278,7 @@ double RouterBackward(const RouterWeights& r, const float* x, const Routing& rt,
         for (int64_t t = 0; t < N; ++t) db[m] += dz[static_cast<size_t>(t * M + m)];
       }
     }
-    Gemm(false, false, n, c, M, 1.0f, dz.data(), M, r.W, c, 1.0f, dx, c);
+    ops.gemm(false, false, n, c, M, 1.0f, dz.data(), M, r.W, c, 1.0f, dx, c);
     return RouterAuxLoss(rt, aux);
   }
   // Hard: only the visited nodes have a gradient. Group the N·d visits by node (counting
@@ -324,8 +324,9 @@ double RouterBackward(const RouterWeights& r, const float* x, const Routing& rt,
   return RouterAuxLoss(rt, aux);
 }
 
-void TreeLoraForwardHard(const LoraWeights& l, float s, const float* x, int64_t /*N*/,
-                         const Routing& rt, float* u, float* y, TreeScratch& scratch) {
+void TreeLoraForwardHard(const Ops& ops, const LoraWeights& l, float s, const float* x,
+                         int64_t /*N*/, const Routing& rt, float* u, float* y,
+                         TreeScratch& scratch) {
   const int r = l.r, in = static_cast<int>(l.in), out = static_cast<int>(l.out);
   scratch.threads.resize(static_cast<size_t>(omp_get_max_threads()));
   // Leaves in parallel: a token belongs to one leaf, so every write below is to rows (or leaf
@@ -344,8 +345,8 @@ void TreeLoraForwardHard(const LoraWeights& l, float s, const float* x, int64_t 
       std::memcpy(&sc.xg[static_cast<size_t>(t * in)], x + rows[t] * l.in, sizeof(float) * in);
     }
     // U_j (nj, r) = X_j · A_jᵀ
-    Gemm(false, true, static_cast<int>(nj), r, in, 1.0f, sc.xg.data(), in, l.LeafA(j), in, 0.0f,
-         sc.ug.data(), r);
+    ops.gemm(false, true, static_cast<int>(nj), r, in, 1.0f, sc.xg.data(), in, l.LeafA(j), in, 0.0f,
+             sc.ug.data(), r);
     for (int64_t t = 0; t < nj; ++t) {
       float* ut = &sc.ug[static_cast<size_t>(t * r)];
       std::memcpy(u + rows[t] * r, ut, sizeof(float) * r);
@@ -353,8 +354,8 @@ void TreeLoraForwardHard(const LoraWeights& l, float s, const float* x, int64_t 
       for (int k = 0; k < r; ++k) ut[k] *= g;
     }
     // Y_j (nj, out) = s · (g ∘ U_j) · B_jᵀ
-    Gemm(false, true, static_cast<int>(nj), out, r, s, sc.ug.data(), r, l.LeafB(j), r, 0.0f,
-         sc.yg.data(), out);
+    ops.gemm(false, true, static_cast<int>(nj), out, r, s, sc.ug.data(), r, l.LeafB(j), r, 0.0f,
+             sc.yg.data(), out);
     for (int64_t t = 0; t < nj; ++t) {
       float* yr = y + rows[t] * l.out;
       const float* src = &sc.yg[static_cast<size_t>(t * out)];
@@ -363,9 +364,9 @@ void TreeLoraForwardHard(const LoraWeights& l, float s, const float* x, int64_t 
   }
 }
 
-void TreeLoraBackwardHard(const LoraWeights& l, float s, const float* x, const float* u,
-                          const float* dy, int64_t /*N: rt.N*/, Routing& rt, float* dx,
-                          TreeScratch& scratch) {
+void TreeLoraBackwardHard(const Ops& ops, const LoraWeights& l, float s, const float* x,
+                          const float* u, const float* dy, int64_t /*N: rt.N*/, Routing& rt,
+                          float* dx, TreeScratch& scratch) {
   const int r = l.r, in = static_cast<int>(l.in), out = static_cast<int>(l.out);
   scratch.threads.resize(static_cast<size_t>(omp_get_max_threads()));
   // The touched leaves and their gradients (allocated here, serially): the work list.
@@ -403,10 +404,10 @@ void TreeLoraBackwardHard(const LoraWeights& l, float s, const float* x, const f
     float* dA = dAs[static_cast<size_t>(u_i)];
     float* dB = dBs[static_cast<size_t>(u_i)];
     // dB_j (out, r) += s · dY_jᵀ · (g ∘ U_j)
-    Gemm(true, false, out, r, n, s, sc.yg.data(), out, sc.ug.data(), r,
-         betaB[static_cast<size_t>(u_i)], dB, r);
+    ops.gemm(true, false, out, r, n, s, sc.yg.data(), out, sc.ug.data(), r,
+             betaB[static_cast<size_t>(u_i)], dB, r);
     // dU'_j (nj, r) = s · dY_j · B_j
-    Gemm(false, false, n, r, out, s, sc.yg.data(), out, l.LeafB(j), r, 0.0f, sc.vg.data(), r);
+    ops.gemm(false, false, n, r, out, s, sc.yg.data(), out, l.LeafB(j), r, 0.0f, sc.vg.data(), r);
     for (int64_t t = 0; t < nj; ++t) {  // dgate += dU'·U; dU = g ∘ dU'
       const float g = rt.gate[static_cast<size_t>(rows[t])];
       float* v = &sc.vg[static_cast<size_t>(t * r)];
@@ -419,10 +420,10 @@ void TreeLoraBackwardHard(const LoraWeights& l, float s, const float* x, const f
       std::memcpy(&sc.xg[static_cast<size_t>(t * in)], x + rows[t] * l.in, sizeof(float) * in);
     }
     // dA_j (r, in) += dU_jᵀ · X_j
-    Gemm(true, false, r, in, n, 1.0f, sc.vg.data(), r, sc.xg.data(), in,
-         betaA[static_cast<size_t>(u_i)], dA, in);
+    ops.gemm(true, false, r, in, n, 1.0f, sc.vg.data(), r, sc.xg.data(), in,
+             betaA[static_cast<size_t>(u_i)], dA, in);
     // dX_j (nj, in) = dU_j · A_j, scattered into dx
-    Gemm(false, false, n, in, r, 1.0f, sc.vg.data(), r, l.LeafA(j), in, 0.0f, sc.xg.data(), in);
+    ops.gemm(false, false, n, in, r, 1.0f, sc.vg.data(), r, l.LeafA(j), in, 0.0f, sc.xg.data(), in);
     for (int64_t t = 0; t < nj; ++t) {
       float* d = dx + rows[t] * l.in;
       const float* src = &sc.xg[static_cast<size_t>(t * in)];
@@ -445,22 +446,23 @@ void ScaleByPathProbs(const Routing& rt, const float* u, int64_t N, int L, int r
 
 }  // namespace
 
-void TreeLoraForwardSoft(const LoraWeights& l, float s, const float* x, int64_t N,
+void TreeLoraForwardSoft(const Ops& ops, const LoraWeights& l, float s, const float* x, int64_t N,
                          const Routing& rt, float* u, float* y, TreeScratch& sc) {
   const int r = l.r, R = l.R(), L = l.leaves, in = static_cast<int>(l.in),
             out = static_cast<int>(l.out);
   const int n = static_cast<int>(N);
   // U (N, R) = x · Aᵀ (every leaf), saved; U' = U with chunk j scaled by p_j
-  Gemm(false, true, n, R, in, 1.0f, x, in, l.A, in, 0.0f, u, R);
+  ops.gemm(false, true, n, R, in, 1.0f, x, in, l.A, in, 0.0f, u, R);
   Grow(sc.ug, N * R);
   ScaleByPathProbs(rt, u, N, L, r, sc.ug.data());
   for (int j = 0; j < L; ++j) {  // y += s · U'_j · B_jᵀ
-    Gemm(false, true, n, out, r, s, sc.ug.data() + j * r, R, l.LeafB(j), r, 1.0f, y, out);
+    ops.gemm(false, true, n, out, r, s, sc.ug.data() + j * r, R, l.LeafB(j), r, 1.0f, y, out);
   }
 }
 
-void TreeLoraBackwardSoft(const LoraWeights& l, float s, const float* x, const float* u,
-                          const float* dy, int64_t N, Routing& rt, float* dx, TreeScratch& sc) {
+void TreeLoraBackwardSoft(const Ops& ops, const LoraWeights& l, float s, const float* x,
+                          const float* u, const float* dy, int64_t N, Routing& rt, float* dx,
+                          TreeScratch& sc) {
   const int r = l.r, R = l.R(), L = l.leaves, in = static_cast<int>(l.in),
             out = static_cast<int>(l.out);
   const int n = static_cast<int>(N);
@@ -468,8 +470,8 @@ void TreeLoraBackwardSoft(const LoraWeights& l, float s, const float* x, const f
   Grow(sc.vg, N * R);
   ScaleByPathProbs(rt, u, N, L, r, sc.ug.data());
   for (int j = 0; j < L; ++j) {  // dB_j (out, r) += s · dyᵀ · U'_j ;  dU'_j (N, r) = s · dy · B_j
-    Gemm(true, false, out, r, n, s, dy, out, sc.ug.data() + j * r, R, 1.0f, l.LeafGradB(j), r);
-    Gemm(false, false, n, r, out, s, dy, out, l.LeafB(j), r, 0.0f, sc.vg.data() + j * r, R);
+    ops.gemm(true, false, out, r, n, s, dy, out, sc.ug.data() + j * r, R, 1.0f, l.LeafGradB(j), r);
+    ops.gemm(false, false, n, r, out, s, dy, out, l.LeafB(j), r, 0.0f, sc.vg.data() + j * r, R);
   }
   for (int64_t t = 0; t < N; ++t)
     for (int j = 0; j < L; ++j) {  // dp_j += dU'_j · U_j ; dU_j = p_j · dU'_j
@@ -483,10 +485,10 @@ void TreeLoraBackwardSoft(const LoraWeights& l, float s, const float* x, const f
       rt.dprobs[static_cast<size_t>(t * L + j)] += static_cast<float>(dp);
     }
   for (int j = 0; j < L; ++j) {  // dA_j (r, in) += dU_jᵀ · x
-    Gemm(true, false, r, in, n, 1.0f, sc.vg.data() + j * r, R, x, in, 1.0f, l.LeafGradA(j), in);
+    ops.gemm(true, false, r, in, n, 1.0f, sc.vg.data() + j * r, R, x, in, 1.0f, l.LeafGradA(j), in);
   }
   // dx (N, in) += dU · A
-  Gemm(false, false, n, in, R, 1.0f, sc.vg.data(), R, l.A, in, 1.0f, dx, in);
+  ops.gemm(false, false, n, in, R, 1.0f, sc.vg.data(), R, l.A, in, 1.0f, dx, in);
 }
 
 void TreeLoraForwardHardReference(const LoraWeights& l, float s, const float* x, int64_t N,

@@ -47,7 +47,7 @@ HardRoute RouteHardRow(const RouterWeights& r, const float* x, GateKind gate, fl
 void RouteHard(const RouterWeights& r, const float* x, int64_t N, GateKind gate, Routing* out);
 // Soft routing: every node's logit (one GEMM), every leaf's path probability; the hard leaf
 // and path are filled too (balance loss, statistics).
-void RouteSoft(const RouterWeights& r, const float* x, int64_t N, Routing* out);
+void RouteSoft(const Ops& ops, const RouterWeights& r, const float* x, int64_t N, Routing* out);
 
 // Weights of the auxiliary losses; `scale` multiplies both (1 / blocks / grad-accum steps).
 struct AuxLoss {
@@ -57,8 +57,8 @@ struct AuxLoss {
 };
 // The router's backward: turns the projections' dgate / dprobs and the auxiliary losses into
 // dW, db (added) and dx (N, C) (added). Returns the auxiliary loss (already scaled).
-double RouterBackward(const RouterWeights& r, const float* x, const Routing& rt, const AuxLoss& aux,
-                      float* dx);
+double RouterBackward(const Ops& ops, const RouterWeights& r, const float* x, const Routing& rt,
+                      const AuxLoss& aux, float* dx);
 // The auxiliary loss alone (forward only), scaled.
 double RouterAuxLoss(const Routing& rt, const AuxLoss& aux);
 
@@ -86,16 +86,18 @@ struct TreeScratch {
 };
 
 // Hard: y (N, out) += s · g_n · B_{leaf n} (A_{leaf n} x_n); u (N, r) saves A_leaf x.
-void TreeLoraForwardHard(const LoraWeights& l, float s, const float* x, int64_t N,
+void TreeLoraForwardHard(const Ops& ops, const LoraWeights& l, float s, const float* x, int64_t N,
                          const Routing& rt, float* u, float* y, TreeScratch& scratch);
 // Its backward: dA, dB of the touched leaves, rt.dgate, dx (N, in) += .
-void TreeLoraBackwardHard(const LoraWeights& l, float s, const float* x, const float* u,
-                          const float* dy, int64_t N, Routing& rt, float* dx, TreeScratch& scratch);
+void TreeLoraBackwardHard(const Ops& ops, const LoraWeights& l, float s, const float* x,
+                          const float* u, const float* dy, int64_t N, Routing& rt, float* dx,
+                          TreeScratch& scratch);
 // Soft: y += s · Σ_j p_j B_j (A_j x); u (N, R) saves A x (every leaf).
-void TreeLoraForwardSoft(const LoraWeights& l, float s, const float* x, int64_t N,
+void TreeLoraForwardSoft(const Ops& ops, const LoraWeights& l, float s, const float* x, int64_t N,
                          const Routing& rt, float* u, float* y, TreeScratch& scratch);
-void TreeLoraBackwardSoft(const LoraWeights& l, float s, const float* x, const float* u,
-                          const float* dy, int64_t N, Routing& rt, float* dx, TreeScratch& scratch);
+void TreeLoraBackwardSoft(const Ops& ops, const LoraWeights& l, float s, const float* x,
+                          const float* u, const float* dy, int64_t N, Routing& rt, float* dx,
+                          TreeScratch& scratch);
 
 // Plain per-token reference of the hard forward (no grouping). For tests.
 void TreeLoraForwardHardReference(const LoraWeights& l, float s, const float* x, int64_t N,

@@ -168,4 +168,34 @@ bool PresetConfig(const std::string& name, LlamaConfig* out) {
   return true;
 }
 
+namespace {
+constexpr const char* kModuleNames[kNumModules] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                                   "gate_proj", "up_proj", "down_proj"};
+}  // namespace
+
+const char* ModuleName(Module m) { return kModuleNames[static_cast<int>(m)]; }
+
+std::string ModulePath(int layer, Module m) {
+  const bool attn = m == Module::kQ || m == Module::kK || m == Module::kV || m == Module::kO;
+  return "model.layers." + std::to_string(layer) + (attn ? ".self_attn." : ".mlp.") + ModuleName(m);
+}
+
+std::pair<int64_t, int64_t> ModuleShape(const LlamaConfig& c, Module m) {
+  switch (m) {
+    case Module::kQ:
+      return {c.q_dim(), c.hidden};
+    case Module::kK:
+    case Module::kV:
+      return {c.kv_dim(), c.hidden};
+    case Module::kO:
+      return {c.hidden, c.q_dim()};
+    case Module::kGate:
+    case Module::kUp:
+      return {c.intermediate, c.hidden};
+    case Module::kDown:
+      return {c.hidden, c.intermediate};
+  }
+  return {0, 0};
+}
+
 }  // namespace tinylora

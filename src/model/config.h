@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 namespace tinylora {
 
@@ -35,5 +36,14 @@ std::string ConfigToJson(const LlamaConfig& c);
 // Named presets: "tiny" (a few million parameters, for tests and the quickstart)
 // and "tinyllama" (TinyLlama-1.1B's shape). Returns false for an unknown name.
 bool PresetConfig(const std::string& name, LlamaConfig* out);
+
+// The seven projections of a block, in this order everywhere (weights, adapters, gradients).
+enum class Module { kQ, kK, kV, kO, kGate, kUp, kDown };
+constexpr int kNumModules = 7;
+const char* ModuleName(Module m);  // "q_proj", …
+// "model.layers.{i}.self_attn.q_proj" / "model.layers.{i}.mlp.gate_proj"
+std::string ModulePath(int layer, Module m);
+// (out, in) of module m in a model of config c.
+std::pair<int64_t, int64_t> ModuleShape(const LlamaConfig& c, Module m);
 
 }  // namespace tinylora

@@ -1,14 +1,9 @@
 #include "model/llama.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cstring>
 #include <string>
 
-#include "ops/dropout.h"
-#include "ops/lora_rows.h"
-#include "ops/matmul.h"
 #include "util/error.h"
 
 namespace tinylora {
@@ -29,10 +24,13 @@ KvCache::KvCache(const LlamaConfig& c, int n_seqs, int capacity)
   v_.assign(n, 0.0f);
 }
 
-LlamaModel::LlamaModel(const ModelWeights& w, std::vector<const Adapter*> adapters)
+LlamaModel::LlamaModel(const ModelWeights& w, std::vector<const Adapter*> adapters,
+                       const Backend& backend)
     : w_(w),
+      ops_(backend.ops()),
       adapters_(std::move(adapters)),
-      rope_(w.config.head_dim, w.config.max_pos, w.config.rope_theta) {
+      rope_(w.config.head_dim, w.config.max_pos, w.config.rope_theta),
+      shape_(w.config) {
   if (adapters_.empty()) adapters_.push_back(nullptr);
   for (const Adapter* a : adapters_) gates_.push_back(a ? GateOf(a->config()) : GateKind::kPath);
 }
@@ -75,7 +73,8 @@ std::vector<RoutingStats> LlamaModel::routing_stats() const {
   return Stats(sum);
 }
 
-void LlamaModel::Route(int l, const Batch& batch, const float* xn) {
+void LlamaModel::Route(int l, const float* xn) {
+  const Batch& batch = *batch_;
   const int64_t T = batch.size(), C = w_.config.hidden;
   leaf_.assign(static_cast<size_t>(T), 0);
   gate_.assign(static_cast<size_t>(T), 1.0f);
@@ -118,14 +117,15 @@ void LlamaModel::Route(int l, const Batch& batch, const float* xn) {
 
 void LlamaModel::Product(const Tensor& w, const float* x, int64_t T, float* y) const {
   if (batch_invariant_) {
-    MatMulBatchInvariant(w, x, T, y);
+    ops_.matmul_invariant(w, x, T, y);
   } else {
-    MatMul(w, x, T, y);
+    ops_.matmul(w, x, T, y);
   }
 }
 
-void LlamaModel::Project(int l, Module m, const Tensor& w, const Batch& batch, const float* x,
-                         float* y) {
+void LlamaModel::Project(int l, Module m, const float* x, float* y) {
+  const Batch& batch = *batch_;
+  const Tensor& w = w_.layers[static_cast<size_t>(l)].weight(m);
   Product(w, x, batch.size(), y);
   // Each row's leaf of its own adapter (inference always routes hard), then one per-row pass.
   const int64_t T = batch.size();
@@ -140,7 +140,30 @@ void LlamaModel::Project(int l, Module m, const Tensor& w, const Batch& batch, c
     lora_rows_[static_cast<size_t>(t)] = {lw->LeafA(j), lw->LeafB(j), lw->r, s};
     any = true;
   }
-  if (any) LoraRowsForward(lora_rows_.data(), T, w.cols, w.rows, x, y);
+  if (any) ops_.lora_rows(lora_rows_.data(), T, w.cols, w.rows, x, y);
+}
+
+void LlamaModel::Attend(int layer, const BlockActs& a) {
+  const Batch& batch = *batch_;
+  KvCache& cache = *cache_;
+  const LlamaConfig& c = w_.config;
+  const int64_t T = batch.size(), KV = c.kv_dim();
+  for (int64_t t = 0; t < T; ++t) {
+    const size_t p = static_cast<size_t>(batch.pos[t]) * KV;
+    std::memcpy(cache.K(layer, batch.seq[t]) + p, &a.k[t * KV], sizeof(float) * KV);
+    std::memcpy(cache.V(layer, batch.seq[t]) + p, &a.v[t * KV], sizeof(float) * KV);
+  }
+  for (size_t i = 0; i < runs_->size(); ++i) {
+    const Run& r = (*runs_)[i];
+    attention_runs_[i] = {r.begin, r.n, r.p0, cache.K(layer, r.seq), cache.V(layer, r.seq)};
+  }
+  const AttentionShape shape{c.n_heads, c.n_kv_heads, c.head_dim};
+  const int64_t n_runs = static_cast<int64_t>(runs_->size());
+  if (batch_invariant_) {
+    ops_.attention_cached_invariant(shape, attention_runs_.data(), n_runs, a.q, a.att);
+  } else {
+    ops_.attention_cached(shape, attention_runs_.data(), n_runs, a.q, a.att);
+  }
 }
 
 std::vector<LlamaModel::Run> LlamaModel::Validate(const Batch& b, const KvCache& cache) const {
@@ -202,72 +225,21 @@ void LlamaModel::Forward(const Batch& batch, KvCache& cache, std::vector<float>*
   Resize(att_, T * Q);
   Resize(h1_, T * std::max(F, C));
   Resize(h2_, T * std::max(F, C));  // up (T, F), then down's output (T, C)
-  int64_t longest = 0;
-  const int64_t group = c.n_heads / c.n_kv_heads;
-  for (const Run& r : runs) {
-    longest =
-        std::max(longest, std::max<int64_t>(std::min<int64_t>(r.n, 64), group) * (r.p0 + r.n));
-  }
-  const int threads = omp_get_max_threads();
-  Resize(scratch_, longest * threads);
+  attention_runs_.resize(runs.size());
 
-  GatherRows(w_.embed, batch.tokens.data(), T, x_.data());  // x (T, C) = embedding rows
+  ops_.gather_rows(w_.embed, batch.tokens.data(), T, x_.data());  // x (T, C) = embedding rows
 
-  const AttentionShape shape{c.n_heads, c.n_kv_heads, c.head_dim};
+  // The block's activations alias: the residual stream is updated in place.
+  const BlockActs a{x_.data(), xn_.data(), nullptr, q_.data(),  k_.data(),  v_.data(),  att_.data(),
+                    x_.data(), xn_.data(), nullptr, h1_.data(), h2_.data(), h1_.data(), h2_.data()};
+  batch_ = &batch;
+  cache_ = &cache;
+  runs_ = &runs;
   for (int layer = 0; layer < c.n_layers; ++layer) {
-    const LayerWeights& L = w_.layers[static_cast<size_t>(layer)];
-    // attention block
-    RmsNorm(x_.data(), L.attn_norm.f32(), T, C, static_cast<float>(c.rms_eps), xn_.data());
-    Route(layer, batch, xn_.data());
-    Project(layer, Module::kQ, L.wq, batch, xn_.data(), q_.data());  // q (T, NH*HD)
-    Project(layer, Module::kK, L.wk, batch, xn_.data(), k_.data());  // k (T, KVH*HD)
-    Project(layer, Module::kV, L.wv, batch, xn_.data(), v_.data());  // v (T, KVH*HD)
-    Rope(q_.data(), batch.pos.data(), T, c.n_heads, rope_);
-    Rope(k_.data(), batch.pos.data(), T, c.n_kv_heads, rope_);
-    for (int64_t t = 0; t < T; ++t) {
-      const size_t p = static_cast<size_t>(batch.pos[t]) * KV;
-      std::memcpy(cache.K(layer, batch.seq[t]) + p, &k_[t * KV], sizeof(float) * KV);
-      std::memcpy(cache.V(layer, batch.seq[t]) + p, &v_[t * KV], sizeof(float) * KV);
-    }
-    if (batch_invariant_) {  // per (sequence run, KV group): every query and head on its own
-      const int64_t tasks = static_cast<int64_t>(runs.size()) * c.n_kv_heads;
-#pragma omp parallel for schedule(dynamic)
-      for (int64_t task = 0; task < tasks; ++task) {
-        const Run& r = runs[static_cast<size_t>(task / c.n_kv_heads)];
-        float* scratch = &scratch_[static_cast<size_t>(omp_get_thread_num() * longest)];
-        AttentionGroupInvariant(shape, static_cast<int>(task % c.n_kv_heads), &q_[r.begin * Q], Q,
-                                cache.K(layer, r.seq), cache.V(layer, r.seq), KV, r.n, r.p0,
-                                &att_[r.begin * Q], Q, scratch);
-      }
-    } else {
-      // Single-token runs (decode) take a KV group's heads together; longer runs go per head.
-      const int64_t tasks = static_cast<int64_t>(runs.size()) * c.n_heads;
-#pragma omp parallel for schedule(dynamic)
-      for (int64_t task = 0; task < tasks; ++task) {
-        const Run& r = runs[static_cast<size_t>(task / c.n_heads)];
-        const int head = static_cast<int>(task % c.n_heads);
-        float* scratch = &scratch_[static_cast<size_t>(omp_get_thread_num() * longest)];
-        if (r.n == 1) {
-          const int group = c.n_heads / c.n_kv_heads;
-          if (head % group != 0) continue;  // the group's first head does the whole group
-          AttentionGroupDecode(shape, head / group, &q_[r.begin * Q], cache.K(layer, r.seq),
-                               cache.V(layer, r.seq), KV, r.p0, &att_[r.begin * Q], scratch);
-        } else {
-          AttentionHead(shape, head, &q_[r.begin * Q], Q, cache.K(layer, r.seq),
-                        cache.V(layer, r.seq), KV, r.n, r.p0, &att_[r.begin * Q], Q, scratch);
-        }
-      }
-    }
-    Project(layer, Module::kO, L.wo, batch, att_.data(), h1_.data());  // (T, C)
-    Add(x_.data(), h1_.data(), T * C, x_.data());
-    // MLP block
-    RmsNorm(x_.data(), L.mlp_norm.f32(), T, C, static_cast<float>(c.rms_eps), xn_.data());
-    Project(layer, Module::kGate, L.w_gate, batch, xn_.data(), h1_.data());  // gate (T, F)
-    Project(layer, Module::kUp, L.w_up, batch, xn_.data(), h2_.data());      // up (T, F)
-    SwiGlu(h1_.data(), h2_.data(), T * F, h1_.data());
-    Project(layer, Module::kDown, L.w_down, batch, h1_.data(), h2_.data());  // (T, C)
-    Add(x_.data(), h2_.data(), T * C, x_.data());
+    BlockForward(ops_, shape_, w_.layers[static_cast<size_t>(layer)], layer, T, batch.pos.data(),
+                 rope_, *this, a, x_.data());
   }
+  batch_ = nullptr, cache_ = nullptr, runs_ = nullptr;
   for (const Run& r : runs) cache.length[static_cast<size_t>(r.seq)] = static_cast<int>(r.p0 + r.n);
 
   // logits for the requested rows only
@@ -277,7 +249,8 @@ void LlamaModel::Forward(const Batch& batch, KvCache& cache, std::vector<float>*
   }
   logits->resize(static_cast<size_t>(n_out * c.vocab));
   if (n_out == 0) return;
-  RmsNorm(xn_.data(), w_.final_norm.f32(), n_out, C, static_cast<float>(c.rms_eps), xn_.data());
+  ops_.rms_norm(xn_.data(), w_.final_norm.f32(), n_out, C, static_cast<float>(c.rms_eps),
+                xn_.data(), nullptr);
   Product(w_.lm_head, xn_.data(), n_out, logits->data());
 }
 

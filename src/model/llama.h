@@ -9,6 +9,7 @@
 
 #include "adapters/lora.h"
 #include "adapters/tree.h"
+#include "model/block.h"
 #include "model/weights.h"
 #include "ops/lora_rows.h"
 #include "ops/ops.h"
@@ -51,12 +52,14 @@ class KvCache {
   std::vector<float> k_, v_;  // (L, S, P, KVH*HD)
 };
 
-class LlamaModel {
+class LlamaModel : private BlockSteps {
  public:
   // `adapters` is the forest (DESIGN.md §8): slot i holds adapters[i], applied on top of the
   // frozen weights to the tokens whose batch slot is i; a null slot is the base alone. Every
-  // adapter must fit `w` (Adapter::Load checks it) and outlive the model.
-  LlamaModel(const ModelWeights& w, std::vector<const Adapter*> adapters);
+  // adapter must fit `w` (Adapter::Load checks it) and outlive the model. Every op runs on
+  // `backend`.
+  LlamaModel(const ModelWeights& w, std::vector<const Adapter*> adapters,
+             const Backend& backend = CpuBackend());
   // One adapter (or none) in slot 0.
   explicit LlamaModel(const ModelWeights& w, const Adapter* adapter = nullptr)
       : LlamaModel(w, std::vector<const Adapter*>{adapter}) {}
@@ -95,20 +98,29 @@ class LlamaModel {
   };
   static std::vector<RoutingStats> Stats(const std::vector<RoutingTotals>& blocks);
   std::vector<Run> Validate(const Batch& batch, const KvCache& cache) const;
+  // The block's steps at inference (see model/block.h), on batch_, cache_ and runs_.
   // Every token of a tree slot descends block l's router: leaf_, gate_ and its sequence's totals.
-  void Route(int l, const Batch& batch, const float* xn);
+  void Route(int l, const float* xn) override;
   // y (T, out) = x · Wᵀ of projection m in layer l, plus each row's adapter leaf.
-  void Project(int l, Module m, const Tensor& w, const Batch& batch, const float* x, float* y);
+  void Project(int l, Module m, const float* x, float* y) override;
+  // k, v into the cache, then each run's queries over its sequence's cache.
+  void Attend(int l, const BlockActs& a) override;
   void Product(const Tensor& w, const float* x, int64_t T, float* y) const;  // y = x · Wᵀ
 
   const ModelWeights& w_;
+  const Ops& ops_;
   std::vector<const Adapter*> adapters_;  // the forest, by slot
   std::vector<GateKind> gates_;           // each slot's gate
   RopeTable rope_;
+  BlockShape shape_;
   bool batch_invariant_ = true;
+  const Batch* batch_ = nullptr;  // the forward in progress
+  KvCache* cache_ = nullptr;
+  const std::vector<Run>* runs_ = nullptr;
+  std::vector<AttentionRun> attention_runs_;         // the runs over one layer's cache
   std::vector<std::vector<RoutingTotals>> routing_;  // (sequence id, L), grown on first use
   // Activations, grown to the largest batch seen and reused.
-  std::vector<float> x_, xn_, q_, k_, v_, att_, h1_, h2_, scratch_, path_z_;
+  std::vector<float> x_, xn_, q_, k_, v_, att_, h1_, h2_, path_z_;
   std::vector<int32_t> leaf_;       // (T) the current block's leaf per row (0 for a LoRA)
   std::vector<float> gate_;         // (T) its gate
   std::vector<LoraRow> lora_rows_;  // (T) the current projection's leaf per row

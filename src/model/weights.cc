@@ -10,6 +10,13 @@
 
 namespace tinylora {
 
+const Tensor& LayerWeights::weight(Module m) const {
+  static constexpr const Tensor LayerWeights::*kWeight[kNumModules] = {
+      &LayerWeights::wq,     &LayerWeights::wk,   &LayerWeights::wv,    &LayerWeights::wo,
+      &LayerWeights::w_gate, &LayerWeights::w_up, &LayerWeights::w_down};
+  return this->*kWeight[static_cast<int>(m)];
+}
+
 std::vector<TensorSpec> ModelTensorSpecs(const LlamaConfig& c) {
   const int64_t C = c.hidden, F = c.intermediate, V = c.vocab, Q = c.q_dim(), KV = c.kv_dim();
   std::vector<TensorSpec> s;

@@ -16,15 +16,16 @@
 namespace tinylora {
 
 struct LayerWeights {
-  Tensor attn_norm;  // (C)          input_layernorm
-  Tensor wq;         // (NH*HD, C)   q_proj
-  Tensor wk;         // (KVH*HD, C)  k_proj
-  Tensor wv;         // (KVH*HD, C)  v_proj
-  Tensor wo;         // (C, NH*HD)   o_proj
-  Tensor mlp_norm;   // (C)          post_attention_layernorm
-  Tensor w_gate;     // (F, C)       gate_proj
-  Tensor w_up;       // (F, C)       up_proj
-  Tensor w_down;     // (C, F)       down_proj
+  Tensor attn_norm;                      // (C)          input_layernorm
+  Tensor wq;                             // (NH*HD, C)   q_proj
+  Tensor wk;                             // (KVH*HD, C)  k_proj
+  Tensor wv;                             // (KVH*HD, C)  v_proj
+  Tensor wo;                             // (C, NH*HD)   o_proj
+  Tensor mlp_norm;                       // (C)          post_attention_layernorm
+  Tensor w_gate;                         // (F, C)       gate_proj
+  Tensor w_up;                           // (F, C)       up_proj
+  Tensor w_down;                         // (C, F)       down_proj
+  const Tensor& weight(Module m) const;  // the projection's matrix
 };
 
 class ModelWeights {

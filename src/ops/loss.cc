@@ -47,4 +47,26 @@ double CrossEntropyLoss(const float* logits, const int32_t* targets, const uint8
   return total;
 }
 
+double CrossEntropyForwardBackwardReference(float* logits, const int32_t* targets,
+                                            const uint8_t* mask, int64_t N, int64_t V,
+                                            float grad_scale) {
+  double total = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    float* row = logits + n * V;
+    if (mask != nullptr && mask[n] == 0) {
+      std::fill(row, row + V, 0.0f);
+      continue;
+    }
+    const double mx = *std::max_element(row, row + V);
+    double sum = 0;
+    for (int64_t v = 0; v < V; ++v) sum += std::exp(row[v] - mx);
+    total += std::log(sum) + mx - row[targets[n]];
+    for (int64_t v = 0; v < V; ++v) {
+      const double p = std::exp(row[v] - mx) / sum - (v == targets[n] ? 1.0 : 0.0);
+      row[v] = static_cast<float>(p * grad_scale);
+    }
+  }
+  return total;
+}
+
 }  // namespace tinylora

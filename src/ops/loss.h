@@ -17,4 +17,9 @@ double CrossEntropyForwardBackward(float* logits, const int32_t* targets, const 
 double CrossEntropyLoss(const float* logits, const int32_t* targets, const uint8_t* mask, int64_t N,
                         int64_t V);
 
+// Plain reference of the forward-backward: double sums, one row at a time.
+double CrossEntropyForwardBackwardReference(float* logits, const int32_t* targets,
+                                            const uint8_t* mask, int64_t N, int64_t V,
+                                            float grad_scale);
+
 }  // namespace tinylora

@@ -110,4 +110,30 @@ void MatMulReference(const Tensor& w, const float* x, int64_t T, float* y) {
   }
 }
 
+void ScatterAddRows(const float* src, const int32_t* ids, int64_t n, int64_t C, float* table) {
+  for (int64_t t = 0; t < n; ++t) {
+    float* row = table + static_cast<int64_t>(ids[t]) * C;
+    for (int64_t i = 0; i < C; ++i) row[i] += src[t * C + i];
+  }
+}
+
+void MatMulBackwardXReference(const Tensor& w, const float* dy, int64_t T, float* dx,
+                              bool accumulate) {
+  std::vector<float> wf(static_cast<size_t>(w.numel()));
+  Traits(w.format).dequantize_reference(w.data, w.numel(), wf.data());
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t i = 0; i < w.cols; ++i) {
+      double acc = accumulate ? dx[t * w.cols + i] : 0.0;
+      for (int64_t o = 0; o < w.rows; ++o)
+        acc += static_cast<double>(dy[t * w.rows + o]) * wf[static_cast<size_t>(o * w.cols + i)];
+      dx[t * w.cols + i] = static_cast<float>(acc);
+    }
+  }
+}
+
+void MatMulBackwardWReference(const float* dy, const float* x, int64_t T, int64_t out, int64_t in,
+                              float* dw) {
+  GemmReference(true, false, out, in, T, 1.0f, dy, out, x, in, 1.0f, dw, in);
+}
+
 }  // namespace tinylora

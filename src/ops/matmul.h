@@ -29,8 +29,12 @@ void MatMulBackwardX(const Tensor& w, const float* dy, int64_t T, float* dx, boo
 void MatMulBackwardW(const float* dy, const float* x, int64_t T, int64_t out, int64_t in,
                      float* dw);
 
-// Plain reference: double accumulation, no blocking. For tests.
+// Plain references of the three: double accumulation, no blocking (tests, reference backend).
 void MatMulReference(const Tensor& w, const float* x, int64_t T, float* y);
+void MatMulBackwardXReference(const Tensor& w, const float* dy, int64_t T, float* dx,
+                              bool accumulate);
+void MatMulBackwardWReference(const float* dy, const float* x, int64_t T, int64_t out, int64_t in,
+                              float* dw);
 
 // The streaming kernel on rows [row_begin, row_end) of W, any T (exposed for tests/bench).
 void MatVecRows(const Tensor& w, const float* x, int64_t T, int64_t row_begin, int64_t row_end,
@@ -38,6 +42,8 @@ void MatVecRows(const Tensor& w, const float* x, int64_t T, int64_t row_begin, i
 
 // out (n, cols) = rows ids[0..n) of `table` as F32 (the embedding lookup); ids must be in range.
 void GatherRows(const Tensor& table, const int32_t* ids, int64_t n, float* out);
+// Its gradient: row ids[t] of table (·, C) += src row t, in order (repeated ids accumulate).
+void ScatterAddRows(const float* src, const int32_t* ids, int64_t n, int64_t C, float* table);
 
 // Fixed-order row kernels of batch-invariant attention (Highway, the streaming kernel's order):
 // out[j] = alpha · (a_j · x) for rows a_j = a + j·lda of n floats;

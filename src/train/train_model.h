@@ -11,6 +11,7 @@
 
 #include "adapters/lora.h"
 #include "adapters/tree.h"
+#include "model/block.h"
 #include "model/weights.h"
 #include "ops/ops.h"
 
@@ -30,14 +31,15 @@ struct ModelGrads {
 // Error (exit 2) unless T tokens fit the model's context.
 void CheckSeqLen(int T, const LlamaConfig& c);
 
-class TrainModel {
+class TrainModel : private BlockBackwardSteps {
  public:
   // `grads` null: the base is frozen (no weight gradients). `adapter` null: no LoRA.
   // `checkpoint`: keep only each layer's input and recompute the layer in backward.
   // `soft_capable`: a tree adapter may be trained with soft routing (its activations then
   // hold every leaf's A·x).
+  // Every op runs on `backend` (its buffers hold the activations).
   TrainModel(const ModelWeights& w, const ModelGrads* grads, Adapter* adapter, int B, int T,
-             bool checkpoint, bool soft_capable = false);
+             bool checkpoint, bool soft_capable = false, const Backend& backend = CpuBackend());
 
   // Tree adapters: soft or hard routing from now on, and the auxiliary losses' weights.
   void SetRouting(bool soft, const AuxLoss& aux);
@@ -55,38 +57,38 @@ class TrainModel {
   // Forward only (no dropout): Σ mask·CE. Rows with fewer than T real tokens pass mask 0.
   double ForwardLoss(const int32_t* inputs, const int32_t* targets, const uint8_t* mask);
 
-  int64_t ActivationBytes() const { return static_cast<int64_t>(arena_.size() * sizeof(float)); }
+  int64_t ActivationBytes() const { return arena_.size() * static_cast<int64_t>(sizeof(float)); }
   int B() const { return B_; }
   int T() const { return T_; }
 
  private:
   struct LayerActs {
-    float* x_in;                        // (N, C) residual stream entering the layer
-    float *xn1, *rstd1;                 // (N, C), (N)
-    float *q, *k, *v;                   // (N, Q), (N, KV), (N, KV), after RoPE
+    BlockActs block;                    // proj is the shared tmp_c_
     float* probs;                       // (B, NH, T, T) attention probabilities
-    float* att;                         // (N, Q) attention output (heads concatenated)
-    float* x_mid;                       // (N, C) residual after attention
-    float *xn2, *rstd2;                 // (N, C), (N)
-    float *gate, *up, *h;               // (N, F) each; h = silu(gate)·up
     std::array<float*, kNumModules> u;  // (N, r) LoRA A·x per adapted module, else null
   };
 
   void Forward(const int32_t* inputs, bool train, uint64_t dropout_seed);
-  void LayerForward(int l, LayerActs& a, float* x_out, bool train, uint64_t dropout_seed);
-  void LayerBackward(int l, LayerActs& a, const float* dx_out, float* dx_in, uint64_t dropout_seed);
-  // y (N, out) = x · Wᵀ (+ LoRA). Saves LoRA's u into `u` when adapted.
-  void Linear(int l, Module m, const float* x, float* y, float* u, bool train, uint64_t seed);
+  void LayerForward(int l, LayerActs& a, float* x_out);
+  // The block's steps in training (see model/block.h); they act on cur_ under train_/seed_.
+  void Route(int l, const float* xn) override;
+  // y (N, out) = x · Wᵀ (+ LoRA). Saves LoRA's u into the current layer's u when adapted.
+  void Project(int l, Module m, const float* x, float* y) override;
+  void Attend(int l, const BlockActs& a) override;
   // dx (N, in) (+)= gradient through the projection; weight/LoRA gradients added.
-  void LinearBackward(int l, Module m, const float* x, const float* u, const float* dy, float* dx,
-                      bool accumulate, uint64_t seed);
-  const Tensor& Weight(int l, Module m) const;
+  void ProjectBackward(int l, Module m, const float* x, const float* dy, float* dx,
+                       bool accumulate) override;
+  void AttendBackward(int l, const BlockActs& a, const float* datt, float* dq, float* dk,
+                      float* dv) override;
+  void RouteBackward(int l, const float* xn, float* dxn) override;
   float* WeightGrad(int l, Module m) const;
   // x_d (N, in) = dropout(x) for (layer, module, seed); false when dropout is off.
   bool Dropout(int l, Module m, uint64_t seed, const float* x, int64_t in, float* out) const;
   static uint64_t DropoutKey(int l, Module m, uint64_t seed);
 
   const ModelWeights& w_;
+  const Backend& backend_;
+  const Ops& ops_;
   const ModelGrads* grads_;
   Adapter* adapter_;
   const LlamaConfig& c_;
@@ -101,15 +103,19 @@ class TrainModel {
   std::vector<Routing> routing_;  // (L) when the adapter is a tree
   TreeScratch tree_scratch_;
   RopeTable rope_;
+  BlockShape shape_;
   std::vector<int32_t> pos_;  // (N) position of each token: n % T
+  LayerActs* cur_ = nullptr;  // the layer the block's steps act on
+  bool train_ = false;        // dropout on (with seed_)
+  uint64_t seed_ = 0;
 
-  std::vector<float> arena_;
+  Buffer arena_;
   std::vector<LayerActs> acts_;  // (L) or, when checkpointing, x_in per layer + one shared set
-  float *x_final_, *xnf_, *rstdf_, *logits_;          // (N, C), (N, C), (N), (N, V)
-  float *dx_a_, *dx_b_, *dxn_, *dh_, *dgate_, *dup_;  // (N, C) ×3, (N, F) ×3
-  float *datt_, *dq_, *dk_, *dv_, *tmp_c_;            // (N, Q), (N, Q), (N, KV) ×2, (N, C)
-  float *du_, *xdrop_, *dxdrop_;                      // (N, r), (N, max in) ×2
-  float* scratch_;                                    // (threads, T, T)
+  float *x_final_, *xnf_, *rstdf_, *logits_;  // (N, C), (N, C), (N), (N, V)
+  float *dx_a_, *dx_b_, *tmp_c_;              // (N, C) ×3
+  BlockGradScratch d_;                        // the block backward's scratch
+  float *du_, *xdrop_, *dxdrop_;              // (N, r), (N, max in) ×2
+  float* scratch_;                            // (threads, T, T)
   const int32_t* targets_ = nullptr;
   const uint8_t* mask_ = nullptr;
 };
