@@ -109,21 +109,16 @@ std::vector<ForwardCase> ForwardCases() {
                        return RelErr(y, ref);
                      },
                      1e-4});
-    cases.push_back(
-        {"matmul_backward_x " + fn,
-         [f] {  // dx = dy · W against the reference of the transposed product
-           Weight w = MakeWeight(f, 29, 41, 5);
-           const std::vector<float> dy = Random(11 * 29, 6);
-           std::vector<float> dx(11 * 41), wt(41 * 29), ref(dx.size());
-           MatMulBackwardX(w.t, dy.data(), 11, dx.data(), false);
-           std::vector<float> wf(29 * 41);  // W dequantised by the reference
-           Traits(f).dequantize_reference(w.t.data, 29 * 41, wf.data());
-           for (int64_t i = 0; i < 41; ++i)
-             for (int64_t o = 0; o < 29; ++o) wt[i * 29 + o] = wf[o * 41 + i];
-           MatMulReference(Tensor{Format::kF32, 41, 29, wt.data()}, dy.data(), 11, ref.data());
-           return RelErr(dx, ref);
-         },
-         1e-4});
+    cases.push_back({"matmul_backward_x " + fn,
+                     [f] {  // dx = dy · W, added to what dx holds
+                       Weight w = MakeWeight(f, 29, 41, 5);
+                       const std::vector<float> dy = Random(11 * 29, 6);
+                       std::vector<float> dx = Random(11 * 41, 7), ref = dx;
+                       MatMulBackwardX(w.t, dy.data(), 11, dx.data(), true);
+                       MatMulBackwardXReference(w.t, dy.data(), 11, ref.data(), true);
+                       return RelErr(dx, ref);
+                     },
+                     1e-4});
     cases.push_back({"gather_rows " + fn,
                      [f] {
                        Weight w = MakeWeight(f, 9, 23, 7);
@@ -174,9 +169,9 @@ std::vector<ForwardCase> ForwardCases() {
                    1e-4});
   // Both attentions of inference over P queries of one sequence (AttentionShape {4, 2, 16}),
   // against the plain reference; `run` computes all heads into out.
-  using AttentionRun = std::function<void(const AttentionShape&, const float* q, const float* k,
-                                          const float* v, int64_t P, float* out)>;
-  auto attention_error = [](int64_t P, AttentionRun run) {
+  using AttentionKernel = std::function<void(const AttentionShape&, const float* q, const float* k,
+                                             const float* v, int64_t P, float* out)>;
+  auto attention_error = [](int64_t P, AttentionKernel run) {
     const AttentionShape s{4, 2, 16};
     const int64_t ldq = 64, ldkv = 32;
     const auto q = Random(P * ldq, 1), k = Random(P * ldkv, 2), v = Random(P * ldkv, 3);
@@ -207,6 +202,79 @@ std::vector<ForwardCase> ForwardCases() {
          });
        },
        1e-5});
+  // The backends' whole-batch ops: the CPU table against the reference table.
+  const Ops& cpu = CpuBackend().ops();
+  const Ops& ref = ReferenceBackend().ops();
+  for (bool invariant : {false, true}) {
+    cases.push_back({std::string("attention_cached") + (invariant ? "_invariant" : "") +
+                         " (runs of 1, 7 and 70 queries, cached prefixes)",
+                     [&cpu, &ref, invariant] {
+                       const AttentionShape s{4, 2, 16};
+                       const int64_t n[3] = {1, 7, 70}, p0[3] = {5, 0, 3}, Q = 64, KV = 32;
+                       std::vector<std::vector<float>> k, v;
+                       std::vector<AttentionRun> runs;
+                       int64_t T = 0;
+                       for (int i = 0; i < 3; ++i) {
+                         k.push_back(Random((p0[i] + n[i]) * KV, 10 + i));
+                         v.push_back(Random((p0[i] + n[i]) * KV, 20 + i));
+                         runs.push_back({T, n[i], p0[i], k.back().data(), v.back().data()});
+                         T += n[i];
+                       }
+                       const auto q = Random(T * Q, 1);
+                       std::vector<float> out(T * Q), want(T * Q);
+                       (invariant ? cpu.attention_cached_invariant : cpu.attention_cached)(
+                           s, runs.data(), 3, q.data(), out.data());
+                       ref.attention_cached(s, runs.data(), 3, q.data(), want.data());
+                       return RelErr(out, want);
+                     },
+                     1e-5});
+  }
+  cases.push_back(
+      {"attention_train forward (probabilities and output) and backward",
+       [&cpu, &ref] {
+         const AttentionShape s{4, 2, 8};
+         const int64_t B = 2, T = 67, N = B * T, Q = 32, KV = 16;
+         const auto q = Random(N * Q, 1), k = Random(N * KV, 2), v = Random(N * KV, 3);
+         const auto datt = Random(N * Q, 4);
+         std::vector<float> p[2], att[2], dq[2], dk[2], dv[2];
+         for (int i = 0; i < 2; ++i) {
+           const Ops& o = i == 0 ? cpu : ref;
+           p[i].resize(B * 4 * T * T), att[i].resize(N * Q);
+           dq[i].resize(N * Q), dk[i] = Random(N * KV, 5), dv[i] = Random(N * KV, 6);
+           o.attention_train(s, B, T, q.data(), k.data(), v.data(), p[i].data(), att[i].data());
+           o.attention_train_backward(s, B, T, q.data(), k.data(), v.data(), p[i].data(),
+                                      datt.data(), dq[i].data(), dk[i].data(), dv[i].data());
+         }
+         return std::max({RelErr(p[0], p[1]), RelErr(att[0], att[1]), RelErr(dq[0], dq[1]),
+                          RelErr(dk[0], dk[1]), RelErr(dv[0], dv[1])});
+       },
+       1e-5});
+  cases.push_back({"matmul_backward_w and scatter_add_rows (added to existing values)",
+                   [&cpu, &ref] {
+                     const int64_t T = 13, out = 29, in = 41;
+                     const auto dy = Random(T * out, 1), x = Random(T * in, 2);
+                     std::vector<float> dw = Random(out * in, 3), want = dw;
+                     cpu.matmul_backward_w(dy.data(), x.data(), T, out, in, dw.data());
+                     ref.matmul_backward_w(dy.data(), x.data(), T, out, in, want.data());
+                     const int32_t ids[] = {3, 0, 3, 7};
+                     std::vector<float> table = Random(8 * in, 4), sum = table;
+                     cpu.scatter_add_rows(x.data(), ids, 4, in, table.data());
+                     for (int t = 0; t < 4; ++t)
+                       for (int64_t i = 0; i < in; ++i) sum[ids[t] * in + i] += x[t * in + i];
+                     return std::max(RelErr(dw, want), MaxAbsDiff(table, sum));
+                   },
+                   1e-5});
+  cases.push_back({"cross_entropy forward-backward (masked rows)",
+                   [&cpu, &ref] {
+                     const int64_t N = 5, V = 301;
+                     std::vector<float> logits = Random(N * V, 1, 3.0f), want = logits;
+                     const int32_t targets[] = {0, 300, 17, 5, 150};
+                     const uint8_t mask[] = {1, 1, 0, 1, 1};
+                     const double l = cpu.cross_entropy(logits.data(), targets, mask, N, V, 0.25f);
+                     const double lr = ref.cross_entropy(want.data(), targets, mask, N, V, 0.25f);
+                     return std::max(std::fabs(l - lr) / lr, RelErr(logits, want));
+                   },
+                   1e-5});
   cases.push_back({"rmsnorm",
                    [] {
                      const int64_t T = 3, C = 37;

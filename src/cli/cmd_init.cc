@@ -37,9 +37,9 @@ void RunInit(const InitOptions& o) {
   } else {
     c = LoadConfig(o.config_file);
   }
-  if (o.dtype != "f32" && o.dtype != "bf16")
-    Fail("--dtype: expected f32 or bf16, got '" + o.dtype + "'");
-  c.torch_dtype = o.dtype == "bf16" ? "bfloat16" : "float32";
+  const Format format = FormatNamed(o.dtype, "--dtype");
+  if (Traits(format).quantize == nullptr) Fail("--dtype: expected f32 or bf16, got " + o.dtype);
+  c.torch_dtype = Traits(format).torch_dtype;
   if (!o.tokenizer.empty()) {
     Tokenizer tok(o.tokenizer);
     if (!o.preset.empty()) {
@@ -58,7 +58,7 @@ void RunInit(const InitOptions& o) {
   }
 
   auto base = CreateRandomBase(c, o.seed, /*with_grads=*/false);
-  SaveModel(*base, o.out, o.dtype == "bf16" ? DType::kBF16 : DType::kF32);
+  SaveModel(*base, o.out, format);
   const int64_t total = base->params.total();
   if (!o.tokenizer.empty()) {
     const std::string text = ReadTextFile(o.tokenizer);

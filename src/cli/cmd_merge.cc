@@ -50,7 +50,7 @@ void RunMerge(const MergeOptions& o) {
       ++merged;
     }
   }
-  SaveModel(*base, o.out, Traits(src->layers[0].wq.format).saved_as);
+  SaveModel(*base, o.out, Traits(src->layers[0].wq.format).merged_as);
   const std::string tok = JoinPath(o.model, "tokenizer.model");
   if (FileExists(tok)) WriteFileAtomic(JoinPath(o.out, "tokenizer.model"), ReadTextFile(tok));
   std::fprintf(stderr, "merged %d adapted projections into %s\n", merged, o.out.c_str());

@@ -26,11 +26,22 @@ void Bf16Fast(const void* src, int64_t n, float* dst) {
   WidenBf16(static_cast<const uint16_t*>(src), n, dst);
 }
 
+void EncodeF32(const float* src, int64_t n, void* dst) {
+  std::memcpy(dst, src, sizeof(float) * static_cast<size_t>(n));
+}
+void EncodeBf16(const float* src, int64_t n, void* dst) {
+  for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(dst)[i] = F32ToBf16(src[i]);
+}
+
 const FormatTraits kTable[] = {
-    {"f32", 1, 4, 4, CopyF32, CopyF32, MatVecF32Rows, true, false, DType::kF32},
-    {"f16", 1, 2, 2, F16Reference, F16Fast, MatVecF16Rows, false, false, DType::kF32},
-    {"bf16", 1, 2, 2, Bf16Reference, Bf16Fast, MatVecBf16Rows, false, true, DType::kBF16},
+    {"f32", 1, 4, 4, CopyF32, CopyF32, MatVecF32Rows, true, false, DType::kF32, "float32",
+     EncodeF32, Format::kF32},
+    {"f16", 1, 2, 2, F16Reference, F16Fast, MatVecF16Rows, false, false, DType::kF16, "float16",
+     nullptr, Format::kF32},
+    {"bf16", 1, 2, 2, Bf16Reference, Bf16Fast, MatVecBf16Rows, false, true, DType::kBF16,
+     "bfloat16", EncodeBf16, Format::kBF16},
 };
+constexpr int kFormats = sizeof(kTable) / sizeof(kTable[0]);
 
 }  // namespace
 
@@ -47,6 +58,15 @@ Format FormatOfDType(DType dtype, const std::string& what) {
     default:
       Fail(what + " has dtype " + DTypeName(dtype) + "; only F32, F16 and BF16 are supported");
   }
+}
+
+Format FormatNamed(const std::string& name, const std::string& what) {
+  std::string names;
+  for (int i = 0; i < kFormats; ++i) {
+    if (name == kTable[i].name) return static_cast<Format>(i);
+    names += std::string(i ? ", " : "") + kTable[i].name;
+  }
+  Fail(what + ": unknown format '" + name + "' (formats: " + names + ")");
 }
 
 int64_t FormatBytes(Format f, int64_t n) {

@@ -28,12 +28,20 @@ struct FormatTraits {
                  int64_t r1, float* y);
   bool gemm_in_place;  // F32: sgemm reads the weight itself, no widened panel
   bool amx_bf16;       // ops/gemm_bf16 can pack it (train --bf16)
-  DType saved_as;      // the safetensors dtype `merge` writes a base of this format in
+  // Files: the safetensors dtype holding its bytes, config.json's torch_dtype, the encoder
+  // from F32 (round to nearest even; null: nothing is written in this format) and the format
+  // `merge` writes a merged base of this format in.
+  DType dtype;
+  const char* torch_dtype;
+  void (*quantize)(const float* src, int64_t n, void* dst);
+  Format merged_as;
 };
 
 const FormatTraits& Traits(Format f);
 // The format a safetensors dtype is held in; Error (exit 2) naming `what` for other dtypes.
 Format FormatOfDType(DType dtype, const std::string& what);
+// The format whose traits are named `name` ("f32", …); Error (exit 2) naming `what` otherwise.
+Format FormatNamed(const std::string& name, const std::string& what);
 // Bytes of n weights (n a multiple of the format's block).
 int64_t FormatBytes(Format f, int64_t n);
 

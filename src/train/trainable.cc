@@ -4,8 +4,8 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "util/error.h"
 #include "util/file.h"
-#include "util/half.h"
 
 namespace tinylora {
 
@@ -110,23 +110,23 @@ std::unique_ptr<TrainableBase> CreateRandomBase(const LlamaConfig& config, uint6
   return t;
 }
 
-void SaveModel(const TrainableBase& base, const std::string& dir, DType dtype) {
+void SaveModel(const TrainableBase& base, const std::string& dir, Format format) {
+  const FormatTraits& f = Traits(format);
+  if (f.quantize == nullptr) Fail(std::string("a model cannot be written in ") + f.name);
   MakeDirectories(dir);
-  const std::vector<float>& values = base.params.values();
-  std::vector<uint16_t> narrow;  // the BF16 copy, when asked for
-  if (dtype == DType::kBF16) {
-    narrow.resize(values.size());
-    for (size_t i = 0; i < narrow.size(); ++i) narrow[i] = F32ToBf16(values[i]);
-  }
   std::vector<TensorToWrite> tensors;
-  for (int i = 0; i < base.params.size(); ++i) {
-    const int64_t off = base.params.value(i) - values.data();
-    const void* data = dtype == DType::kBF16 ? static_cast<const void*>(narrow.data() + off)
-                                             : static_cast<const void*>(values.data() + off);
-    tensors.push_back({base.params.name(i), dtype, base.params.shape(i), data});
+  for (int i = 0; i < base.params.size(); ++i) {  // each tensor encoded as it is written
+    const float* src = base.params.value(i);
+    const int64_t n = base.params.numel(i);
+    tensors.push_back({base.params.name(i), f.dtype, base.params.shape(i), nullptr,
+                       [&f, format, src, n](const ByteSink& sink) {
+                         std::vector<uint8_t> bytes(static_cast<size_t>(FormatBytes(format, n)));
+                         f.quantize(src, n, bytes.data());
+                         sink(bytes.data(), bytes.size());
+                       }});
   }
   LlamaConfig c = base.weights.config;
-  c.torch_dtype = dtype == DType::kBF16 ? "bfloat16" : "float32";
+  c.torch_dtype = f.torch_dtype;
   WriteSafetensors(JoinPath(dir, "model.safetensors"), tensors, {{"format", "pt"}});
   WriteFileAtomic(JoinPath(dir, "config.json"), ConfigToJson(c));
   // A sharded checkpoint previously in `dir` would take precedence over the new file.

@@ -27,6 +27,6 @@ std::unique_ptr<TrainableBase> CreateRandomBase(const LlamaConfig& config, uint6
 
 // Writes config.json + model.safetensors (F32 or BF16) of a TrainableBase into `dir`, each
 // file atomically.
-void SaveModel(const TrainableBase& base, const std::string& dir, DType dtype = DType::kF32);
+void SaveModel(const TrainableBase& base, const std::string& dir, Format format = Format::kF32);
 
 }  // namespace tinylora
