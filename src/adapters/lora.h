@@ -1,6 +1,6 @@
 // LoRA adapters with PEFT's semantics, names and files (DESIGN.md §2 with d = 0):
 //   y = W x + s · B (A · dropout(x)),   A (r, in), B (out, r), s = alpha / r.
-// A tree adapter (issue 4) stacks 2^d leaves in the same tensors; this is its d = 0 case.
+// A tree adapter (DESIGN.md §2) stacks 2^d leaves in the same tensors; this is its d = 0 case.
 // Legend: N = tokens, r = rank.
 #pragma once
 
