@@ -428,14 +428,14 @@ TEST(Backward, LoraKernels) {
   std::vector<float> x = Random(N * l.in, 1), g = Random(N * l.out, 2);
   auto loss = [&] {
     std::vector<float> u(N * l.r), y(N * l.out, 0.0f);
-    LoraForward(CpuBackend().ops(), l, 2.0f, x.data(), N, u.data(), y.data());
+    LoraForward(Gemm, l, 2.0f, x.data(), N, u.data(), y.data());
     return Dot(g, y);
   };
   std::vector<float> u(N * l.r), y(N * l.out, 0.0f), du(N * l.r), dx(N * l.in, 0.0f);
-  LoraForward(CpuBackend().ops(), l, 2.0f, x.data(), N, u.data(), y.data());
+  LoraForward(Gemm, l, 2.0f, x.data(), N, u.data(), y.data());
   a->params().ZeroGrads();
-  LoraBackward(CpuBackend().ops(), l, 2.0f, x.data(), u.data(), g.data(), N, du.data());
-  LoraBackwardX(CpuBackend().ops(), l, du.data(), N, dx.data());
+  LoraBackward(Gemm, l, 2.0f, x.data(), u.data(), g.data(), N, du.data());
+  LoraBackwardX(Gemm, l, du.data(), N, dx.data());
   EXPECT_LT(FdError(x.data(), N * l.in, dx, loss), 1e-3);
   EXPECT_LT(FdError(l.A, l.r * l.in, a->params().DenseGrad(l.a_index), loss), 1e-3);
   EXPECT_LT(FdError(l.B, l.out * l.r, a->params().DenseGrad(l.b_index), loss), 1e-3);
@@ -452,7 +452,7 @@ TEST(Backward, TreeLeafKernelsHardAndSoft) {
     const std::vector<float> xr = Random(N * 12, 3);
     Routing rt;
     if (soft) {
-      RouteSoft(CpuBackend().ops(), *a->Router(0), xr.data(), N, &rt);
+      RouteSoft(Gemm, *a->Router(0), xr.data(), N, &rt);
     } else {
       RouteHard(*a->Router(0), xr.data(), N, GateKind::kPath, &rt);
     }
@@ -462,25 +462,23 @@ TEST(Backward, TreeLeafKernelsHardAndSoft) {
     auto loss = [&] {
       std::vector<float> u(U), y(N * l.out, 0.0f);
       if (soft) {
-        TreeLoraForwardSoft(CpuBackend().ops(), l, 2.0f, x.data(), N, rt, u.data(), y.data(), sc);
+        TreeLoraForwardSoft(Gemm, l, 2.0f, x.data(), N, rt, u.data(), y.data(), sc);
       } else {
-        TreeLoraForwardHard(CpuBackend().ops(), l, 2.0f, x.data(), N, rt, u.data(), y.data(), sc);
+        TreeLoraForwardHard(Gemm, l, 2.0f, x.data(), N, rt, u.data(), y.data(), sc);
       }
       return Dot(g, y);
     };
     std::vector<float> u(U), y(N * l.out, 0.0f), dx(N * l.in, 0.0f);
     if (soft) {
-      TreeLoraForwardSoft(CpuBackend().ops(), l, 2.0f, x.data(), N, rt, u.data(), y.data(), sc);
+      TreeLoraForwardSoft(Gemm, l, 2.0f, x.data(), N, rt, u.data(), y.data(), sc);
     } else {
-      TreeLoraForwardHard(CpuBackend().ops(), l, 2.0f, x.data(), N, rt, u.data(), y.data(), sc);
+      TreeLoraForwardHard(Gemm, l, 2.0f, x.data(), N, rt, u.data(), y.data(), sc);
     }
     a->params().ZeroGrads();
     if (soft) {
-      TreeLoraBackwardSoft(CpuBackend().ops(), l, 2.0f, x.data(), u.data(), g.data(), N, rt,
-                           dx.data(), sc);
+      TreeLoraBackwardSoft(Gemm, l, 2.0f, x.data(), u.data(), g.data(), N, rt, dx.data(), sc);
     } else {
-      TreeLoraBackwardHard(CpuBackend().ops(), l, 2.0f, x.data(), u.data(), g.data(), N, rt,
-                           dx.data(), sc);
+      TreeLoraBackwardHard(Gemm, l, 2.0f, x.data(), u.data(), g.data(), N, rt, dx.data(), sc);
     }
     EXPECT_LT(FdError(x.data(), N * l.in, dx, loss), 1e-3);
     EXPECT_LT(FdError(l.A, l.R() * l.in, a->params().DenseGrad(l.a_index), loss), 1e-3);
@@ -507,7 +505,7 @@ TEST(Backward, RouterHardAndSoft) {
     Routing rt;
     auto route = [&] {
       if (soft) {
-        RouteSoft(CpuBackend().ops(), r, x.data(), N, &rt);
+        RouteSoft(Gemm, r, x.data(), N, &rt);
       } else {
         RouteHard(r, x.data(), N, GateKind::kPath, &rt);
       }
@@ -524,7 +522,7 @@ TEST(Backward, RouterHardAndSoft) {
     (soft ? rt.dprobs : rt.dgate) = c;
     std::vector<float> dx(N * C, 0.0f);
     a->params().ZeroGrads();
-    RouterBackward(CpuBackend().ops(), r, x.data(), rt, aux, dx.data());
+    RouterBackward(Gemm, r, x.data(), rt, aux, dx.data());
     const std::vector<float> dw = a->params().DenseGrad(r.w_index),
                              db = a->params().DenseGrad(r.b_index);
     EXPECT_LT(FdError(x.data(), N * C, dx, loss), 2e-3);

@@ -6,7 +6,6 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
-#include "backend/backend.h"
 #include "formats/safetensors.h"
 #include "util/error.h"
 #include "util/file.h"
@@ -333,30 +332,6 @@ void Adapter::Save(const std::string& dir) const {
   }
   WriteSafetensors(JoinPath(dir, "adapter_model.safetensors"), tensors, {{"format", "pt"}});
   WriteFileAtomic(JoinPath(dir, "adapter_config.json"), j.dump(2) + "\n");
-}
-
-void LoraForward(const Ops& ops, const LoraWeights& l, float s, const float* x_in, int64_t N,
-                 float* u, float* y) {
-  const int n = static_cast<int>(N), in = static_cast<int>(l.in), out = static_cast<int>(l.out);
-  // u (N, r) = x · Aᵀ ;  y (N, out) += s · u · Bᵀ
-  ops.gemm(false, true, n, l.r, in, 1.0f, x_in, in, l.A, in, 0.0f, u, l.r);
-  ops.gemm(false, true, n, out, l.r, s, u, l.r, l.B, l.r, 1.0f, y, out);
-}
-
-void LoraBackward(const Ops& ops, const LoraWeights& l, float s, const float* x_in, const float* u,
-                  const float* dy, int64_t N, float* du) {
-  const int n = static_cast<int>(N), in = static_cast<int>(l.in), out = static_cast<int>(l.out);
-  // dB (out, r) += s · dyᵀ · u
-  ops.gemm(true, false, out, l.r, n, s, dy, out, u, l.r, 1.0f, l.LeafGradB(0), l.r);
-  // du (N, r) = s · dy · B
-  ops.gemm(false, false, n, l.r, out, s, dy, out, l.B, l.r, 0.0f, du, l.r);
-  // dA (r, in) += duᵀ · x
-  ops.gemm(true, false, l.r, in, n, 1.0f, du, l.r, x_in, in, 1.0f, l.LeafGradA(0), in);
-}
-
-void LoraBackwardX(const Ops& ops, const LoraWeights& l, const float* du, int64_t N, float* dx) {
-  const int n = static_cast<int>(N), in = static_cast<int>(l.in);
-  ops.gemm(false, false, n, in, l.r, 1.0f, du, l.r, l.A, in, 1.0f, dx, in);
 }
 
 }  // namespace tinylora

@@ -12,10 +12,9 @@
 #include "formats/safetensors.h"
 #include "model/config.h"
 #include "model/param_block.h"
+#include "ops/tree_lora.h"
 
 namespace tinylora {
-
-struct Ops;  // backend/backend.h: the adapters' GEMMs go through a backend's table
 
 // "q_proj,v_proj" or "all-linear" → modules; Error naming `what` otherwise.
 std::vector<Module> ParseTargets(const std::string& text, const std::string& what);
@@ -30,50 +29,6 @@ struct AdapterConfig {
   std::string training_json = "{}";  // how it was trained, kept in adapter_config.json
   double scale() const { return alpha / r; }
 };
-
-// One adapted projection's tensors, views into the adapter's ParamBlock. A tree adapter
-// stacks its 2^d leaves: leaf j owns rows [j·r, (j+1)·r) of A and, in memory, the j-th
-// (out, r) block of B. Files hold B in PEFT's layout (out, leaves·r), where a leaf's columns
-// stride every row; memory keeps each leaf contiguous, so a leaf is two contiguous blocks and
-// the only unit of gradient and optimizer state.
-struct LoraWeights {
-  int64_t in = 0, out = 0;
-  int r = 0;                    // rank of one leaf
-  int leaves = 1;               // 2^d
-  float* A = nullptr;           // (leaves·r, in)
-  float* B = nullptr;           // (leaves, out, r)
-  ParamBlock* grads = nullptr;  // the adapter's parameters when training, else null
-  int a_index = -1, b_index = -1;
-  int R() const { return leaves * r; }
-  const float* LeafA(int j) const { return A + static_cast<int64_t>(j) * r * in; }
-  const float* LeafB(int j) const { return B + static_cast<int64_t>(j) * out * r; }
-  // Leaf j's gradients, (r, in) and (out, r), zeroed on first use in a step (with `fresh`: see
-  // ParamBlock::SegmentGrad). Not thread-safe.
-  float* LeafGradA(int j, bool* fresh = nullptr) const {
-    return grads->SegmentGrad(a_index, j, fresh);
-  }
-  float* LeafGradB(int j, bool* fresh = nullptr) const {
-    return grads->SegmentGrad(b_index, j, fresh);
-  }
-};
-
-// A block's router (tree_depth > 0): node logits z = W x̂ + b over the heap-ordered nodes.
-// Each node's row of W is its own gradient segment, so hard routing's backward touches only
-// the d nodes on each token's path.
-struct RouterWeights {
-  int depth = 0;
-  int64_t hidden = 0;
-  float* W = nullptr;           // (2^d − 1, hidden)
-  float* b = nullptr;           // (2^d − 1)
-  ParamBlock* grads = nullptr;  // when training, else null
-  int w_index = -1, b_index = -1;
-  int nodes() const { return (1 << depth) - 1; }
-  float* NodeGradW(int node) const { return grads->SegmentGrad(w_index, node); }
-  float* GradB() const { return grads->grad(b_index); }
-  bool training() const { return grads != nullptr && grads->with_grads(); }
-};
-
-constexpr int kMaxTreeDepth = 12;
 
 class Adapter {
  public:
@@ -127,15 +82,5 @@ class Adapter {
 std::string LoraTensorName(int layer, Module m, char which);
 // base_model.model.model.layers.{i}.tree_router.weight / .bias
 std::string RouterTensorName(int layer, bool bias);
-
-// y (N, out) += s · u · Bᵀ with u (N, r) = x_in · Aᵀ written to `u`. x_in is the (dropped-out)
-// input of the projection.
-void LoraForward(const Ops& ops, const LoraWeights& l, float s, const float* x_in, int64_t N,
-                 float* u, float* y);
-// Given dy (N, out): dB += s·dyᵀ·u; du = s·dy·B (N, r, into `du`); dA += duᵀ·x_in.
-void LoraBackward(const Ops& ops, const LoraWeights& l, float s, const float* x_in, const float* u,
-                  const float* dy, int64_t N, float* du);
-// dx (N, in) += du · A: the gradient reaching the projection's (dropped-out) input.
-void LoraBackwardX(const Ops& ops, const LoraWeights& l, const float* du, int64_t N, float* dx);
 
 }  // namespace tinylora

@@ -50,8 +50,9 @@ class HostBackend : public Backend {
   Ops ops_;
 };
 
-// Norms, RoPE, the residual add, dropout and the loss-only pass are already plain loops with
-// double sums: the reference table shares them with the CPU's.
+// Norms, RoPE, the residual add, dropout, the embedding gather and scatter, the optimizer's
+// element-wise kernels and the loss-only pass are already plain loops (double sums where they
+// sum): the reference table shares them with the CPU's.
 Ops CpuOps() {
   Ops o{};
   o.matmul = MatMul;
@@ -75,6 +76,9 @@ Ops CpuOps() {
   o.attention_cached_invariant = AttentionCachedInvariant;
   o.attention_train = AttentionTrain;
   o.attention_train_backward = AttentionTrainBackward;
+  o.adamw_update = AdamWUpdate;
+  o.sum_squares = SumSquares;
+  o.scale = Scale;
   o.cross_entropy = CrossEntropyForwardBackward;
   o.cross_entropy_loss = CrossEntropyLoss;
   return o;

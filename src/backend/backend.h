@@ -12,7 +12,9 @@
 #include <cstdint>
 #include <string>
 
+#include "ops/adamw.h"
 #include "ops/attention.h"
+#include "ops/gemm.h"
 #include "ops/lora_rows.h"
 #include "ops/ops.h"
 #include "ops/tensor.h"
@@ -28,9 +30,7 @@ struct Ops {
                             bool accumulate);
   void (*matmul_backward_w)(const float* dy, const float* x, int64_t T, int64_t out, int64_t in,
                             float* dw);
-  void (*gemm)(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-               const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
-               int64_t ldc);
+  GemmFn gemm;
   void (*lora_rows)(const LoraRow* rows, int64_t T, int64_t in, int64_t out, const float* x,
                     float* y);
   void (*gather_rows)(const Tensor& table, const int32_t* ids, int64_t n, float* out);
@@ -60,6 +60,11 @@ struct Ops {
   void (*attention_train_backward)(const AttentionShape& s, int64_t B, int64_t T, const float* q,
                                    const float* k, const float* v, const float* probs,
                                    const float* datt, float* dq, float* dk, float* dv);
+  // optimizer
+  void (*adamw_update)(const AdamWHyper& h, float scale, const float* grad, float* p, float* m,
+                       float* v, int64_t n);
+  double (*sum_squares)(const float* x, int64_t n);
+  void (*scale)(float* x, int64_t n, float s);
   // loss
   double (*cross_entropy)(float* logits, const int32_t* targets, const uint8_t* mask, int64_t N,
                           int64_t V, float grad_scale);

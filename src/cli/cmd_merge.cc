@@ -38,15 +38,7 @@ void RunMerge(const MergeOptions& o) {
       const LoraWeights* lw = adapter->Get(l, static_cast<Module>(m));
       if (lw == nullptr) continue;
       const int idx = base->params.Find(ModulePath(l, static_cast<Module>(m)) + ".weight");
-      float* W = base->params.value(idx);  // (out, in)
-#pragma omp parallel for schedule(static)
-      for (int64_t i = 0; i < lw->out; ++i) {
-        for (int k = 0; k < lw->r; ++k) {
-          const float b = s * lw->B[i * lw->r + k];
-          const float* a = lw->A + k * lw->in;
-          for (int64_t j = 0; j < lw->in; ++j) W[i * lw->in + j] += b * a[j];
-        }
-      }
+      LoraMerge(*lw, s, base->params.value(idx));
       ++merged;
     }
   }

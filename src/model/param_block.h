@@ -13,9 +13,11 @@
 #include <string>
 #include <vector>
 
+#include "ops/segment_grads.h"
+
 namespace tinylora {
 
-class ParamBlock {
+class ParamBlock final : public SegmentGrads {
  public:
   // Adds a tensor of `segments` equal pieces along its first dimension (1: a dense tensor);
   // returns its index. Call Allocate() after the last Add().
@@ -40,15 +42,16 @@ class ParamBlock {
   // The block's own storage: every tensor not SetExternal, in Add order.
   const std::vector<float>& values() const { return values_; }
   int64_t total() const { return next_; }  // elements over all tensors
-  bool with_grads() const { return with_grads_; }
+  bool with_grads() const override { return with_grads_; }
 
   // The dense gradient of tensor i; null for a segmented tensor or without gradients.
   float* grad(int i);
+  float* TensorGrad(int i) override { return grad(i); }
   const float* grad(int i) const;
   // Segment s's gradient, zeroed on its first use in a step (a dense tensor: a view into its
   // gradient). Not thread-safe: take the pointers before a parallel region. With `fresh`, a
   // first use is not zeroed: *fresh says so, and the caller must overwrite, not accumulate.
-  float* SegmentGrad(int i, int s, bool* fresh = nullptr);
+  float* SegmentGrad(int i, int s, bool* fresh = nullptr) override;
   // Segment s's gradient if touched in this step, else null (dense: always the view).
   const float* TouchedSegmentGrad(int i, int s) const;
   // Every gradient that exists in this step, in a fixed order (tensor index, then segment):

@@ -7,11 +7,7 @@ namespace tinylora {
 
 namespace {
 
-struct Hyper {
-  float b1, b2, eps, step_size, inv_sqrt_bc2, keep;
-};
-
-Hyper MakeHyper(const AdamWOptions& o, double lr, int64_t step, bool decay) {
+AdamWHyper MakeHyper(const AdamWOptions& o, double lr, int64_t step, bool decay) {
   const double bc1 = 1.0 - std::pow(o.beta1, static_cast<double>(step));
   const double bc2 = 1.0 - std::pow(o.beta2, static_cast<double>(step));
   return {static_cast<float>(o.beta1),
@@ -22,20 +18,10 @@ Hyper MakeHyper(const AdamWOptions& o, double lr, int64_t step, bool decay) {
           decay ? static_cast<float>(1.0 - lr * o.weight_decay) : 1.0f};
 }
 
-void Update(const Hyper& h, float scale, const float* grad, float* p, float* m, float* v,
-            int64_t n) {
-  for (int64_t k = 0; k < n; ++k) {
-    const float g = scale == 1.0f ? grad[k] : grad[k] * scale;
-    m[k] = h.b1 * m[k] + (1.0f - h.b1) * g;
-    v[k] = h.b2 * v[k] + (1.0f - h.b2) * g * g;
-    const float denom = std::sqrt(v[k]) * h.inv_sqrt_bc2 + h.eps;
-    p[k] = p[k] * h.keep - h.step_size * m[k] / denom;
-  }
-}
-
 }  // namespace
 
-AdamW::AdamW(ParamBlock* params) : params_(params), state_(static_cast<size_t>(params->size())) {
+AdamW::AdamW(ParamBlock* params, const Backend& backend)
+    : params_(params), ops_(backend.ops()), state_(static_cast<size_t>(params->size())) {
   for (int i = 0; i < params->size(); ++i) {
     TensorState& t = state_[static_cast<size_t>(i)];
     if (params->sparse(i)) {
@@ -78,7 +64,7 @@ int64_t AdamW::segments_with_state() const {
 
 void AdamW::Step(const AdamWOptions& o, double lr, int64_t step, float grad_scale) {
   struct Piece {
-    Hyper h;
+    AdamWHyper h;
     const float* g;
     float* p;
     std::unique_ptr<float[]>* mv;  // allocated in the parallel loop on first use
@@ -90,12 +76,12 @@ void AdamW::Step(const AdamWOptions& o, double lr, int64_t step, float grad_scal
     const double lr_i = lr * t.lr_scale;
     const bool decay = o.weight_decay > 0 && (o.decay_vectors || params_->shape(i).size() >= 2);
     if (s < 0) {
-      const Hyper h = MakeHyper(o, lr_i, step, decay);
+      const AdamWHyper h = MakeHyper(o, lr_i, step, decay);
       float* p = params_->value(i);
 #pragma omp parallel for schedule(static) if (n > 65536)
       for (int64_t c = 0; c < n; c += 4096) {
-        Update(h, grad_scale, g + c, p + c, t.m.data() + c, t.v.data() + c,
-               std::min<int64_t>(4096, n - c));
+        ops_.adamw_update(h, grad_scale, g + c, p + c, t.m.data() + c, t.v.data() + c,
+                          std::min<int64_t>(4096, n - c));
       }
       return;
     }
@@ -107,11 +93,11 @@ void AdamW::Step(const AdamWOptions& o, double lr, int64_t step, float grad_scal
   for (size_t k = 0; k < segments.size(); ++k) {
     const Piece& x = segments[k];
     float* m = Moments(*x.mv, x.n);  // allocated here, in parallel, on a segment's first use
-    Update(x.h, grad_scale, x.g, x.p, m, m + x.n, x.n);
+    ops_.adamw_update(x.h, grad_scale, x.g, x.p, m, m + x.n, x.n);
   }
 }
 
-double GradNorm(const ParamBlock& params) {
+double GradNorm(const ParamBlock& params, const Ops& ops) {
   constexpr int64_t kChunk = 1 << 16;
   std::vector<std::pair<const float*, int64_t>> chunks;
   params.ForEachGrad([&](int, int, const float* g, int64_t n) {
@@ -120,10 +106,7 @@ double GradNorm(const ParamBlock& params) {
   std::vector<double> part(chunks.size(), 0.0);
 #pragma omp parallel for schedule(static)
   for (size_t c = 0; c < chunks.size(); ++c) {
-    double s = 0;
-    const float* g = chunks[c].first;
-    for (int64_t k = 0; k < chunks[c].second; ++k) s += static_cast<double>(g[k]) * g[k];
-    part[c] = s;
+    part[c] = ops.sum_squares(chunks[c].first, chunks[c].second);
   }
   double total = 0;
   for (double s : part) total += s;
@@ -148,13 +131,11 @@ float ClipScale(double norm, double clip) {
   return clip > 0 && norm > clip ? static_cast<float>(clip / (norm + 1e-6)) : 1.0f;
 }
 
-double ClipGradNorm(ParamBlock& params, double clip) {
-  const double norm = GradNorm(params);
+double ClipGradNorm(ParamBlock& params, double clip, const Ops& ops) {
+  const double norm = GradNorm(params, ops);
   if (clip > 0 && norm > clip) {
     const float scale = ClipScale(norm, clip);
-    params.ForEachGrad([&](int, int, float* g, int64_t n) {
-      for (int64_t k = 0; k < n; ++k) g[k] *= scale;
-    });
+    params.ForEachGrad([&](int, int, float* g, int64_t n) { ops.scale(g, n, scale); });
   }
   return norm;
 }

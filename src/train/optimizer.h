@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"
 #include "model/param_block.h"
 
 namespace tinylora {
@@ -24,7 +25,7 @@ struct AdamWOptions {
 // Dense tensors follow torch.optim.AdamW exactly.
 class AdamW {
  public:
-  explicit AdamW(ParamBlock* params);
+  explicit AdamW(ParamBlock* params, const Backend& backend = CpuBackend());
   // One update with learning rate `lr`; `step` counts from 1 (bias correction). The gradients
   // are taken times `grad_scale` (ClipScale: clipping folded into the update, one pass less).
   void Step(const AdamWOptions& o, double lr, int64_t step, float grad_scale = 1.0f);
@@ -53,18 +54,19 @@ class AdamW {
     std::vector<int64_t> steps;                 // segmented: updates so far
   };
   ParamBlock* params_;
+  const Ops& ops_;
   std::vector<TensorState> state_;
 };
 
 // sqrt(Σ g²) over every gradient, summed in double in fixed-size chunks in a fixed order, so
 // the value does not depend on the thread count.
-double GradNorm(const ParamBlock& params);
+double GradNorm(const ParamBlock& params, const Ops& ops = CpuBackend().ops());
 // The name of the first tensor holding a non-finite gradient, or "" when all are finite.
 std::string FirstNonFiniteGrad(const ParamBlock& params);
 // The factor torch's clip_grad_norm_ applies: clip / (norm + 1e-6) when norm > clip, else 1.
 float ClipScale(double norm, double clip);
 // Scales every gradient by ClipScale. Returns the norm before clipping.
-double ClipGradNorm(ParamBlock& params, double clip);
+double ClipGradNorm(ParamBlock& params, double clip, const Ops& ops = CpuBackend().ops());
 
 struct Schedule {
   std::string kind = "cosine";  // cosine | linear | constant

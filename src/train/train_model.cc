@@ -152,12 +152,12 @@ void TrainModel::Project(int l, Module m, const float* x, float* y) {
   const float* x_in = (train_ && Dropout(l, m, seed_, x, lw->in, xdrop_)) ? xdrop_ : x;
   const float s = static_cast<float>(adapter_->config().scale());
   if (adapter_->depth() == 0) {
-    LoraForward(ops_, *lw, s, x_in, N_, u, y);
+    LoraForward(ops_.gemm, *lw, s, x_in, N_, u, y);
   } else if (soft_) {
-    TreeLoraForwardSoft(ops_, *lw, s, x_in, N_, routing_[static_cast<size_t>(l)], u, y,
+    TreeLoraForwardSoft(ops_.gemm, *lw, s, x_in, N_, routing_[static_cast<size_t>(l)], u, y,
                         tree_scratch_);
   } else {
-    TreeLoraForwardHard(ops_, *lw, s, x_in, N_, routing_[static_cast<size_t>(l)], u, y,
+    TreeLoraForwardHard(ops_.gemm, *lw, s, x_in, N_, routing_[static_cast<size_t>(l)], u, y,
                         tree_scratch_);
   }
 }
@@ -182,14 +182,14 @@ void TrainModel::ProjectBackward(int l, Module m, const float* x, const float* d
     dx_lora = dxdrop_;
   }
   if (adapter_->depth() == 0) {
-    LoraBackward(ops_, *lw, s, x_in, u, dy, N_, du_);
-    LoraBackwardX(ops_, *lw, du_, N_, dx_lora);
+    LoraBackward(ops_.gemm, *lw, s, x_in, u, dy, N_, du_);
+    LoraBackwardX(ops_.gemm, *lw, du_, N_, dx_lora);
   } else if (soft_) {
-    TreeLoraBackwardSoft(ops_, *lw, s, x_in, u, dy, N_, routing_[static_cast<size_t>(l)], dx_lora,
-                         tree_scratch_);
+    TreeLoraBackwardSoft(ops_.gemm, *lw, s, x_in, u, dy, N_, routing_[static_cast<size_t>(l)],
+                         dx_lora, tree_scratch_);
   } else {
-    TreeLoraBackwardHard(ops_, *lw, s, x_in, u, dy, N_, routing_[static_cast<size_t>(l)], dx_lora,
-                         tree_scratch_);
+    TreeLoraBackwardHard(ops_.gemm, *lw, s, x_in, u, dy, N_, routing_[static_cast<size_t>(l)],
+                         dx_lora, tree_scratch_);
   }
   if (dropout) {  // dx += mask/(1-p) ∘ dx_lora, the mask regenerated from the same key
     ops_.dropout_backward_add(DropoutKey(l, m, seed), adapter_->config().dropout, dxdrop_, n, dx);
@@ -201,7 +201,7 @@ void TrainModel::Route(int l, const float* xn) {
   if (router == nullptr) return;
   Routing& rt = routing_[static_cast<size_t>(l)];
   if (soft_) {
-    RouteSoft(ops_, *router, xn, N_, &rt);
+    RouteSoft(ops_.gemm, *router, xn, N_, &rt);
   } else {
     RouteHard(*router, xn, N_, gate_, &rt);
   }
@@ -224,7 +224,7 @@ void TrainModel::RouteBackward(int l, const float* xn, float* dxn) {
   // every adapted projection of the block has added its dgate / dprobs by now
   AuxLoss aux = aux_;
   aux.scale = aux_weight_ / c_.n_layers;
-  aux_loss_ += RouterBackward(ops_, *router, xn, routing_[static_cast<size_t>(l)], aux, dxn);
+  aux_loss_ += RouterBackward(ops_.gemm, *router, xn, routing_[static_cast<size_t>(l)], aux, dxn);
 }
 
 void TrainModel::LayerForward(int l, LayerActs& a, float* x_out) {

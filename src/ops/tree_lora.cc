@@ -1,12 +1,10 @@
-#include "adapters/tree.h"
+#include "ops/tree_lora.h"
 
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-
-#include "backend/backend.h"
 
 namespace tinylora {
 
@@ -85,7 +83,7 @@ void RouteHard(const RouterWeights& r, const float* x, int64_t N, GateKind gate,
   Group(rt);
 }
 
-void RouteSoft(const Ops& ops, const RouterWeights& r, const float* x, int64_t N, Routing* rt) {
+void RouteSoft(GemmFn gemm, const RouterWeights& r, const float* x, int64_t N, Routing* rt) {
   const int d = r.depth, L = 1 << d, M = L - 1;
   Reset(rt, d, N, true);
   rt->gate_kind = GateKind::kPath;
@@ -93,8 +91,8 @@ void RouteSoft(const Ops& ops, const RouterWeights& r, const float* x, int64_t N
   for (int64_t n = 0; n < N; ++n)
     std::memcpy(&rt->z[static_cast<size_t>(n * M)], r.b, sizeof(float) * M);
   // z (N, M) = x (N, C) · Wᵀ + b
-  ops.gemm(false, true, static_cast<int>(N), M, static_cast<int>(r.hidden), 1.0f, x,
-           static_cast<int>(r.hidden), r.W, static_cast<int>(r.hidden), 1.0f, rt->z.data(), M);
+  gemm(false, true, static_cast<int>(N), M, static_cast<int>(r.hidden), 1.0f, x,
+       static_cast<int>(r.hidden), r.W, static_cast<int>(r.hidden), 1.0f, rt->z.data(), M);
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
     const float* z = &rt->z[static_cast<size_t>(n * M)];
@@ -206,7 +204,7 @@ double RouterAuxLoss(const Routing& rt, const AuxLoss& aux) {
   return aux.scale * loss;
 }
 
-double RouterBackward(const Ops& ops, const RouterWeights& r, const float* x, const Routing& rt,
+double RouterBackward(GemmFn gemm, const RouterWeights& r, const float* x, const Routing& rt,
                       const AuxLoss& aux, float* dx) {
   const int d = rt.depth, L = 1 << d, M = L - 1;
   const int64_t N = rt.N, C = r.hidden;
@@ -270,7 +268,7 @@ double RouterBackward(const Ops& ops, const RouterWeights& r, const float* x, co
     const int n = static_cast<int>(N);
     if (r.training()) {
       std::vector<float> dW(static_cast<size_t>(M * C));
-      ops.gemm(true, false, M, c, n, 1.0f, dz.data(), M, x, c, 0.0f, dW.data(), c);
+      gemm(true, false, M, c, n, 1.0f, dz.data(), M, x, c, 0.0f, dW.data(), c);
       float* db = r.GradB();
       for (int m = 0; m < M; ++m) {
         float* g = r.NodeGradW(m);
@@ -278,7 +276,7 @@ double RouterBackward(const Ops& ops, const RouterWeights& r, const float* x, co
         for (int64_t t = 0; t < N; ++t) db[m] += dz[static_cast<size_t>(t * M + m)];
       }
     }
-    ops.gemm(false, false, n, c, M, 1.0f, dz.data(), M, r.W, c, 1.0f, dx, c);
+    gemm(false, false, n, c, M, 1.0f, dz.data(), M, r.W, c, 1.0f, dx, c);
     return RouterAuxLoss(rt, aux);
   }
   // Hard: only the visited nodes have a gradient. Group the N·d visits by node (counting
@@ -324,9 +322,8 @@ double RouterBackward(const Ops& ops, const RouterWeights& r, const float* x, co
   return RouterAuxLoss(rt, aux);
 }
 
-void TreeLoraForwardHard(const Ops& ops, const LoraWeights& l, float s, const float* x,
-                         int64_t /*N*/, const Routing& rt, float* u, float* y,
-                         TreeScratch& scratch) {
+void TreeLoraForwardHard(GemmFn gemm, const LoraWeights& l, float s, const float* x, int64_t /*N*/,
+                         const Routing& rt, float* u, float* y, TreeScratch& scratch) {
   const int r = l.r, in = static_cast<int>(l.in), out = static_cast<int>(l.out);
   scratch.threads.resize(static_cast<size_t>(omp_get_max_threads()));
   // Leaves in parallel: a token belongs to one leaf, so every write below is to rows (or leaf
@@ -345,8 +342,8 @@ void TreeLoraForwardHard(const Ops& ops, const LoraWeights& l, float s, const fl
       std::memcpy(&sc.xg[static_cast<size_t>(t * in)], x + rows[t] * l.in, sizeof(float) * in);
     }
     // U_j (nj, r) = X_j · A_jᵀ
-    ops.gemm(false, true, static_cast<int>(nj), r, in, 1.0f, sc.xg.data(), in, l.LeafA(j), in, 0.0f,
-             sc.ug.data(), r);
+    gemm(false, true, static_cast<int>(nj), r, in, 1.0f, sc.xg.data(), in, l.LeafA(j), in, 0.0f,
+         sc.ug.data(), r);
     for (int64_t t = 0; t < nj; ++t) {
       float* ut = &sc.ug[static_cast<size_t>(t * r)];
       std::memcpy(u + rows[t] * r, ut, sizeof(float) * r);
@@ -354,8 +351,8 @@ void TreeLoraForwardHard(const Ops& ops, const LoraWeights& l, float s, const fl
       for (int k = 0; k < r; ++k) ut[k] *= g;
     }
     // Y_j (nj, out) = s · (g ∘ U_j) · B_jᵀ
-    ops.gemm(false, true, static_cast<int>(nj), out, r, s, sc.ug.data(), r, l.LeafB(j), r, 0.0f,
-             sc.yg.data(), out);
+    gemm(false, true, static_cast<int>(nj), out, r, s, sc.ug.data(), r, l.LeafB(j), r, 0.0f,
+         sc.yg.data(), out);
     for (int64_t t = 0; t < nj; ++t) {
       float* yr = y + rows[t] * l.out;
       const float* src = &sc.yg[static_cast<size_t>(t * out)];
@@ -364,7 +361,7 @@ void TreeLoraForwardHard(const Ops& ops, const LoraWeights& l, float s, const fl
   }
 }
 
-void TreeLoraBackwardHard(const Ops& ops, const LoraWeights& l, float s, const float* x,
+void TreeLoraBackwardHard(GemmFn gemm, const LoraWeights& l, float s, const float* x,
                           const float* u, const float* dy, int64_t /*N: rt.N*/, Routing& rt,
                           float* dx, TreeScratch& scratch) {
   const int r = l.r, in = static_cast<int>(l.in), out = static_cast<int>(l.out);
@@ -404,10 +401,10 @@ void TreeLoraBackwardHard(const Ops& ops, const LoraWeights& l, float s, const f
     float* dA = dAs[static_cast<size_t>(u_i)];
     float* dB = dBs[static_cast<size_t>(u_i)];
     // dB_j (out, r) += s · dY_jᵀ · (g ∘ U_j)
-    ops.gemm(true, false, out, r, n, s, sc.yg.data(), out, sc.ug.data(), r,
-             betaB[static_cast<size_t>(u_i)], dB, r);
+    gemm(true, false, out, r, n, s, sc.yg.data(), out, sc.ug.data(), r,
+         betaB[static_cast<size_t>(u_i)], dB, r);
     // dU'_j (nj, r) = s · dY_j · B_j
-    ops.gemm(false, false, n, r, out, s, sc.yg.data(), out, l.LeafB(j), r, 0.0f, sc.vg.data(), r);
+    gemm(false, false, n, r, out, s, sc.yg.data(), out, l.LeafB(j), r, 0.0f, sc.vg.data(), r);
     for (int64_t t = 0; t < nj; ++t) {  // dgate += dU'·U; dU = g ∘ dU'
       const float g = rt.gate[static_cast<size_t>(rows[t])];
       float* v = &sc.vg[static_cast<size_t>(t * r)];
@@ -420,10 +417,10 @@ void TreeLoraBackwardHard(const Ops& ops, const LoraWeights& l, float s, const f
       std::memcpy(&sc.xg[static_cast<size_t>(t * in)], x + rows[t] * l.in, sizeof(float) * in);
     }
     // dA_j (r, in) += dU_jᵀ · X_j
-    ops.gemm(true, false, r, in, n, 1.0f, sc.vg.data(), r, sc.xg.data(), in,
-             betaA[static_cast<size_t>(u_i)], dA, in);
+    gemm(true, false, r, in, n, 1.0f, sc.vg.data(), r, sc.xg.data(), in,
+         betaA[static_cast<size_t>(u_i)], dA, in);
     // dX_j (nj, in) = dU_j · A_j, scattered into dx
-    ops.gemm(false, false, n, in, r, 1.0f, sc.vg.data(), r, l.LeafA(j), in, 0.0f, sc.xg.data(), in);
+    gemm(false, false, n, in, r, 1.0f, sc.vg.data(), r, l.LeafA(j), in, 0.0f, sc.xg.data(), in);
     for (int64_t t = 0; t < nj; ++t) {
       float* d = dx + rows[t] * l.in;
       const float* src = &sc.xg[static_cast<size_t>(t * in)];
@@ -446,21 +443,21 @@ void ScaleByPathProbs(const Routing& rt, const float* u, int64_t N, int L, int r
 
 }  // namespace
 
-void TreeLoraForwardSoft(const Ops& ops, const LoraWeights& l, float s, const float* x, int64_t N,
+void TreeLoraForwardSoft(GemmFn gemm, const LoraWeights& l, float s, const float* x, int64_t N,
                          const Routing& rt, float* u, float* y, TreeScratch& sc) {
   const int r = l.r, R = l.R(), L = l.leaves, in = static_cast<int>(l.in),
             out = static_cast<int>(l.out);
   const int n = static_cast<int>(N);
   // U (N, R) = x · Aᵀ (every leaf), saved; U' = U with chunk j scaled by p_j
-  ops.gemm(false, true, n, R, in, 1.0f, x, in, l.A, in, 0.0f, u, R);
+  gemm(false, true, n, R, in, 1.0f, x, in, l.A, in, 0.0f, u, R);
   Grow(sc.ug, N * R);
   ScaleByPathProbs(rt, u, N, L, r, sc.ug.data());
   for (int j = 0; j < L; ++j) {  // y += s · U'_j · B_jᵀ
-    ops.gemm(false, true, n, out, r, s, sc.ug.data() + j * r, R, l.LeafB(j), r, 1.0f, y, out);
+    gemm(false, true, n, out, r, s, sc.ug.data() + j * r, R, l.LeafB(j), r, 1.0f, y, out);
   }
 }
 
-void TreeLoraBackwardSoft(const Ops& ops, const LoraWeights& l, float s, const float* x,
+void TreeLoraBackwardSoft(GemmFn gemm, const LoraWeights& l, float s, const float* x,
                           const float* u, const float* dy, int64_t N, Routing& rt, float* dx,
                           TreeScratch& sc) {
   const int r = l.r, R = l.R(), L = l.leaves, in = static_cast<int>(l.in),
@@ -470,8 +467,8 @@ void TreeLoraBackwardSoft(const Ops& ops, const LoraWeights& l, float s, const f
   Grow(sc.vg, N * R);
   ScaleByPathProbs(rt, u, N, L, r, sc.ug.data());
   for (int j = 0; j < L; ++j) {  // dB_j (out, r) += s · dyᵀ · U'_j ;  dU'_j (N, r) = s · dy · B_j
-    ops.gemm(true, false, out, r, n, s, dy, out, sc.ug.data() + j * r, R, 1.0f, l.LeafGradB(j), r);
-    ops.gemm(false, false, n, r, out, s, dy, out, l.LeafB(j), r, 0.0f, sc.vg.data() + j * r, R);
+    gemm(true, false, out, r, n, s, dy, out, sc.ug.data() + j * r, R, 1.0f, l.LeafGradB(j), r);
+    gemm(false, false, n, r, out, s, dy, out, l.LeafB(j), r, 0.0f, sc.vg.data() + j * r, R);
   }
   for (int64_t t = 0; t < N; ++t)
     for (int j = 0; j < L; ++j) {  // dp_j += dU'_j · U_j ; dU_j = p_j · dU'_j
@@ -485,10 +482,10 @@ void TreeLoraBackwardSoft(const Ops& ops, const LoraWeights& l, float s, const f
       rt.dprobs[static_cast<size_t>(t * L + j)] += static_cast<float>(dp);
     }
   for (int j = 0; j < L; ++j) {  // dA_j (r, in) += dU_jᵀ · x
-    ops.gemm(true, false, r, in, n, 1.0f, sc.vg.data() + j * r, R, x, in, 1.0f, l.LeafGradA(j), in);
+    gemm(true, false, r, in, n, 1.0f, sc.vg.data() + j * r, R, x, in, 1.0f, l.LeafGradA(j), in);
   }
   // dx (N, in) += dU · A
-  ops.gemm(false, false, n, in, R, 1.0f, sc.vg.data(), R, l.A, in, 1.0f, dx, in);
+  gemm(false, false, n, in, R, 1.0f, sc.vg.data(), R, l.A, in, 1.0f, dx, in);
 }
 
 void TreeLoraForwardHardReference(const LoraWeights& l, float s, const float* x, int64_t N,
@@ -506,6 +503,41 @@ void TreeLoraForwardHardReference(const LoraWeights& l, float s, const float* x,
       for (int k = 0; k < l.r; ++k)
         acc += static_cast<double>(l.LeafB(j)[o * l.r + k]) * u[static_cast<size_t>(k)];
       y[t * l.out + o] += static_cast<float>(s * g * acc);
+    }
+  }
+}
+
+void LoraForward(GemmFn gemm, const LoraWeights& l, float s, const float* x_in, int64_t N, float* u,
+                 float* y) {
+  const int n = static_cast<int>(N), in = static_cast<int>(l.in), out = static_cast<int>(l.out);
+  // u (N, r) = x · Aᵀ ;  y (N, out) += s · u · Bᵀ
+  gemm(false, true, n, l.r, in, 1.0f, x_in, in, l.A, in, 0.0f, u, l.r);
+  gemm(false, true, n, out, l.r, s, u, l.r, l.B, l.r, 1.0f, y, out);
+}
+
+void LoraBackward(GemmFn gemm, const LoraWeights& l, float s, const float* x_in, const float* u,
+                  const float* dy, int64_t N, float* du) {
+  const int n = static_cast<int>(N), in = static_cast<int>(l.in), out = static_cast<int>(l.out);
+  // dB (out, r) += s · dyᵀ · u
+  gemm(true, false, out, l.r, n, s, dy, out, u, l.r, 1.0f, l.LeafGradB(0), l.r);
+  // du (N, r) = s · dy · B
+  gemm(false, false, n, l.r, out, s, dy, out, l.B, l.r, 0.0f, du, l.r);
+  // dA (r, in) += duᵀ · x
+  gemm(true, false, l.r, in, n, 1.0f, du, l.r, x_in, in, 1.0f, l.LeafGradA(0), in);
+}
+
+void LoraBackwardX(GemmFn gemm, const LoraWeights& l, const float* du, int64_t N, float* dx) {
+  const int n = static_cast<int>(N), in = static_cast<int>(l.in);
+  gemm(false, false, n, in, l.r, 1.0f, du, l.r, l.A, in, 1.0f, dx, in);
+}
+
+void LoraMerge(const LoraWeights& l, float s, float* W) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < l.out; ++i) {
+    for (int k = 0; k < l.r; ++k) {
+      const float b = s * l.B[i * l.r + k];
+      const float* a = l.A + k * l.in;
+      for (int64_t j = 0; j < l.in; ++j) W[i * l.in + j] += b * a[j];
     }
   }
 }
