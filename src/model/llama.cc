@@ -8,25 +8,20 @@
 
 namespace tinylora {
 
-namespace {
-void Resize(std::vector<float>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-}
-}  // namespace
-
-KvCache::KvCache(const LlamaConfig& c, int n_seqs, int capacity)
+KvCache::KvCache(const LlamaConfig& c, int n_seqs, int capacity, const Backend& backend)
     : length(static_cast<size_t>(n_seqs), 0),
       n_seqs_(n_seqs),
       capacity_(capacity),
       kv_dim_(c.kv_dim()) {
-  const size_t n = static_cast<size_t>(c.n_layers) * n_seqs * capacity * kv_dim_;
-  k_.assign(n, 0.0f);
-  v_.assign(n, 0.0f);
+  const int64_t n = static_cast<int64_t>(c.n_layers) * n_seqs * capacity * kv_dim_;
+  k_ = backend.Alloc(n);
+  v_ = backend.Alloc(n);
 }
 
 LlamaModel::LlamaModel(const ModelWeights& w, std::vector<const Adapter*> adapters,
                        const Backend& backend)
     : w_(w),
+      backend_(backend),
       ops_(backend.ops()),
       adapters_(std::move(adapters)),
       rope_(w.config.head_dim, w.config.max_pos, w.config.rope_theta),
@@ -217,27 +212,25 @@ void LlamaModel::Forward(const Batch& batch, KvCache& cache, std::vector<float>*
   const std::vector<Run> runs = Validate(batch, cache);
   const LlamaConfig& c = w_.config;
   const int64_t T = batch.size(), C = c.hidden, F = c.intermediate, Q = c.q_dim(), KV = c.kv_dim();
-  Resize(x_, T * C);
-  Resize(xn_, T * C);
-  Resize(q_, T * Q);
-  Resize(k_, T * KV);
-  Resize(v_, T * KV);
-  Resize(att_, T * Q);
-  Resize(h1_, T * std::max(F, C));
-  Resize(h2_, T * std::max(F, C));  // up (T, F), then down's output (T, C)
+  // The activations, one backend buffer grown to the largest batch seen: x, xn (T, C); q, att
+  // (T, Q); k, v (T, KV); h1, h2 (T, max(F, C)): gate and h, then up and the projections' output.
+  const int64_t H = std::max(F, C), per_row = 2 * C + 2 * Q + 2 * KV + 2 * H;
+  if (acts_.size() < T * per_row) acts_ = backend_.Alloc(T * per_row);
+  float* x = acts_.data();
+  float *xn = x + T * C, *q = xn + T * C, *att = q + T * Q, *k = att + T * Q, *v = k + T * KV;
+  float *h1 = v + T * KV, *h2 = h1 + T * H;
   attention_runs_.resize(runs.size());
 
-  ops_.gather_rows(w_.embed, batch.tokens.data(), T, x_.data());  // x (T, C) = embedding rows
+  ops_.gather_rows(w_.embed, batch.tokens.data(), T, x);  // x (T, C) = embedding rows
 
   // The block's activations alias: the residual stream is updated in place.
-  const BlockActs a{x_.data(), xn_.data(), nullptr, q_.data(),  k_.data(),  v_.data(),  att_.data(),
-                    x_.data(), xn_.data(), nullptr, h1_.data(), h2_.data(), h1_.data(), h2_.data()};
+  const BlockActs a{x, xn, nullptr, q, k, v, att, x, xn, nullptr, h1, h2, h1, h2};
   batch_ = &batch;
   cache_ = &cache;
   runs_ = &runs;
   for (int layer = 0; layer < c.n_layers; ++layer) {
     BlockForward(ops_, shape_, w_.layers[static_cast<size_t>(layer)], layer, T, batch.pos.data(),
-                 rope_, *this, a, x_.data());
+                 rope_, *this, a, x);
   }
   batch_ = nullptr, cache_ = nullptr, runs_ = nullptr;
   for (const Run& r : runs) cache.length[static_cast<size_t>(r.seq)] = static_cast<int>(r.p0 + r.n);
@@ -245,13 +238,12 @@ void LlamaModel::Forward(const Batch& batch, KvCache& cache, std::vector<float>*
   // logits for the requested rows only
   int64_t n_out = 0;
   for (int64_t t = 0; t < T; ++t) {
-    if (batch.want_logits[t]) std::memcpy(&xn_[n_out++ * C], &x_[t * C], sizeof(float) * C);
+    if (batch.want_logits[t]) std::memcpy(&xn[n_out++ * C], &x[t * C], sizeof(float) * C);
   }
   logits->resize(static_cast<size_t>(n_out * c.vocab));
   if (n_out == 0) return;
-  ops_.rms_norm(xn_.data(), w_.final_norm.f32(), n_out, C, static_cast<float>(c.rms_eps),
-                xn_.data(), nullptr);
-  Product(w_.lm_head, xn_.data(), n_out, logits->data());
+  ops_.rms_norm(xn, w_.final_norm.f32(), n_out, C, static_cast<float>(c.rms_eps), xn, nullptr);
+  Product(w_.lm_head, xn, n_out, logits->data());
 }
 
 }  // namespace tinylora

@@ -37,7 +37,8 @@ struct Batch {
 // Keys and values of every layer for S sequences of up to P positions, f32.
 class KvCache {
  public:
-  KvCache(const LlamaConfig& c, int n_seqs, int capacity);
+  // In `backend`'s memory (the model that uses it must run on the same backend).
+  KvCache(const LlamaConfig& c, int n_seqs, int capacity, const Backend& backend = CpuBackend());
   float* K(int layer, int seq) { return k_.data() + Offset(layer, seq); }  // (P, KVH*HD)
   float* V(int layer, int seq) { return v_.data() + Offset(layer, seq); }  // (P, KVH*HD)
   int n_seqs() const { return n_seqs_; }
@@ -49,7 +50,7 @@ class KvCache {
     return (static_cast<size_t>(layer) * n_seqs_ + seq) * capacity_ * kv_dim_;
   }
   int n_seqs_, capacity_, kv_dim_;
-  std::vector<float> k_, v_;  // (L, S, P, KVH*HD)
+  Buffer k_, v_;  // (L, S, P, KVH*HD)
 };
 
 class LlamaModel : private BlockSteps {
@@ -108,6 +109,7 @@ class LlamaModel : private BlockSteps {
   void Product(const Tensor& w, const float* x, int64_t T, float* y) const;  // y = x · Wᵀ
 
   const ModelWeights& w_;
+  const Backend& backend_;
   const Ops& ops_;
   std::vector<const Adapter*> adapters_;  // the forest, by slot
   std::vector<GateKind> gates_;           // each slot's gate
@@ -119,8 +121,8 @@ class LlamaModel : private BlockSteps {
   const std::vector<Run>* runs_ = nullptr;
   std::vector<AttentionRun> attention_runs_;         // the runs over one layer's cache
   std::vector<std::vector<RoutingTotals>> routing_;  // (sequence id, L), grown on first use
-  // Activations, grown to the largest batch seen and reused.
-  std::vector<float> x_, xn_, q_, k_, v_, att_, h1_, h2_, path_z_;
+  Buffer acts_;                                      // the forward's activations (see Forward)
+  std::vector<float> path_z_;                        // (T, kMaxTreeDepth) the routers' path logits
   std::vector<int32_t> leaf_;       // (T) the current block's leaf per row (0 for a LoRA)
   std::vector<float> gate_;         // (T) its gate
   std::vector<LoraRow> lora_rows_;  // (T) the current projection's leaf per row
