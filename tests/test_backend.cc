@@ -1,8 +1,8 @@
 // The backend seam: a whole forward (a forest of adapters over a ragged batch) and whole
-// training steps (pretraining; LoRA and tree adapters with dropout, hard and soft routing) run
-// on the reference backend, the ops' plain references, and agree with the CPU backend's fast
-// kernels. So everything the model and training compute goes through the op table, and a new
-// backend can be checked the same way.
+// training steps (pretraining with clipping and AdamW; LoRA and tree adapters with dropout,
+// hard and soft routing) run on the reference backend, the ops' plain references, and agree
+// with the CPU backend's fast kernels. So everything the model and training compute goes
+// through the op table, and a new backend can be checked the same way.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,6 +13,7 @@
 #include "backend/backend.h"
 #include "model/llama.h"
 #include "test_util.h"
+#include "train/optimizer.h"
 #include "train/train_model.h"
 #include "train/trainable.h"
 #include "util/error.h"
@@ -128,6 +129,17 @@ TEST(ReferenceBackend, PretrainingStepMatchesTheCpu) {
                   b.ForwardLoss(s.in.data(), s.tgt.data(), s.mask.data()), 1e-5 * std::fabs(lb));
     }
     ExpectGradientsAgree(cpu->params, ref->params, 1e-4);
+    // The rest of the step: clipping and AdamW, each on its backend.
+    const double na = ClipGradNorm(cpu->params, 0.5, CpuBackend().ops());
+    const double nb = ClipGradNorm(ref->params, 0.5, ReferenceBackend().ops());
+    EXPECT_NEAR(na, nb, 1e-4 * nb);
+    AdamW opt_a(&cpu->params, CpuBackend()), opt_b(&ref->params, ReferenceBackend());
+    opt_a.Step(AdamWOptions{}, 1e-3, 1);
+    opt_b.Step(AdamWOptions{}, 1e-3, 1);
+    for (int i = 0; i < cpu->params.size(); ++i) {
+      EXPECT_LT(Compare(cpu->params.value(i), ref->params.value(i), cpu->params.numel(i)).rel, 1e-4)
+          << cpu->params.name(i);
+    }
   }
 }
 
