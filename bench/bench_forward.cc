@@ -28,11 +28,12 @@ double Now() {
 }
 
 int Main(int argc, char** argv) {
-  if (argc < 2) {
-    std::fprintf(stderr,
+  const bool help = argc >= 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h");
+  if (argc < 2 || help) {
+    std::fprintf(help ? stdout : stderr,
                  "usage: bench_forward MODEL_DIR [--prefill T] [--decode N] [--threads N] "
                  "[--lora-rank R] [--tree-depth D] [--targets LIST]\n");
-    return 2;
+    return help ? 0 : 2;
   }
   const std::string dir = argv[1];
   int prefill = 512, decode = 32, threads = omp_get_num_procs(), rank = 0, depth = 0;

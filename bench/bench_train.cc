@@ -35,12 +35,13 @@ double Now() {
 }
 
 int Main(int argc, char** argv) {
-  if (argc < 2) {
-    std::fprintf(stderr,
+  const bool help = argc >= 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h");
+  if (argc < 2 || help) {
+    std::fprintf(help ? stdout : stderr,
                  "usage: bench_train MODEL_DIR [--batch B] [--seq T] [--targets T] [--rank R] "
                  "[--tree-depth D] [--steps N] [--warmup N] [--pretrain] "
                  "[--checkpoint-activations] [--bf16] [--threads N]\n");
-    return 2;
+    return help ? 0 : 2;
   }
   const std::string dir = argv[1];
   int B = 1, T = 256, rank = 8, steps = 3, warmup = 1, threads = omp_get_num_procs(), depth = 0;

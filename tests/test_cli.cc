@@ -134,11 +134,15 @@ TEST(Cli, InitInspectGenerateEvalWithTokenizer) {
   test::CliResult r =
       RunCli({"init", "--preset", "tiny", "--out", tmp / "m", "--tokenizer", tok, "--seed", "7"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
+  // The preset took the tokenizer's vocabulary, and init says so.
+  EXPECT_EQ(nlohmann::json::parse(r.out)["vocab"].get<int>(), 300);
+  EXPECT_NE(r.err.find("vocab_size 4096 of preset tiny replaced by the tokenizer's 300"),
+            std::string::npos)
+      << r.err;
   r = RunCli({"inspect", tmp / "m"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto info = nlohmann::json::parse(r.out);
-  EXPECT_EQ(info["config"]["vocab_size"].get<int>(),
-            300);  // the preset took the tokenizer's vocabulary
+  EXPECT_EQ(info["config"]["vocab_size"].get<int>(), 300);
   EXPECT_EQ(info["tokenizer"]["vocab"].get<int>(), 300);
   EXPECT_EQ(info["params_by_dtype"]["F32"].get<int64_t>(), info["params"].get<int64_t>());
   const std::vector<std::string> gen = {"generate",
@@ -215,6 +219,20 @@ TEST(Cli, BadUsage) {
   test::CliResult r = RunCli({"help", "generate"});
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_NE(r.out.find("--max-new-tokens"), std::string::npos);
+  // `help` alone lists the commands, not the help of `help`.
+  r = RunCli({"help"});
+  EXPECT_EQ(r.exit_code, 0);
+  for (const char* cmd : {"quickstart", "train", "pretrain", "generate", "merge"})
+    EXPECT_NE(r.out.find(std::string("\n  ") + cmd + " "), std::string::npos) << cmd << r.out;
+  EXPECT_EQ(r.out.find("the command to document"), std::string::npos) << r.out;
+  // Bounds are said as bounds, not as a range up to the largest double.
+  const std::string gqa = test::FixturePath("forward/gqa");
+  ExpectBadInput({"generate", "--model", gqa, "--prompt-ids", "1", "--max-new-tokens", "-5"},
+                 "--max-new-tokens: must be ≥ 0, got -5");
+  ExpectBadInput({"generate", "--model", gqa, "--prompt-ids", "1", "--temperature", "0"},
+                 "--temperature: must be > 0, got 0");
+  ExpectBadInput({"generate", "--model", gqa, "--prompt-ids", "1", "--max-new-tokens", "x"},
+                 "expected a number, got x");
 }
 
 TEST(Cli, BadPromptsAndIds) {

@@ -151,7 +151,7 @@ void AddEvalCommand(CLI::App& app) {
                             "a file of whitespace-separated token ids (no BOS added)");
   d->excludes(t);
   cmd->add_option("--context", o->context, "window length in tokens (default: the model's context)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   cmd->add_flag("--bf16", o->bf16,
                 "compute the BF16 base's matrix products in BF16 on AMX (activations rounded to "
                 "BF16, f32 sums), as train --bf16 does");

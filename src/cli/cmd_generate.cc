@@ -107,18 +107,17 @@ void AddGenerateCommand(CLI::App& app) {
   auto* p = cmd->add_option("--prompt", o->prompt, "prompt text (tokenised, BOS added)");
   auto* pi = cmd->add_option("--prompt-ids", o->prompt_ids, "prompt as token ids, e.g. \"1 2 3\"");
   p->excludes(pi);
-  cmd->add_option("--max-new-tokens", o->max_new_tokens, "tokens to generate")
-      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--max-new-tokens", o->max_new_tokens, "tokens to generate")->check(kNonNegative);
   auto* g = cmd->add_flag("--greedy", o->greedy, "always take the most likely token");
   cmd->add_flag("--ignore-eos", o->ignore_eos,
                 "keep generating past the end-of-text token (speed measurements)");
   cmd->add_option("--temperature", o->sampler.temperature, "sampling temperature")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->excludes(g);
   cmd->add_option("--top-p", o->sampler.top_p, "nucleus sampling mass (1 = off)")
       ->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--top-k", o->sampler.top_k, "keep the k most likely tokens (0 = off)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   cmd->add_option("--seed", o->sampler.seed, "sampling seed");
   AddThreadsOption(cmd, &o->threads);
   cmd->callback([o]() {

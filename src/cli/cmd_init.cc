@@ -43,7 +43,11 @@ void RunInit(const InitOptions& o) {
   if (!o.tokenizer.empty()) {
     Tokenizer tok(o.tokenizer);
     if (!o.preset.empty()) {
-      c.vocab = tok.vocab_size();  // a preset takes the tokenizer's vocabulary
+      if (tok.vocab_size() != c.vocab) {  // a preset takes the tokenizer's vocabulary
+        std::cerr << "init: vocab_size " << c.vocab << " of preset " << o.preset
+                  << " replaced by the tokenizer's " << tok.vocab_size() << "\n";
+      }
+      c.vocab = tok.vocab_size();
     } else if (tok.vocab_size() > c.vocab) {
       Fail("--tokenizer: " + o.tokenizer + " has " + std::to_string(tok.vocab_size()) +
            " pieces but the config's vocab_size is " + std::to_string(c.vocab));
@@ -67,7 +71,7 @@ void RunInit(const InitOptions& o) {
     std::remove(JoinPath(o.out, "tokenizer.model").c_str());  // a stale one would not fit
   }
   std::cerr << "wrote " << o.out << ": " << total << " parameters (" << o.dtype << ")\n";
-  std::cout << nlohmann::json{{"out", o.out}, {"params", total}}.dump() << "\n";
+  std::cout << nlohmann::json{{"out", o.out}, {"params", total}, {"vocab", c.vocab}}.dump() << "\n";
 }
 
 }  // namespace
@@ -79,7 +83,9 @@ void AddInitCommand(CLI::App& app) {
   auto* preset = cmd->add_option("--preset", o->preset, "a named config: tiny, tinyllama");
   cfg->excludes(preset);
   cmd->add_option("--out", o->out, "the model directory to write")->required();
-  cmd->add_option("--tokenizer", o->tokenizer, "a SentencePiece tokenizer.model to include");
+  cmd->add_option("--tokenizer", o->tokenizer,
+                  "a SentencePiece tokenizer.model to include (with --preset, the model takes "
+                  "the tokenizer's vocabulary size; with --config it must fit vocab_size)");
   cmd->add_option("--seed", o->seed, "random seed");
   cmd->add_option("--dtype", o->dtype, "stored dtype: f32 or bf16");
   cmd->add_flag("--force", o->force, "overwrite a model already in --out");

@@ -667,16 +667,16 @@ void AddQuickstartCommand(CLI::App& app) {
   cmd->add_option("--root", o->root, "where the fortune packages put their collections");
   cmd->add_option("--max-docs", o->max_docs,
                   "training entries per language, spread over the collections (0: all)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   cmd->add_option("--eval-docs", o->eval_docs,
                   "held-out entries scored per language (0: all; default: the scale's)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   cmd->add_option("--base-steps", o->base_steps, "pretraining steps (default: the scale's)")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   cmd->add_option("--steps", o->steps, "steps of each adapter (default: the scale's)")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   cmd->add_option("--batch-size", o->batch_size, "sequences per step (default: the scale's)")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   cmd->add_option("--seq-len", o->seq_len, "tokens per sequence (default: the scale's)")
       ->check(CLI::Range(2, 512));
   cmd->add_option("--vocab-size", o->vocab_size, "tokenizer pieces (default: the scale's)")

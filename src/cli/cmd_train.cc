@@ -33,38 +33,35 @@ void AddCommonFlags(CLI::App* cmd, CommonTrainOptions* o) {
       ->check(CLI::Range(0.0, 0.5));
   cmd->add_option("--out", o->out, "output directory")->required();
   cmd->add_option("--cache-dir", o->cache_dir, "token cache directory (default: OUT/data)");
-  auto* steps = cmd->add_option("--steps", o->steps, "optimizer steps")->check(CLI::PositiveNumber);
+  auto* steps = cmd->add_option("--steps", o->steps, "optimizer steps")->check(kPositive);
   cmd->add_option("--epochs", o->epochs, "passes over the data (instead of --steps)")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->excludes(steps);
-  cmd->add_option("--batch-size", o->batch_size, "sequences per micro-batch")
-      ->check(CLI::PositiveNumber);
+  cmd->add_option("--batch-size", o->batch_size, "sequences per micro-batch")->check(kPositive);
   cmd->add_option("--seq-len", o->seq_len, "tokens per sequence")->check(CLI::Range(2, 1 << 20));
-  cmd->add_option("--grad-accum", o->grad_accum, "micro-batches per step")
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--lr", o->lr, "peak learning rate")->check(CLI::PositiveNumber);
-  cmd->add_option("--warmup", o->warmup, "warm-up steps")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--grad-accum", o->grad_accum, "micro-batches per step")->check(kPositive);
+  cmd->add_option("--lr", o->lr, "peak learning rate")->check(kPositive);
+  cmd->add_option("--warmup", o->warmup, "warm-up steps")->check(kNonNegative);
   cmd->add_option("--schedule", o->schedule, "cosine | linear | constant")
       ->check(CLI::IsMember({"cosine", "linear", "constant"}));
   cmd->add_option("--min-lr-ratio", o->min_lr_ratio, "final lr / peak lr")
       ->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--weight-decay", o->weight_decay, "AdamW decoupled weight decay")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   cmd->add_option("--grad-clip", o->grad_clip, "clip gradients to this global norm (0: off)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   cmd->add_option("--eval-every", o->eval_every, "validation every N steps (0: at the end)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   cmd->add_option("--eval-batches", o->eval_batches, "validation micro-batches per evaluation")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   cmd->add_option("--save-every", o->save_every, "checkpoint every N steps (0: at the end)")
-      ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--log-every", o->log_every, "metrics line every N steps")
-      ->check(CLI::PositiveNumber);
+      ->check(kNonNegative);
+  cmd->add_option("--log-every", o->log_every, "metrics line every N steps")->check(kPositive);
   cmd->add_option("--seed", o->seed, "seed of initialisation, data order and dropout");
   cmd->add_flag("--resume", o->resume, "continue from OUT/checkpoint");
   cmd->add_option("--stop-after", o->stop_after,
                   "stop as on SIGINT after N steps of this run (checkpoint saved; time-boxed jobs)")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   cmd->add_flag("--checkpoint-activations", o->checkpoint_activations,
                 "recompute each block in backward instead of storing its activations");
   AddThreadsOption(cmd, &o->threads);
@@ -366,8 +363,7 @@ void AddTrainCommands(CLI::App& app) {
   CLI::App* train = app.add_subcommand("train", "train a LoRA adapter on a frozen base model");
   train->add_option("--model", lo->model, "base model directory")->required();
   train->add_option("--rank", lo->rank, "LoRA rank r")->check(CLI::Range(1, 65536));
-  train->add_option("--alpha", lo->alpha, "LoRA alpha (scale = alpha / r)")
-      ->check(CLI::PositiveNumber);
+  train->add_option("--alpha", lo->alpha, "LoRA alpha (scale = alpha / r)")->check(kPositive);
   train->add_option("--dropout", lo->dropout, "LoRA dropout on the adapter input")
       ->check(CLI::Range(0.0, 0.9));
   train->add_option("--targets", lo->targets, "modules to adapt: q_proj,k_proj,… or all-linear");
@@ -380,16 +376,16 @@ void AddTrainCommands(CLI::App& app) {
   train
       ->add_option("--hard-from", lo->hard_from,
                    "soft-then-hard: first hard step (default: half way)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   train
       ->add_option("--gate", lo->gate, "path (g = p of the leaf) | unit (g = 1, gradient of log p)")
       ->check(CLI::IsMember({"path", "unit"}));
   train->add_option("--hardening", lo->hardening, "weight of the routing-entropy loss")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   train->add_option("--balance", lo->balance, "weight of the leaf-balance loss")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   train->add_option("--router-lr", lo->router_lr, "learning rate of the routers (default: --lr)")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   train->add_flag("--bf16", lo->bf16,
                   "compute the frozen BF16 base's matrix products in BF16 on AMX (activations "
                   "rounded to BF16, f32 sums; the adapter stays f32)");

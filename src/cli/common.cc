@@ -44,7 +44,28 @@ void SetThreads(int n) {
 
 void AddThreadsOption(CLI::App* cmd, int* threads) {
   cmd->add_option("--threads", *threads, "threads for compute (0 = all cores)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
 }
+
+namespace {
+CLI::Validator Bound(bool strict) {
+  return CLI::Validator(
+      [strict](std::string& text) -> std::string {
+        double v = 0;
+        try {
+          size_t used = 0;
+          v = std::stod(text, &used);
+          if (used != text.size()) return "expected a number, got " + text;
+        } catch (const std::exception&) {
+          return "expected a number, got " + text;
+        }
+        if (strict ? v > 0 : v >= 0) return "";
+        return std::string(strict ? "must be > 0" : "must be ≥ 0") + ", got " + text;
+      },
+      strict ? "POSITIVE" : "NONNEGATIVE");
+}
+}  // namespace
+
+const CLI::Validator kPositive = Bound(true), kNonNegative = Bound(false);
 
 }  // namespace tinylora

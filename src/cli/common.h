@@ -14,6 +14,9 @@ std::vector<int> ParseIds(const std::string& text, const std::string& what);
 // Sets OpenMP and OpenBLAS threads (0 = all cores).
 void SetThreads(int n);
 void AddThreadsOption(CLI::App* cmd, int* threads);
+// Bound checks whose errors say the bound ("--steps: must be > 0, got -5"), not CLI11's
+// range to the largest double.
+extern const CLI::Validator kPositive, kNonNegative;
 
 inline double Seconds() {
   using namespace std::chrono;

@@ -26,8 +26,8 @@ int main(int argc, char** argv) {
   CLI::App* help = app.add_subcommand("help", "show the help of a command");
   help->add_option("command", help_topic, "the command to document");
   help->callback([&]() {
-    if (help_topic.empty()) {
-      std::cout << app.help();
+    if (help_topic.empty()) {  // the command list (app.help() would describe `help` itself)
+      std::cout << app.get_formatter()->make_help(&app, "tinylora", CLI::AppFormatMode::Normal);
       return;
     }
     CLI::App* sub = nullptr;
