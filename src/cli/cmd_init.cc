@@ -39,7 +39,6 @@ void RunInit(const InitOptions& o) {
   }
   const Format format = FormatNamed(o.dtype, "--dtype");
   if (Traits(format).quantize == nullptr) Fail("--dtype: expected f32 or bf16, got " + o.dtype);
-  c.torch_dtype = Traits(format).torch_dtype;
   if (!o.tokenizer.empty()) {
     Tokenizer tok(o.tokenizer);
     if (!o.preset.empty()) {

@@ -48,16 +48,9 @@ constexpr int kFormats = sizeof(kTable) / sizeof(kTable[0]);
 const FormatTraits& Traits(Format f) { return kTable[static_cast<int>(f)]; }
 
 Format FormatOfDType(DType dtype, const std::string& what) {
-  switch (dtype) {
-    case DType::kF32:
-      return Format::kF32;
-    case DType::kF16:
-      return Format::kF16;
-    case DType::kBF16:
-      return Format::kBF16;
-    default:
-      Fail(what + " has dtype " + DTypeName(dtype) + "; only F32, F16 and BF16 are supported");
-  }
+  for (int i = 0; i < kFormats; ++i)
+    if (kTable[i].dtype == dtype) return static_cast<Format>(i);
+  Fail(what + " has dtype " + DTypeName(dtype) + "; only F32, F16 and BF16 are supported");
 }
 
 Format FormatNamed(const std::string& name, const std::string& what) {

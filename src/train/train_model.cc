@@ -42,7 +42,6 @@ void CheckSeqLen(int T, const LlamaConfig& c) {
 TrainModel::TrainModel(const ModelWeights& w, const ModelGrads* grads, Adapter* adapter, int B,
                        int T, bool checkpoint, bool soft_capable, const Backend& backend)
     : w_(w),
-      backend_(backend),
       ops_(backend.ops()),
       grads_(grads),
       adapter_(adapter),
@@ -66,7 +65,7 @@ TrainModel::TrainModel(const ModelWeights& w, const ModelGrads* grads, Adapter* 
   const int r = adapter_ ? adapter_->config().r : 0;
   int64_t max_in = std::max(C, F);
 
-  Carver carve(backend_, &arena_);
+  Carver carve(backend, &arena_);
   acts_.assign(static_cast<size_t>(L), LayerActs{});
   for (int l = 0; l < L; ++l) {
     LayerActs& la = acts_[static_cast<size_t>(l)];
@@ -132,16 +131,15 @@ float* TrainModel::WeightGrad(int l, Module m) const {
   return grads_->layers[static_cast<size_t>(l)].*kGrad[static_cast<int>(m)];
 }
 
-bool TrainModel::Dropout(int l, Module m, uint64_t seed, const float* x, int64_t in,
-                         float* out) const {
+bool TrainModel::Dropout(int l, Module m, const float* x, int64_t in, float* out) const {
   const double p = adapter_ ? adapter_->config().dropout : 0.0;
-  if (p <= 0 || seed == 0) return false;
-  ops_.dropout(DropoutKey(l, m, seed), p, x, N_ * in, out);
+  if (p <= 0 || seed_ == 0) return false;
+  ops_.dropout(DropoutKey(l, m), p, x, N_ * in, out);
   return true;
 }
 
-uint64_t TrainModel::DropoutKey(int l, Module m, uint64_t seed) {
-  return Mix(seed ^ Mix(static_cast<uint64_t>(l) * kNumModules + static_cast<uint64_t>(m)));
+uint64_t TrainModel::DropoutKey(int l, Module m) const {
+  return Mix(seed_ ^ Mix(static_cast<uint64_t>(l) * kNumModules + static_cast<uint64_t>(m)));
 }
 
 void TrainModel::Project(int l, Module m, const float* x, float* y) {
@@ -149,7 +147,7 @@ void TrainModel::Project(int l, Module m, const float* x, float* y) {
   const LoraWeights* lw = adapter_ ? adapter_->Get(l, m) : nullptr;
   if (lw == nullptr) return;
   float* u = cur_->u[static_cast<size_t>(m)];
-  const float* x_in = (train_ && Dropout(l, m, seed_, x, lw->in, xdrop_)) ? xdrop_ : x;
+  const float* x_in = Dropout(l, m, x, lw->in, xdrop_) ? xdrop_ : x;
   const float s = static_cast<float>(adapter_->config().scale());
   if (adapter_->depth() == 0) {
     LoraForward(ops_.gemm, *lw, s, x_in, N_, u, y);
@@ -165,14 +163,13 @@ void TrainModel::Project(int l, Module m, const float* x, float* y) {
 void TrainModel::ProjectBackward(int l, Module m, const float* x, const float* dy, float* dx,
                                  bool accumulate) {
   const Tensor& w = w_.layers[static_cast<size_t>(l)].weight(m);
-  const uint64_t seed = seed_;
   ops_.matmul_backward_x(w, dy, N_, dx, accumulate);
   if (float* dw = WeightGrad(l, m)) ops_.matmul_backward_w(dy, x, N_, w.rows, w.cols, dw);
   const LoraWeights* lw = adapter_ ? adapter_->Get(l, m) : nullptr;
   if (lw == nullptr) return;
   const float s = static_cast<float>(adapter_->config().scale());
   const float* u = cur_->u[static_cast<size_t>(m)];
-  const bool dropout = Dropout(l, m, seed, x, lw->in, xdrop_);
+  const bool dropout = Dropout(l, m, x, lw->in, xdrop_);
   const float* x_in = dropout ? xdrop_ : x;
   // The adapter's share of dx goes straight into dx, or through the dropout mask.
   const int64_t n = N_ * lw->in;
@@ -192,7 +189,7 @@ void TrainModel::ProjectBackward(int l, Module m, const float* x, const float* d
                          dx_lora, tree_scratch_);
   }
   if (dropout) {  // dx += mask/(1-p) ∘ dx_lora, the mask regenerated from the same key
-    ops_.dropout_backward_add(DropoutKey(l, m, seed), adapter_->config().dropout, dxdrop_, n, dx);
+    ops_.dropout_backward_add(DropoutKey(l, m), adapter_->config().dropout, dxdrop_, n, dx);
   }
 }
 
@@ -233,7 +230,7 @@ void TrainModel::LayerForward(int l, LayerActs& a, float* x_out) {
                a.block, x_out);
 }
 
-void TrainModel::Forward(const int32_t* inputs, bool train, uint64_t seed) {
+void TrainModel::Forward(const int32_t* inputs, uint64_t seed) {
   const int64_t N = N_, C = c_.hidden;
   for (int64_t n = 0; n < N; ++n) {
     const int32_t id = inputs[n];
@@ -243,7 +240,6 @@ void TrainModel::Forward(const int32_t* inputs, bool train, uint64_t seed) {
     }
   }
   ops_.gather_rows(w_.embed, inputs, N, acts_[0].block.x_in);
-  train_ = train;
   seed_ = seed;
   const int L = c_.n_layers;
   for (int l = 0; l < L; ++l) {
@@ -255,7 +251,7 @@ void TrainModel::Forward(const int32_t* inputs, bool train, uint64_t seed) {
 }
 
 double TrainModel::ForwardLoss(const int32_t* inputs, const int32_t* targets, const uint8_t* mask) {
-  Forward(inputs, false, 0);
+  Forward(inputs, 0);
   aux_loss_ = 0;
   for (int l = 0; adapter_ != nullptr && adapter_->depth() > 0 && l < c_.n_layers; ++l) {
     AuxLoss aux = aux_;
@@ -281,7 +277,7 @@ double TrainModel::ForwardBackward(const int32_t* inputs, const int32_t* targets
       Fail("target id " + std::to_string(targets[n]) + " is outside the vocabulary");
     }
   }
-  Forward(inputs, true, seed);
+  Forward(inputs, seed);
   const int64_t N = N_, C = c_.hidden, V = c_.vocab;
   const double loss = ops_.cross_entropy(logits_, targets, mask, N, V, grad_scale);
   // logits_ now holds dlogits (N, V)

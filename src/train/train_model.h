@@ -68,9 +68,10 @@ class TrainModel : private BlockBackwardSteps {
     std::array<float*, kNumModules> u;  // (N, r) LoRA A·x per adapted module, else null
   };
 
-  void Forward(const int32_t* inputs, bool train, uint64_t dropout_seed);
+  // dropout_seed 0: no dropout (evaluation); the backward reuses the forward's seed.
+  void Forward(const int32_t* inputs, uint64_t dropout_seed);
   void LayerForward(int l, LayerActs& a, float* x_out);
-  // The block's steps in training (see model/block.h); they act on cur_ under train_/seed_.
+  // The block's steps in training (see model/block.h); they act on cur_ under seed_.
   void Route(int l, const float* xn) override;
   // y (N, out) = x · Wᵀ (+ LoRA). Saves LoRA's u into the current layer's u when adapted.
   void Project(int l, Module m, const float* x, float* y) override;
@@ -82,12 +83,12 @@ class TrainModel : private BlockBackwardSteps {
                       float* dv) override;
   void RouteBackward(int l, const float* xn, float* dxn) override;
   float* WeightGrad(int l, Module m) const;
-  // x_d (N, in) = dropout(x) for (layer, module, seed); false when dropout is off.
-  bool Dropout(int l, Module m, uint64_t seed, const float* x, int64_t in, float* out) const;
-  static uint64_t DropoutKey(int l, Module m, uint64_t seed);
+  // x_d (N, in) = dropout(x) for (layer, module, seed_); false when dropout is off (p = 0 or
+  // seed_ = 0).
+  bool Dropout(int l, Module m, const float* x, int64_t in, float* out) const;
+  uint64_t DropoutKey(int l, Module m) const;
 
   const ModelWeights& w_;
-  const Backend& backend_;
   const Ops& ops_;
   const ModelGrads* grads_;
   Adapter* adapter_;
@@ -106,8 +107,7 @@ class TrainModel : private BlockBackwardSteps {
   BlockShape shape_;
   std::vector<int32_t> pos_;  // (N) position of each token: n % T
   LayerActs* cur_ = nullptr;  // the layer the block's steps act on
-  bool train_ = false;        // dropout on (with seed_)
-  uint64_t seed_ = 0;
+  uint64_t seed_ = 0;         // this micro-batch's dropout seed (0: none)
 
   Buffer arena_;
   std::vector<LayerActs> acts_;  // (L) or, when checkpointing, x_in per layer + one shared set
