@@ -126,6 +126,7 @@ TrainSummary Trainer::Run() {
   const int64_t start_step = state.step;
   const auto t_start = std::chrono::steady_clock::now();
   double window_tokens = 0, window_s = 0, last_loss = NAN;
+  int64_t saved_step = state.step;
   while (state.step < o_.steps && !g_stop) {
     const auto t0 = std::chrono::steady_clock::now();
     const int64_t step = state.step + 1;
@@ -198,9 +199,14 @@ TrainSummary Trainer::Run() {
       if (!tty || line.contains("val_loss") || last) std::fprintf(stderr, "\n");
       window_tokens = window_s = 0;
     }
-    if ((o_.save_every > 0 && step % o_.save_every == 0) || last) Save(state);
+    if ((o_.save_every > 0 && step % o_.save_every == 0) || last) {
+      Save(state);
+      saved_step = step;
+    }
   }
   if (g_stop) {
+    // A signal that lands after this step's `last` was read still gets its checkpoint.
+    if (state.step > saved_step) Save(state);
     std::fprintf(stderr, "\nstopped by signal at step %lld; checkpoint saved in %s\n",
                  static_cast<long long>(state.step), CheckpointDir(o_.out).c_str());
     sum.stopped_by_signal = true;
