@@ -6,8 +6,9 @@
 // Usage: bench_train MODEL_DIR [--batch B] [--seq T] [--targets q_proj,v_proj|all-linear]
 //                   [--rank R] [--tree-depth D] [--steps N] [--warmup N] [--pretrain]
 //                   [--checkpoint-activations] [--bf16] [--threads N]
-// --bf16: the BF16 base's products on AMX (ModelWeights::PackBf16); the AMX GEMM's GFLOP/s at
-// the same shapes is then printed beside sgemm's.
+// --bf16: the BF16 base's products through the BF16 kernel in use (ops/gemm_bf16.h;
+// TINYLORA_BF16_KERNEL forces one); that kernel's GEMM GFLOP/s at the same shapes is then
+// printed beside sgemm's.
 // Table on stderr, one JSON line on stdout.
 #include <omp.h>
 #include <sys/resource.h>
@@ -84,7 +85,7 @@ int Main(int argc, char** argv) {
   auto w = ModelWeights::Load(dir);
   const LlamaConfig& c = w->config;
   if (bf16 && pretrain) Fail("--bf16 is for a frozen base (LoRA), not --pretrain");
-  const int64_t packed_bytes = bf16 ? w->PackBf16(/*backward=*/true) : 0;
+  const int64_t packed_bytes = bf16 ? w->PrepareBf16(/*backward=*/true) : 0;
   std::unique_ptr<TrainableBase> base;
   std::unique_ptr<Adapter> adapter;
   ParamBlock* params = nullptr;
@@ -111,7 +112,8 @@ int Main(int argc, char** argv) {
       {N, c.q_dim(), C}, {N, c.kv_dim(), C}, {N, c.kv_dim(), C}, {N, C, c.q_dim()},
       {N, F, C},         {N, F, C},          {N, C, F},          {N, c.vocab, C}};
   const double sgemm = bench::SgemmGflops(shapes, 2);
-  const double bf16_gemm = bf16 ? bench::Bf16GemmGflops(shapes, 5) : 0;  // noisier than sgemm
+  const Bf16Kernel kernel = bf16 ? Bf16KernelInUse() : Bf16Kernel::kFallback;
+  const double bf16_gemm = bf16 ? bench::Bf16GemmGflops(shapes, 5, kernel) : 0;  // noisy
 
   std::mt19937 rng(7);
   std::vector<int32_t> in(static_cast<size_t>(N)), tgt(in.size());
@@ -165,9 +167,12 @@ int Main(int argc, char** argv) {
       "adapter %.1f M parameters, %.0f leaf/node segments touched per step, %lld with optimizer "
       "state\n",
       dir.c_str(), what.c_str(), B, T, checkpoint ? " (checkpointed activations)" : "",
-      bf16 ? " (BF16 base products on AMX)" : "", threads, sgemm,
-      bf16 ? (", AMX BF16 GEMM " + std::to_string(static_cast<int>(bf16_gemm)) + " GFLOP/s (" +
-              std::to_string(static_cast<int>(packed_bytes / 1000000)) + " MB packed)")
+      bf16 ? (std::string(" (BF16 base products, kernel ") + Bf16KernelName(kernel) + ")").c_str()
+           : "",
+      threads, sgemm,
+      bf16 ? (std::string(", BF16 GEMM (") + Bf16KernelName(kernel) + ") " +
+              std::to_string(static_cast<int>(bf16_gemm)) + " GFLOP/s (" +
+              std::to_string(static_cast<int>(packed_bytes / 1000000)) + " MB prepared)")
                  .c_str()
            : "",
       mean, best, optimizer_s / steps, N / mean, gflops, 100 * gflops / sgemm, rss_mb,
@@ -183,6 +188,7 @@ int Main(int argc, char** argv) {
       {"checkpoint_activations", checkpoint},
       {"bf16", bf16},
       {"sgemm_gflops", sgemm},
+      {"bf16_kernel", bf16 ? Bf16KernelName(kernel) : ""},
       {"bf16_gemm_gflops", bf16_gemm},
       {"packed_mb", packed_bytes / 1e6},
       {"step_s", mean},

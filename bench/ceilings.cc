@@ -52,15 +52,16 @@ double SgemmGflops(const std::vector<GemmShape>& shapes, int reps) {
   });
 }
 
-double Bf16GemmGflops(const std::vector<GemmShape>& shapes, int reps) {
-  if (!AmxBf16Available()) return 0;
-  std::vector<PackedBf16> packed;
+double Bf16GemmGflops(const std::vector<GemmShape>& shapes, int reps, Bf16Kernel kernel) {
+  if (!Bf16KernelAvailable(kernel)) return 0;
+  std::vector<std::vector<uint16_t>> weights;
+  std::vector<Bf16Weight> prepared;
   for (const auto& s : shapes) {
-    std::vector<uint16_t> w(static_cast<size_t>(s.n * s.k), F32ToBf16(0.25f));
-    packed.push_back(PackedBf16::Transposed(Tensor{Format::kBF16, s.n, s.k, w.data()}));
+    weights.emplace_back(static_cast<size_t>(s.n * s.k), F32ToBf16(0.25f));
+    prepared.emplace_back(kernel, Tensor{Format::kBF16, s.n, s.k, weights.back().data()}, false);
   }
   return GemmGflops(shapes, reps, [&](size_t i, const float* x, float* y) {
-    GemmBf16(packed[i], x, shapes[i].m, y, /*accumulate=*/false);
+    prepared[i].Forward(x, shapes[i].m, y);
   });
 }
 

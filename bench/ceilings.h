@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "ops/gemm_bf16.h"
+
 namespace tinylora::bench {
 
 struct GemmShape {
@@ -14,9 +16,9 @@ struct GemmShape {
 // GFLOP/s of sgemm over the whole list of shapes (total flops / total time), best of `reps`.
 double SgemmGflops(const std::vector<GemmShape>& shapes, int reps);
 
-// GFLOP/s of the AMX BF16 GEMM (ops/gemm_bf16.h) over the same shapes, weights packed as
-// Wᵀ; 0 when the CPU has no AMX-BF16.
-double Bf16GemmGflops(const std::vector<GemmShape>& shapes, int reps);
+// GFLOP/s of a BF16 kernel (ops/gemm_bf16.h) over the same shapes, y = bf16(x) · Wᵀ with the
+// weights prepared as --bf16 prepares them; 0 when the CPU lacks that kernel.
+double Bf16GemmGflops(const std::vector<GemmShape>& shapes, int reps, Bf16Kernel kernel);
 
 // GB/s of reading a buffer far larger than the caches, all threads, best of `reps`.
 double ReadBandwidthGBs(int64_t bytes, int reps);

@@ -23,7 +23,6 @@
 #include "ops/dropout.h"
 #include "ops/format.h"
 #include "ops/gemm.h"
-#include "ops/gemm_bf16.h"
 #include "ops/lora_rows.h"
 #include "ops/loss.h"
 #include "ops/matmul.h"
@@ -341,17 +340,6 @@ INSTANTIATE_TEST_SUITE_P(Highway, OnTarget, ::testing::ValuesIn(CompiledTargets(
                          [](const ::testing::TestParamInfo<int64_t>& i) {
                            return std::string(hwy::TargetName(i.param));
                          });
-
-TEST(OnAmx, Bf16GemmMatchesItsReference) {
-  if (!AmxBf16Available()) GTEST_SKIP() << "amx_bf16: this CPU (or kernel) lacks AMX-BF16";
-  Weight w = MakeWeight(Format::kBF16, 45, 70, 1);
-  const PackedBf16 p = PackedBf16::Transposed(w.t);
-  const auto x = Random(33 * 70, 2);
-  std::vector<float> y(33 * 45), ref(y.size());
-  GemmBf16(p, x.data(), 33, y.data(), false);
-  GemmBf16Reference(p, x.data(), 33, ref.data(), false);
-  EXPECT_LT(MaxAbsDiff(y, ref), 1e-3);
-}
 
 // ---------------------------------------------------------------------------------------------
 // Backward ops against central finite differences of L = Σ g · forward(·).

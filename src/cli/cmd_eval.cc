@@ -75,7 +75,7 @@ EvalResult RunEval(const EvalOptions& o) {
          std::to_string(c.max_pos));
   }
 
-  if (o.bf16) weights->PackBf16(/*backward=*/false);
+  if (o.bf16) weights->PrepareBf16(/*backward=*/false);
   std::unique_ptr<Adapter> adapter;
   if (!o.adapter.empty()) adapter = Adapter::Load(o.adapter, c, /*with_grads=*/false);
   LlamaModel model(*weights, adapter.get());
@@ -152,9 +152,7 @@ void AddEvalCommand(CLI::App& app) {
   d->excludes(t);
   cmd->add_option("--context", o->context, "window length in tokens (default: the model's context)")
       ->check(kNonNegative);
-  cmd->add_flag("--bf16", o->bf16,
-                "compute the BF16 base's matrix products in BF16 on AMX (activations rounded to "
-                "BF16, f32 sums), as train --bf16 does");
+  AddBf16Flag(cmd, &o->bf16, "the BF16 base's matrix products, as train --bf16 computes them,");
   AddThreadsOption(cmd, &o->threads);
   cmd->callback([o]() {
     if (o->data.empty() && o->token_ids.empty()) Fail("eval: give --data FILE or --token-ids FILE");

@@ -47,7 +47,11 @@ GenerateResult RunGenerate(const GenerateOptions& o) {
 
   std::unique_ptr<Adapter> adapter;
   if (!o.adapter.empty()) adapter = Adapter::Load(o.adapter, c, /*with_grads=*/false);
+  if (o.bf16) weights->PrepareBf16(/*backward=*/false);
   LlamaModel model(*weights, adapter.get());
+  // --bf16 trades the batch invariance of one sequence's prefill (nothing else is in its
+  // batch) for the BF16 GEMM's speed.
+  if (o.bf16) model.SetBatchInvariant(false);
   KvCache cache(c, 1, capacity);
   SamplerOptions so = o.sampler;
   so.greedy = o.greedy;
@@ -119,6 +123,9 @@ void AddGenerateCommand(CLI::App& app) {
   cmd->add_option("--top-k", o->sampler.top_k, "keep the k most likely tokens (0 = off)")
       ->check(kNonNegative);
   cmd->add_option("--seed", o->sampler.seed, "sampling seed");
+  AddBf16Flag(cmd, &o->bf16,
+              "the prompt's matrix products on the BF16 base (not batch-invariant; decode reads "
+              "the BF16 weights either way),");
   AddThreadsOption(cmd, &o->threads);
   cmd->callback([o]() {
     if (o->prompt.empty() && o->prompt_ids.empty())

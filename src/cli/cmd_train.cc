@@ -235,7 +235,7 @@ TrainResult RunTrain(const LoraTrainOptions& lo) {
   const bool tree = lo.tree_depth > 0;
   if (!tree && lo.routing != "hard") Fail("--routing: needs --tree-depth of at least 1");
   Data data = PrepareData(o, tok_path, c.vocab);
-  if (lo.bf16) base->PackBf16(/*backward=*/true);
+  if (lo.bf16) base->PrepareBf16(/*backward=*/true);
   auto adapter = Adapter::Create(c, ac, o.seed, /*with_grads=*/true);
   nlohmann::json run = {{"mode", "lora"},
                         {"model", lo.model},
@@ -386,9 +386,8 @@ void AddTrainCommands(CLI::App& app) {
       ->check(kNonNegative);
   train->add_option("--router-lr", lo->router_lr, "learning rate of the routers (default: --lr)")
       ->check(kPositive);
-  train->add_flag("--bf16", lo->bf16,
-                  "compute the frozen BF16 base's matrix products in BF16 on AMX (activations "
-                  "rounded to BF16, f32 sums; the adapter stays f32)");
+  AddBf16Flag(train, &lo->bf16,
+              "the frozen BF16 base's matrix products (forward and dx; the adapter stays f32)");
   AddCommonFlags(train, &lo->common);
   train->callback([lo]() { std::cout << RunTrain(*lo).ToJson().dump() << std::endl; });
 

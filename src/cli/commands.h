@@ -48,7 +48,7 @@ struct LoraTrainOptions {
   std::string model, targets = "q_proj,v_proj";
   int rank = 8;
   double alpha = 16, dropout = 0;
-  bool bf16 = false;  // the BF16 base's products in BF16 on AMX (activations rounded)
+  bool bf16 = false;  // the BF16 base's products in BF16 (activations rounded; ops/gemm_bf16)
   // tree adapters
   int tree_depth = 0;
   std::string routing = "hard", gate = "path";
@@ -76,7 +76,7 @@ struct EvalOptions {
   std::string model, adapter, data, token_ids;
   int context = 0;
   int threads = 0;
-  bool bf16 = false;  // the BF16 base's prefill products in BF16 on AMX
+  bool bf16 = false;  // the BF16 base's products in BF16 (ops/gemm_bf16)
 };
 struct EvalResult {
   int64_t tokens = 0;
@@ -93,6 +93,7 @@ struct GenerateOptions {
   bool greedy = false, ignore_eos = false;
   SamplerOptions sampler{false, 0.8f, 40, 0.95f, 0};
   int threads = 0;
+  bool bf16 = false;   // the prompt's products in BF16 (ops/gemm_bf16); decode reads BF16 anyway
   bool stream = true;  // print the new text to stdout as it comes (the CLI), or only return it
 };
 struct GenerateResult {

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "ops/gemm.h"
+#include "ops/gemm_bf16.h"
 #include "util/error.h"
 
 namespace tinylora {
@@ -45,6 +46,15 @@ void SetThreads(int n) {
 void AddThreadsOption(CLI::App* cmd, int* threads) {
   cmd->add_option("--threads", *threads, "threads for compute (0 = all cores)")
       ->check(kNonNegative);
+}
+
+void AddBf16Flag(CLI::App* cmd, bool* bf16, const std::string& what) {
+  cmd->add_flag("--bf16", *bf16,
+                what +
+                    " in BF16: inputs rounded to BF16, f32 sums (as torch.autocast does to the "
+                    "base's matrices). Kernel on this CPU: " +
+                    Bf16KernelSummary(BestBf16Kernel()) +
+                    " (TINYLORA_BF16_KERNEL=amx|avx512bf16|fallback forces one)");
 }
 
 namespace {

@@ -14,6 +14,9 @@ std::vector<int> ParseIds(const std::string& text, const std::string& what);
 // Sets OpenMP and OpenBLAS threads (0 = all cores).
 void SetThreads(int n);
 void AddThreadsOption(CLI::App* cmd, int* threads);
+// --bf16 of train, eval and generate: `what` products in BF16; the help names the kernel this
+// CPU would use and whether it is faster than the F32 path.
+void AddBf16Flag(CLI::App* cmd, bool* bf16, const std::string& what);
 // Bound checks whose errors say the bound ("--steps: must be > 0, got -5"), not CLI11's
 // range to the largest double.
 extern const CLI::Validator kPositive, kNonNegative;

@@ -1,5 +1,6 @@
 #include "model/weights.h"
 
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -154,8 +155,11 @@ int64_t ModelWeights::MatrixBytes() const {
   return total;
 }
 
-int64_t ModelWeights::PackBf16(bool backward) {
-  if (!AmxBf16Available()) Fail("--bf16: this CPU (or kernel) offers no AMX-BF16");
+int64_t ModelWeights::PrepareBf16(bool backward) {
+  const Bf16Kernel kernel = Bf16KernelInUse();
+  static bool named = false;  // the kernel is named once in the log
+  if (!named) std::fprintf(stderr, "bf16 kernel: %s\n", Bf16KernelSummary(kernel));
+  named = true;
   std::vector<Tensor*> matrices = {&lm_head};
   for (auto& l : layers) {
     for (Tensor* t : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down})
@@ -163,23 +167,20 @@ int64_t ModelWeights::PackBf16(bool backward) {
   }
   int64_t bytes = 0;
   for (Tensor* t : matrices) {
-    if (!Traits(t->format).amx_bf16) continue;
-    // This tensor's packing when an earlier call made one (owned by packed_, so writable).
-    auto* p = const_cast<PackedWeight*>(t->packed);
+    if (!Traits(t->format).bf16_gemm) continue;
+    // This tensor's preparation when an earlier call made one (owned by bf16_, so writable).
+    auto* p = const_cast<Bf16Weight*>(t->bf16_compute);
     if (p == nullptr) {
-      packed_.push_back(std::make_unique<PackedWeight>());
-      p = packed_.back().get();
-      p->forward = PackedBf16::Transposed(*t);
-      bytes += p->forward.bytes();
+      bf16_.push_back(std::make_unique<Bf16Weight>(kernel, *t, backward));
+      p = bf16_.back().get();
+      bytes += p->bytes();
+    } else if (backward) {
+      bytes += p->AddBackward();
     }
-    if (backward && p->backward.empty()) {
-      p->backward = PackedBf16::AsIs(*t);
-      bytes += p->backward.bytes();
-    }
-    t->packed = p;
-    // The mapped original is read again only by few-row products (decode) and, when the
-    // head is tied, by the embedding lookup: keep the tied one mapped.
-    if (t == &lm_head && lm_head.data == embed.data) continue;
+    t->bf16_compute = p;
+    // The mapped original is read again only by few-row products (decode), by the kernels that
+    // read it where it lies and, when the head is tied, by the embedding lookup.
+    if (p->reads_original() || (t == &lm_head && lm_head.data == embed.data)) continue;
     const auto* data = static_cast<const uint8_t*>(t->data);
     for (const auto& f : files_) {
       const MappedFile& map = f->file();
@@ -187,7 +188,7 @@ int64_t ModelWeights::PackBf16(bool backward) {
         map.Release(static_cast<size_t>(data - map.data()), static_cast<size_t>(t->nbytes()));
     }
   }
-  if (packed_.empty()) Fail("--bf16: " + dir + " holds no BF16 matrix (its base is not BF16)");
+  if (bf16_.empty()) Fail("--bf16: " + dir + " holds no BF16 matrix (its base is not BF16)");
   return bytes;
 }
 

@@ -43,17 +43,17 @@ class ModelWeights {
   // Bytes of every matrix as held in memory (what one decode step reads), lm_head included once.
   int64_t MatrixBytes() const;
 
-  // Packs every BF16 matrix (projections and lm_head) for the AMX BF16 GEMM, so products over
-  // many rows compute in BF16 (`backward`: also the packing of dx = dy · W, for training).
-  // The mapped originals' pages are released (decode's few-row products read them again).
-  // Error when the CPU lacks AMX-BF16 or no matrix is BF16. Returns the bytes it packed (a
-  // second call adds only what is missing, e.g. the backward packings).
-  int64_t PackBf16(bool backward);
+  // Prepares every BF16 matrix (projections and lm_head) for the BF16 kernel in use
+  // (ops/gemm_bf16.h), so products over many rows compute in BF16 (`backward`: also dx = dy · W,
+  // for training). The mapped originals' pages are released unless the kernel reads them
+  // (decode's few-row products read them again). Error when no matrix is BF16. Returns the
+  // bytes it added (a second call adds only what is missing, e.g. the backward packings).
+  int64_t PrepareBf16(bool backward);
 
  private:
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::vector<std::vector<uint8_t>> owned_;  // tensors that had to be converted or realigned
-  std::vector<std::unique_ptr<PackedWeight>> packed_;
+  std::vector<std::unique_ptr<Bf16Weight>> bf16_;
   friend class WeightLoader;
 };
 

@@ -27,7 +27,7 @@ struct FormatTraits {
   void (*matvec)(const void* w, int64_t in, int64_t out, const float* x, int64_t T, int64_t r0,
                  int64_t r1, float* y);
   bool gemm_in_place;  // F32: sgemm reads the weight itself, no widened panel
-  bool amx_bf16;       // ops/gemm_bf16 can pack it (train --bf16)
+  bool bf16_gemm;      // --bf16 computes its products in BF16 (ops/gemm_bf16)
   // Files: the safetensors dtype holding its bytes, config.json's torch_dtype, the encoder
   // from F32 (round to nearest even; null: nothing is written in this format) and the format
   // `merge` writes a merged base of this format in.

@@ -1,67 +1,75 @@
-// BF16 GEMM on Intel AMX for a frozen BF16 weight: C (m, n) f32 (+)= A (m, k) · B (k, n),
-// where A is f32 rounded to BF16 on the way in (round to nearest even) and every product is
-// accumulated in f32. B is packed once, in AMX's pair layout:
-//   panels of 16 columns; in a panel, row kp (64 bytes) holds B(2kp, c), B(2kp+1, c) for
-//   its 16 columns c. k is padded to a multiple of 32 and n to a multiple of 32 with zeros.
-// One layout serves both products a projection y = x · Wᵀ needs in training: B = Wᵀ for the
-// forward and B = W for the backward dx = dy · W.
+// The BF16 products of `--bf16`, one numerical definition for every kernel: for a BF16 weight
+// W (out, in),
+//   y (T, out) = bf16(x) · Wᵀ      dx (T, in) (+)= bf16(dy) · W
+// where bf16() rounds to nearest even (F32ToBf16) and every product is summed in f32 (in an
+// order each kernel chooses). Three kernels, the best the CPU has chosen once per process:
+//   amx         Intel AMX tiles, our own kernel (ops/gemm_amx), W packed twice in tile order;
+//   avx512bf16  oneDNN's matmul with vdpbf16ps (ops/gemm_onednn; Zen 4/5, Cooper Lake),
+//               W read where it lies;
+//   fallback    every other CPU: W widened once to an F32 copy, sgemm on the rounded input —
+//               the same numbers at the F32 path's speed (no BF16 dot product to be faster).
+// TINYLORA_BF16_KERNEL=amx|avx512bf16|fallback forces one (asking for one the CPU lacks is an
+// Error).
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
+#include "ops/gemm_amx.h"
 #include "ops/tensor.h"
 
 namespace tinylora {
 
-// True when the CPU has AMX-BF16 and the kernel let this process use the tile registers.
-bool AmxBf16Available();
+enum class Bf16Kernel : uint8_t { kAmx, kAvx512Bf16, kFallback };
+constexpr Bf16Kernel kBf16Kernels[] = {Bf16Kernel::kAmx, Bf16Kernel::kAvx512Bf16,
+                                       Bf16Kernel::kFallback};
 
-class PackedBf16 {
+const char* Bf16KernelName(Bf16Kernel k);  // "amx", "avx512bf16", "fallback"
+// One line for the log and `help`: the kernel, what it computes with, what it costs.
+const char* Bf16KernelSummary(Bf16Kernel k);
+bool Bf16KernelAvailable(Bf16Kernel k);
+// The best kernel this CPU has (amx, then avx512bf16, then fallback).
+Bf16Kernel BestBf16Kernel();
+// The kernel this process uses: TINYLORA_BF16_KERNEL when set, else BestBf16Kernel(). An
+// unknown name or a kernel the CPU lacks: Error (exit 2).
+Bf16Kernel Bf16KernelInUse();
+
+// A BF16 weight prepared for one kernel, with whatever that kernel keeps beside the original.
+class Bf16Weight {
  public:
-  PackedBf16() = default;  // empty
-  // B = Wᵀ (k = w.cols, n = w.rows): for y = x · Wᵀ.
-  static PackedBf16 Transposed(const Tensor& w);
-  // B = W (k = w.rows, n = w.cols): for dx = dy · W.
-  static PackedBf16 AsIs(const Tensor& w);
+  // `backward`: also prepare dx = dy · W (training).
+  Bf16Weight(Bf16Kernel kernel, const Tensor& w, bool backward);
+  Bf16Weight(Bf16Weight&&) = default;
+  ~Bf16Weight();
 
-  int64_t k() const { return k_; }
-  int64_t n() const { return n_; }
-  int64_t k_pad() const { return k_pad_; }
-  int64_t n_pad() const { return n_pad_; }
-  const uint16_t* data() const { return data_.get(); }
-  int64_t bytes() const { return k_pad_ * n_pad_ * 2; }
-  bool empty() const { return data_ == nullptr; }
-  // B(kk, c) as stored (the test's view of the layout).
-  uint16_t At(int64_t kk, int64_t c) const { return data_[Index(kk, c)]; }
+  // Adds the preparation of dx when the constructor skipped it; returns the bytes it added.
+  int64_t AddBackward();
+  bool has_backward() const { return backward_; }
+  Bf16Kernel kernel() const { return kernel_; }
+  // Bytes held beside the original.
+  int64_t bytes() const;
+  // Whether the products read the original weight (else its pages may be released).
+  bool reads_original() const { return kernel_ == Bf16Kernel::kAvx512Bf16; }
+
+  void Forward(const float* x, int64_t T, float* y) const;
+  // Needs has_backward().
+  void BackwardX(const float* dy, int64_t T, float* dx, bool accumulate) const;
 
  private:
   struct Free {
-    void operator()(uint16_t* p) const;
+    void operator()(float* p) const;
   };
-  // A zeroed B (k, n) for the BF16 weight w (an error for any other dtype).
-  PackedBf16(const Tensor& w, int64_t k, int64_t n);
-  // Where B(kk, c) is stored: panel c / 16, pair-row kk / 2, slot 2 (c % 16) + kk % 2.
-  int64_t Index(int64_t kk, int64_t c) const {
-    return (c / 16) * k_pad_ * 16 + (kk / 2) * 32 + (c % 16) * 2 + kk % 2;
-  }
-
-  int64_t k_ = 0, n_ = 0, k_pad_ = 0, n_pad_ = 0;
-  std::unique_ptr<uint16_t[], Free> data_;
+  Bf16Kernel kernel_;
+  Tensor w_;  // the original (format, shape, data)
+  bool backward_ = false;
+  PackedBf16 forward_packed_, backward_packed_;  // amx
+  std::unique_ptr<float, Free> widened_;         // fallback: W as F32 (out, in)
 };
 
-// The packings of one weight y = x · Wᵀ: `forward` for y, `backward` (training only; else
-// empty) for dx = dy · W.
-struct PackedWeight {
-  PackedBf16 forward;   // Wᵀ
-  PackedBf16 backward;  // W
-};
-
-// C (m, b.n()) row-major = A (m, b.k()) row-major · B, or C += it when `accumulate`.
-// Needs AmxBf16Available().
-void GemmBf16(const PackedBf16& b, const float* a, int64_t m, float* c, bool accumulate);
-
-// Plain reference of GemmBf16 on the packed B: A rounded to BF16, double accumulation.
-void GemmBf16Reference(const PackedBf16& b, const float* a, int64_t m, float* c, bool accumulate);
+// Plain references of the two products: x (dy) rounded to BF16, W widened, double sums.
+void Bf16MatMulReference(const Tensor& w, const float* x, int64_t T, float* y);
+void Bf16MatMulBackwardXReference(const Tensor& w, const float* dy, int64_t T, float* dx,
+                                  bool accumulate);
 
 }  // namespace tinylora

@@ -32,8 +32,8 @@ void MatMul(const Tensor& w, const float* x, int64_t T, float* y) {
     }
     return;
   }
-  if (w.packed != nullptr) {
-    GemmBf16(w.packed->forward, x, T, y, /*accumulate=*/false);
+  if (w.bf16_compute != nullptr) {
+    w.bf16_compute->Forward(x, T, y);
     return;
   }
   if (Traits(w.format).gemm_in_place) {
@@ -63,8 +63,8 @@ void MatMulBatchInvariant(const Tensor& w, const float* x, int64_t T, float* y) 
 
 void MatMulBackwardX(const Tensor& w, const float* dy, int64_t T, float* dx, bool accumulate) {
   const int64_t out = w.rows, in = w.cols;
-  if (w.packed != nullptr && !w.packed->backward.empty()) {
-    GemmBf16(w.packed->backward, dy, T, dx, accumulate);
+  if (w.bf16_compute != nullptr && w.bf16_compute->has_backward()) {
+    w.bf16_compute->BackwardX(dy, T, dx, accumulate);
     return;
   }
   if (Traits(w.format).gemm_in_place) {

@@ -2,7 +2,7 @@
 //   x: (T, in) f32, row-major      W: (out, in) in any format of ops/format.h      y: (T, out)
 // Few rows (decode) go to a Highway kernel that streams W once, parallel over output rows;
 // many rows (prefill) go to OpenBLAS sgemm (BF16 panels are widened to F32 first), or, for a
-// BF16 W packed for AMX (Tensor::packed), to the BF16 GEMM (x rounded to BF16).
+// BF16 W prepared for --bf16 (Tensor::bf16_compute), to the BF16 GEMM (x rounded to BF16).
 #pragma once
 
 #include <cstdint>
@@ -22,8 +22,8 @@ void MatMul(const Tensor& w, const float* x, int64_t T, float* y);
 void MatMulBatchInvariant(const Tensor& w, const float* x, int64_t T, float* y);
 
 // Backward of y = x · Wᵀ with respect to x: dx (T, in) = dy (T, out) · W, added to dx when
-// `accumulate`, else overwriting it. BF16 GEMM (dy rounded to BF16) when W's packing has a
-// backward part.
+// `accumulate`, else overwriting it. BF16 GEMM (dy rounded to BF16) when W was prepared for
+// --bf16 with its backward.
 void MatMulBackwardX(const Tensor& w, const float* dy, int64_t T, float* dx, bool accumulate);
 // With respect to an F32 W: dw (out, in) += dyᵀ (out, T) · x (T, in).
 void MatMulBackwardW(const float* dy, const float* x, int64_t T, int64_t out, int64_t in,

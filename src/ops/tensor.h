@@ -9,14 +9,15 @@
 
 namespace tinylora {
 
-struct PackedWeight;  // ops/gemm_bf16.h
+class Bf16Weight;  // ops/gemm_bf16.h
 
 struct Tensor {
   Format format = Format::kF32;
   int64_t rows = 0, cols = 0;
   const void* data = nullptr;
-  // A BF16 weight's AMX packing (ModelWeights::PackBf16): MatMul then computes in BF16.
-  const PackedWeight* packed = nullptr;
+  // Set by ModelWeights::PrepareBf16 (--bf16): MatMul and MatMulBackwardX over many rows then
+  // compute in BF16 through this kernel's preparation of the weight.
+  const Bf16Weight* bf16_compute = nullptr;
 
   const float* f32() const { return static_cast<const float*>(data); }
   const uint16_t* bf16() const { return static_cast<const uint16_t*>(data); }
