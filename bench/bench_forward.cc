@@ -2,8 +2,10 @@
 // measured in the same run (DESIGN.md §6):
 //   prefill: achieved GFLOP/s (matmuls + attention) / sgemm GFLOP/s at the model's shapes
 //   decode:  bytes of weights (+ KV cache) read per token × tokens/s / read bandwidth
-// Usage: bench_forward MODEL_DIR [--prefill T] [--decode N] [--threads N]
+// Usage: bench_forward MODEL_DIR [--prefill T] [--decode N] [--threads N] [--bf16]
 //                     [--lora-rank R [--tree-depth D] [--targets q_proj,v_proj|all-linear]]
+// --bf16: the shape-dependent prefill through the BF16 kernel in use (ops/gemm_bf16.h), whose
+// GEMM GFLOP/s at the same shapes is then a ceiling of the run too.
 // Table on stderr, one JSON line on stdout.
 #include <omp.h>
 #include <unistd.h>
@@ -20,7 +22,9 @@
 #include "ceilings.h"
 #include "model/llama.h"
 #include "ops/gemm.h"
+#include "ops/gemm_bf16.h"
 #include "util/error.h"
+#include "util/wait_policy.h"
 
 namespace tinylora {
 namespace {
@@ -33,15 +37,22 @@ int Main(int argc, char** argv) {
   const bool help = argc >= 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h");
   if (argc < 2 || help) {
     std::fprintf(help ? stdout : stderr,
-                 "usage: bench_forward MODEL_DIR [--prefill T] [--decode N] [--threads N] "
+                 "usage: bench_forward MODEL_DIR [--prefill T] [--decode N] [--threads N] [--bf16] "
                  "[--lora-rank R] [--tree-depth D] [--targets LIST]\n");
     return help ? 0 : 2;
   }
   const std::string dir = argv[1];
   int prefill = 512, decode = 32, threads = omp_get_num_procs(), rank = 0, depth = 0;
   std::string targets = "q_proj,v_proj";
-  for (int i = 2; i + 1 < argc; i += 2) {
+  bool bf16 = false;
+  for (int i = 2; i < argc; i += 2) {
     const std::string flag = argv[i];
+    if (flag == "--bf16") {
+      bf16 = true;
+      --i;
+      continue;
+    }
+    if (i + 1 == argc) Fail(flag + ": needs a value");
     const int v = std::atoi(argv[i + 1]);
     if (flag == "--prefill")
       prefill = v;
@@ -80,6 +91,8 @@ int Main(int argc, char** argv) {
     ac.targets = ParseTargets(targets, "--targets");
     adapter = Adapter::Create(w->config, ac, 1, false);
   }
+  const Bf16Kernel kernel = bf16 ? Bf16KernelInUse() : Bf16Kernel::kFallback;
+  if (bf16) w->PrepareBf16(/*backward=*/false);
   LlamaModel model(*w, adapter.get());
 
   // Ceilings at this model's shapes.
@@ -91,6 +104,7 @@ int Main(int argc, char** argv) {
     shapes.insert(shapes.end(), layer.begin(), layer.end());
   shapes.push_back({T, c.vocab, C});
   const double sgemm = bench::SgemmGflops(shapes, 3);
+  const double bf16_gemm = bf16 ? bench::Bf16GemmGflops(shapes, 3, kernel) : 0;
   const double read_bw_before = bench::ReadBandwidthGBs(int64_t{1} << 30, 5);
   const double copy_bw = bench::CopyBandwidthGBs(int64_t{1} << 30, 5);
 
@@ -155,14 +169,23 @@ int Main(int argc, char** argv) {
       stderr,
       "model %s: %lld matrix bytes (%s), %d threads\n"
       "ceilings: sgemm %.1f GFLOP/s at the model's shapes (T=%d), read %.1f GB/s, copy %.1f GB/s\n"
-      "prefill %d tokens: %.2f s, %.1f tokens/s, %.1f GFLOP/s = %.0f%% of sgemm\n"
+      "%s"
+      "prefill %d tokens: %.2f s, %.1f tokens/s, %.1f GFLOP/s = %.0f%% of sgemm%s\n"
       "prefill batch-invariant: %.1f tokens/s = %.0f%% of sgemm\n"
       "decode %d tokens: %.2f tokens/s, %.1f GB/s = %.0f%% of read bandwidth%s\n",
       dir.c_str(), static_cast<long long>(w->MatrixBytes()), Traits(w->layers[0].wq.format).name,
-      threads, sgemm, prefill, read_bw, copy_bw, prefill, prefill_s, prefill / prefill_s,
-      prefill_gflops, 100 * prefill_gflops / sgemm, prefill / prefill_inv_s,
-      100 * prefill_inv_gflops / sgemm, decode, tok_s, decode_gbs, 100 * decode_gbs / read_bw,
-      decode_note);
+      threads, sgemm, prefill, read_bw, copy_bw,
+      bf16 ? (std::string("ceiling: BF16 GEMM (") + Bf16KernelName(kernel) + ") " +
+              std::to_string(static_cast<int>(bf16_gemm)) + " GFLOP/s; prefill through it\n")
+                 .c_str()
+           : "",
+      prefill, prefill_s, prefill / prefill_s, prefill_gflops, 100 * prefill_gflops / sgemm,
+      bf16 ? (", " + std::to_string(static_cast<int>(100 * prefill_gflops / bf16_gemm)) +
+              "% of the BF16 GEMM")
+                 .c_str()
+           : "",
+      prefill / prefill_inv_s, 100 * prefill_inv_gflops / sgemm, decode, tok_s, decode_gbs,
+      100 * decode_gbs / read_bw, decode_note);
   nlohmann::json j = {{"model", dir},
                       {"dtype", Traits(w->layers[0].wq.format).name},
                       {"threads", threads},
@@ -173,6 +196,9 @@ int Main(int argc, char** argv) {
                       {"prefill_tokens_per_s", prefill / prefill_s},
                       {"prefill_gflops", prefill_gflops},
                       {"prefill_fraction_of_sgemm", prefill_gflops / sgemm},
+                      {"bf16_kernel", bf16 ? Bf16KernelName(kernel) : ""},
+                      {"bf16_gemm_gflops", bf16_gemm},
+                      {"prefill_fraction_of_bf16_gemm", bf16 ? prefill_gflops / bf16_gemm : 0.0},
                       {"prefill_invariant_tokens_per_s", prefill / prefill_inv_s},
                       {"prefill_invariant_fraction_of_sgemm", prefill_inv_gflops / sgemm},
                       {"decode_tokens_per_s", tok_s},
@@ -189,6 +215,7 @@ int Main(int argc, char** argv) {
 }  // namespace tinylora
 
 int main(int argc, char** argv) {
+  tinylora::UsePassiveWaitPolicy(argv);
   try {
     return tinylora::Main(argc, argv);
   } catch (const tinylora::Error& e) {

@@ -27,6 +27,7 @@
 #include "train/optimizer.h"
 #include "train/trainable.h"
 #include "util/error.h"
+#include "util/wait_policy.h"
 
 namespace tinylora {
 namespace {
@@ -210,6 +211,7 @@ int Main(int argc, char** argv) {
 }  // namespace tinylora
 
 int main(int argc, char** argv) {
+  tinylora::UsePassiveWaitPolicy(argv);
   try {
     return tinylora::Main(argc, argv);
   } catch (const tinylora::Error& e) {

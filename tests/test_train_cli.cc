@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -262,6 +263,10 @@ TEST(TrainCli, SigtermSavesAndExitsCleanly) {
   for (int i = 0; i < 600 && (!FileExists(metrics) || ReadTextFile(metrics).size() < 10); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
+  // The binary restarted itself with OpenMP's passive wait policy (util/wait_policy.h).
+  std::string environ_text = "\n" + ReadTextFile("/proc/" + std::to_string(pid) + "/environ");
+  std::replace(environ_text.begin(), environ_text.end(), '\0', '\n');
+  EXPECT_NE(environ_text.find("\nOMP_WAIT_POLICY=PASSIVE\n"), std::string::npos);
   kill(pid, SIGTERM);
   int status = 0;
   waitpid(pid, &status, 0);

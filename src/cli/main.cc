@@ -7,9 +7,11 @@
 
 #include "cli/common.h"
 #include "util/error.h"
+#include "util/wait_policy.h"
 
 int main(int argc, char** argv) {
   using namespace tinylora;
+  UsePassiveWaitPolicy(argv);
   CLI::App app{"tinylora: tree-routed LoRA for small Llama-family models"};
   app.require_subcommand(1);
   app.fallthrough(false);
