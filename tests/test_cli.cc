@@ -102,6 +102,25 @@ TEST(Cli, GreedyGenerateFollowsReferenceLogits) {
   EXPECT_NE(r.err.find("tokens/s"), std::string::npos);
 }
 
+// generate --bf16: the prompt (more rows than the streaming kernel takes) through the BF16
+// kernel, which is named; an F32 base is refused.
+TEST(Cli, GenerateBf16RunsThePromptThroughTheBf16Kernel) {
+  const std::string prompt = "1 5 9 13 17 21 25 29 33 37 41 45";
+  test::CliResult r =
+      RunCli({"generate", "--model", test::FixturePath("forward/bf16"), "--prompt-ids", prompt,
+              "--greedy", "--max-new-tokens", "4", "--bf16"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("bf16 kernel: "), std::string::npos) << r.err;
+  std::istringstream in(r.out);
+  int n = 0;
+  for (int v; in >> v; ++n) EXPECT_LT(v, 67);
+  EXPECT_EQ(n, 4);
+  r = RunCli({"generate", "--model", test::FixturePath("forward/gqa"), "--prompt-ids", prompt,
+              "--max-new-tokens", "2", "--bf16"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("holds no BF16 matrix"), std::string::npos) << r.err;
+}
+
 TEST(Cli, EvalLossEqualsReferenceCrossEntropy) {
   std::vector<int> ids;
   auto logits = ExpectedLogits("gqa", 2, &ids);
