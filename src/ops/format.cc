@@ -29,7 +29,8 @@ void Bf16Fast(const void* src, int64_t n, float* dst) {
 void EncodeF32(const float* src, int64_t n, void* dst) {
   std::memcpy(dst, src, sizeof(float) * static_cast<size_t>(n));
 }
-void EncodeBf16(const float* src, int64_t n, void* dst) {
+void EncodeBf16(const float* src, int64_t n, void* dst) {  // also --bf16's input rounding
+#pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(dst)[i] = F32ToBf16(src[i]);
 }
 

@@ -189,13 +189,11 @@ bool AmxBf16Available() {
   return available;
 }
 
-void PackedBf16::Free::operator()(uint16_t* p) const { std::free(p); }
-
 PackedBf16::PackedBf16(const Tensor& w, int64_t k, int64_t n)
     : k_(k), n_(n), k_pad_(RoundUp(k, kStep)), n_pad_(RoundUp(n, 32)) {
   if (w.format != Format::kBF16) FailRuntime("BF16 packing of a non-BF16 weight");
   // Zeroed: the padding stays zero.
-  data_.reset(static_cast<uint16_t*>(AllocateLarge(static_cast<size_t>(bytes()))));
+  data_ = AllocateLargeArray<uint16_t>(k_pad_ * n_pad_);
 }
 
 PackedBf16 PackedBf16::Transposed(const Tensor& w) {

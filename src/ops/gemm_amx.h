@@ -11,6 +11,7 @@
 #include <memory>
 
 #include "ops/tensor.h"
+#include "util/large_alloc.h"
 
 namespace tinylora {
 
@@ -36,9 +37,6 @@ class PackedBf16 {
   uint16_t At(int64_t kk, int64_t c) const { return data_[Index(kk, c)]; }
 
  private:
-  struct Free {
-    void operator()(uint16_t* p) const;
-  };
   // A zeroed B (k, n) for the BF16 weight w (an error for any other dtype).
   PackedBf16(const Tensor& w, int64_t k, int64_t n);
   // Where B(kk, c) is stored: panel c / 16, pair-row kk / 2, slot 2 (c % 16) + kk % 2.
@@ -47,7 +45,7 @@ class PackedBf16 {
   }
 
   int64_t k_ = 0, n_ = 0, k_pad_ = 0, n_pad_ = 0;
-  std::unique_ptr<uint16_t[], Free> data_;
+  LargeArray<uint16_t> data_;
 };
 
 // C (m, b.n()) row-major = A (m, b.k()) row-major · B, or C += it when `accumulate`.

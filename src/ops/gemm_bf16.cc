@@ -15,14 +15,11 @@ namespace tinylora {
 
 namespace {
 
-// dst (n) = bf16(src), as f32 values (fallback) or as BF16 bits (oneDNN).
+// dst (n) = bf16(src) as f32 values (the fallback; oneDNN takes the BF16 bits of the format
+// table's encoder).
 void RoundToBf16(const float* src, int64_t n, float* dst) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) dst[i] = Bf16ToF32(F32ToBf16(src[i]));
-}
-void EncodeBf16(const float* src, int64_t n, uint16_t* dst) {
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) dst[i] = F32ToBf16(src[i]);
 }
 
 // Per-thread scratch for the rounded input (every projection of a step has one).
@@ -102,8 +99,6 @@ Bf16Kernel Bf16KernelInUse() {
   return chosen;
 }
 
-void Bf16Weight::Free::operator()(float* p) const { std::free(p); }
-
 Bf16Weight::Bf16Weight(Bf16Kernel kernel, const Tensor& w, bool backward) : kernel_(kernel), w_(w) {
   if (w.format != Format::kBF16) FailRuntime("BF16 products of a non-BF16 weight");
   if (!Bf16KernelAvailable(kernel)) {
@@ -112,7 +107,7 @@ Bf16Weight::Bf16Weight(Bf16Kernel kernel, const Tensor& w, bool backward) : kern
   w_.bf16_compute = nullptr;
   if (kernel == Bf16Kernel::kAmx) forward_packed_ = PackedBf16::Transposed(w);
   if (kernel == Bf16Kernel::kFallback) {
-    widened_.reset(static_cast<float*>(AllocateLarge(sizeof(float) * w.numel())));
+    widened_ = AllocateLargeArray<float>(w.numel());
     float* dst = widened_.get();
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < w.rows; ++r) WidenBf16(w.bf16() + r * w.cols, w.cols, dst + r * w.cols);
@@ -150,7 +145,7 @@ void Bf16Weight::Forward(const float* x, int64_t T, float* y) const {
       return;
     case Bf16Kernel::kAvx512Bf16: {
       uint16_t* xb = Scratch<uint16_t>(T * in);
-      EncodeBf16(x, T * in, xb);
+      Traits(Format::kBF16).quantize(x, T * in, xb);
       OnednnMatMul(OnednnType::kBf16, xb, w_.data, /*w_transposed=*/true, T, out, in, y, false);
       return;
     }
@@ -172,7 +167,7 @@ void Bf16Weight::BackwardX(const float* dy, int64_t T, float* dx, bool accumulat
       return;
     case Bf16Kernel::kAvx512Bf16: {
       uint16_t* db = Scratch<uint16_t>(T * out);
-      EncodeBf16(dy, T * out, db);
+      Traits(Format::kBF16).quantize(dy, T * out, db);
       OnednnMatMul(OnednnType::kBf16, db, w_.data, /*w_transposed=*/false, T, in, out, dx,
                    accumulate);
       return;

@@ -18,6 +18,7 @@
 
 #include "ops/gemm_amx.h"
 #include "ops/tensor.h"
+#include "util/large_alloc.h"
 
 namespace tinylora {
 
@@ -57,14 +58,11 @@ class Bf16Weight {
   void BackwardX(const float* dy, int64_t T, float* dx, bool accumulate) const;
 
  private:
-  struct Free {
-    void operator()(float* p) const;
-  };
   Bf16Kernel kernel_;
   Tensor w_;  // the original (format, shape, data)
   bool backward_ = false;
   PackedBf16 forward_packed_, backward_packed_;  // amx
-  std::unique_ptr<float, Free> widened_;         // fallback: W as F32 (out, in)
+  LargeArray<float> widened_;                    // fallback: W as F32 (out, in)
 };
 
 // Plain references of the two products: x (dy) rounded to BF16, W widened, double sums.

@@ -1,7 +1,7 @@
 // Memory for large, long-lived arrays (a model's packed or widened weights): 2 MB aligned and
 // backed by huge pages where the kernel allows when 2 MB or more (a TinyLlama's 4 GB in 4 KB
 // pages would cost a million page faults), 64-byte aligned below that, so a small model does
-// not round each matrix up to 2 MB. Contents are zero. Free with std::free.
+// not round each matrix up to 2 MB. Contents are zero. Owned by a LargeArray.
 #pragma once
 
 #include <sys/mman.h>
@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 
 #include "util/error.h"
 
@@ -24,6 +25,17 @@ inline void* AllocateLarge(size_t bytes) {
   if (align == kHuge) madvise(p, total, MADV_HUGEPAGE);  // a hint: failure is fine
   std::memset(p, 0, bytes);
   return p;
+}
+
+struct FreeLarge {
+  void operator()(void* p) const { std::free(p); }
+};
+// n zeroed values of T from AllocateLarge.
+template <typename T>
+using LargeArray = std::unique_ptr<T[], FreeLarge>;
+template <typename T>
+LargeArray<T> AllocateLargeArray(int64_t n) {
+  return LargeArray<T>(static_cast<T*>(AllocateLarge(sizeof(T) * static_cast<size_t>(n))));
 }
 
 }  // namespace tinylora
