@@ -8,3 +8,8 @@ bench_model() {  # name preset [dtype]: $dir/name, written by `init` unless alre
   [ -f "$dir/$1/model.safetensors" ] ||
     build/tinylora init --preset "$2" --dtype "${3:-f32}" --out "$dir/$1" --force >/dev/null
 }
+bf16_kernel_here() {  # KERNEL: a BF16 kernel of ops/gemm_bf16.h this CPU has (needs tiny-f32)
+  local out
+  out=$(TINYLORA_BF16_KERNEL=$1 build/bench/bench_train "$dir/tiny-f32" --steps 0 --bf16 2>&1 || true)
+  ! grep -q "lacks it" <<<"$out"
+}

@@ -16,9 +16,7 @@ build/bench/bench_forward "$dir/tinyllama-f32" --prefill 512 --decode 16 --threa
 build/bench/bench_forward "$dir/tinyllama-bf16" --prefill 512 --decode 16 --threads "$threads"
 # --bf16: the prefill through each BF16 kernel this CPU has (ops/gemm_bf16.h)
 for kernel in amx avx512bf16 fallback; do
-  TINYLORA_BF16_KERNEL=$kernel build/bench/bench_forward "$dir/tinyllama-bf16" --prefill 512 \
-    --decode 16 --threads "$threads" --bf16 2>&1 >/dev/null | grep -q "lacks it" &&
-    { echo "bf16 kernel $kernel: not on this CPU" >&2; continue; }
+  bf16_kernel_here "$kernel" || { echo "bf16 kernel $kernel: not on this CPU" >&2; continue; }
   TINYLORA_BF16_KERNEL=$kernel build/bench/bench_forward "$dir/tinyllama-bf16" --prefill 512 \
     --decode 16 --threads "$threads" --bf16
 done

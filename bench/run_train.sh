@@ -13,10 +13,6 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 threads=$(nproc)
 bench_model tiny-f32 tiny
-kernel_here() {  # a BF16 kernel of ops/gemm_bf16.h that this CPU has
-  ! TINYLORA_BF16_KERNEL=$1 build/bench/bench_train "$dir/tiny-f32" --steps 0 --bf16 2>&1 |
-    grep -q "lacks it"
-}
 run() {  # model preset batch targets steps [--bf16]
   local ours peer=""
   ours=$(build/bench/bench_train "$dir/$1" --batch "$3" --seq 256 --targets "$4" --steps "$5" \
@@ -52,7 +48,7 @@ for batch in 1 4; do
   for targets in q_proj,v_proj all-linear; do
     run tinyllama-f32 tinyllama "$batch" "$targets" 2
     for kernel in amx avx512bf16 fallback; do
-      if ! kernel_here "$kernel"; then
+      if ! bf16_kernel_here "$kernel"; then
         echo "bf16 kernel $kernel: not on this CPU" >&2
         continue
       fi
