@@ -35,7 +35,7 @@ double TokenLoss(const float* logits, int vocab, int target) {
 
 EvalResult RunEval(const EvalOptions& o) {
   SetThreads(o.threads);
-  auto weights = ModelWeights::Load(o.model);
+  auto weights = ModelWeights::Load(o.model, o.quantize.Get(o.bf16));
   const LlamaConfig& c = weights->config;
   std::vector<int> ids;
   std::string source;
@@ -153,6 +153,7 @@ void AddEvalCommand(CLI::App& app) {
   cmd->add_option("--context", o->context, "window length in tokens (default: the model's context)")
       ->check(kNonNegative);
   AddBf16Flag(cmd, &o->bf16, "the BF16 base's matrix products, as train --bf16 computes them,");
+  AddQuantizeFlags(cmd, &o->quantize);
   AddThreadsOption(cmd, &o->threads);
   cmd->callback([o]() {
     if (o->data.empty() && o->token_ids.empty()) Fail("eval: give --data FILE or --token-ids FILE");

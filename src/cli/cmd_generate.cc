@@ -16,7 +16,7 @@ namespace tinylora {
 
 GenerateResult RunGenerate(const GenerateOptions& o) {
   SetThreads(o.threads);
-  auto weights = ModelWeights::Load(o.model);
+  auto weights = ModelWeights::Load(o.model, o.quantize.Get(o.bf16));
   const LlamaConfig& c = weights->config;
   std::unique_ptr<Tokenizer> tok;
   std::vector<int> prompt;
@@ -126,6 +126,7 @@ void AddGenerateCommand(CLI::App& app) {
   AddBf16Flag(cmd, &o->bf16,
               "the prompt's matrix products on the BF16 base (not batch-invariant; decode reads "
               "the BF16 weights either way),");
+  AddQuantizeFlags(cmd, &o->quantize);
   AddThreadsOption(cmd, &o->threads);
   cmd->callback([o]() {
     if (o->prompt.empty() && o->prompt_ids.empty())

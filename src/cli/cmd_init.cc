@@ -38,7 +38,7 @@ void RunInit(const InitOptions& o) {
     c = LoadConfig(o.config_file);
   }
   const Format format = FormatNamed(o.dtype, "--dtype");
-  if (Traits(format).quantize == nullptr) Fail("--dtype: expected f32 or bf16, got " + o.dtype);
+  if (!Traits(format).savable()) Fail("--dtype: expected f32 or bf16, got " + o.dtype);
   if (!o.tokenizer.empty()) {
     Tokenizer tok(o.tokenizer);
     if (!o.preset.empty()) {

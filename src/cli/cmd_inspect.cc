@@ -16,8 +16,31 @@ namespace tinylora {
 
 namespace {
 
-void InspectModel(const std::string& dir) {
-  auto w = ModelWeights::Load(dir);  // validates every tensor against the config
+// Every matrix as loaded (after --quantize): its format and bits per weight, by format.
+nlohmann::json HeldMatrices(const ModelWeights& w) {
+  std::map<std::string, std::pair<int64_t, int64_t>> by_format;  // params, bytes
+  auto add = [&](const Tensor& t) {
+    auto& [params, bytes] = by_format[Traits(t.format).name];
+    params += t.numel();
+    bytes += t.nbytes();
+  };
+  add(w.embed);
+  for (const auto& l : w.layers)
+    for (int m = 0; m < kNumModules; ++m) add(l.weight(static_cast<Module>(m)));
+  if (w.lm_head.data != w.embed.data) add(w.lm_head);
+  nlohmann::json out = nlohmann::json::object();
+  std::fprintf(stderr, "\nmatrices as held in memory:\n");
+  for (const auto& [name, pb] : by_format) {
+    const double bits = 8.0 * static_cast<double>(pb.second) / static_cast<double>(pb.first);
+    std::fprintf(stderr, "  %-5s %lld parameters, %.1f MB, %.2f bits per weight\n", name.c_str(),
+                 static_cast<long long>(pb.first), pb.second / 1e6, bits);
+    out[name] = {{"params", pb.first}, {"bytes", pb.second}, {"bits_per_weight", bits}};
+  }
+  return out;
+}
+
+void InspectModel(const std::string& dir, const QuantizeFlags& q) {
+  auto w = ModelWeights::Load(dir, q.Get());  // validates every tensor against the config
   const LlamaConfig& c = w->config;
   // Every tensor stored, from the files themselves.
   std::vector<std::string> files;
@@ -67,7 +90,8 @@ void InspectModel(const std::string& dir) {
                         {"tensors", n_tensors},
                         {"bytes", bytes},
                         {"files", files},
-                        {"tokenizer", tokenizer}};
+                        {"tokenizer", tokenizer},
+                        {"held", HeldMatrices(*w)}};
   std::cout << out.dump() << "\n";
 }
 
@@ -137,14 +161,16 @@ AdapterParams CountAdapterParams(const std::string& dir, int tree_depth) {
 
 void AddInspectCommand(CLI::App& app) {
   auto dir = std::make_shared<std::string>();
+  auto q = std::make_shared<QuantizeFlags>();
   CLI::App* cmd = app.add_subcommand("inspect", "show what a model or adapter directory holds");
   cmd->add_option("dir", *dir, "the directory")->required();
-  cmd->callback([dir]() {
+  AddQuantizeFlags(cmd, q.get());
+  cmd->callback([dir, q]() {
     if (!IsDirectory(*dir)) Fail(*dir + ": not a directory");
     if (FileExists(JoinPath(*dir, "adapter_config.json"))) {
       InspectAdapter(*dir);
     } else if (FileExists(JoinPath(*dir, "config.json"))) {
-      InspectModel(*dir);
+      InspectModel(*dir, *q);
     } else {
       Fail(*dir + ": neither a model (config.json) nor an adapter (adapter_config.json) directory");
     }

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "adapters/lora.h"
+#include "cli/commands.h"
 #include "cli/common.h"
 #include "train/trainable.h"
 #include "util/error.h"
@@ -18,11 +19,12 @@ struct MergeOptions {
   std::string model, adapter, out;
   bool force = false;
   int threads = 0;
+  QuantizeFlags quantize;  // the base the adapter was trained over; the merge is then F32
 };
 
 void RunMerge(const MergeOptions& o) {
   SetThreads(o.threads);
-  auto src = ModelWeights::Load(o.model);
+  auto src = ModelWeights::Load(o.model, o.quantize.Get());
   const LlamaConfig& c = src->config;
   auto adapter = Adapter::Load(o.adapter, c, /*with_grads=*/false);
   if (adapter->config().tree_depth != 0)
@@ -58,6 +60,7 @@ void AddMergeCommand(CLI::App& app) {
   cmd->add_option("--adapter", o->adapter, "LoRA adapter directory")->required();
   cmd->add_option("--out", o->out, "merged model directory")->required();
   cmd->add_flag("--force", o->force, "overwrite a model already in --out");
+  AddQuantizeFlags(cmd, &o->quantize);
   AddThreadsOption(cmd, &o->threads);
   cmd->callback([o]() { RunMerge(*o); });
 }

@@ -220,7 +220,7 @@ nlohmann::json RoutingJson(const std::vector<RoutingStats>& blocks) {
 TrainResult RunTrain(const LoraTrainOptions& lo) {
   const CommonTrainOptions& o = lo.common;
   SetThreads(o.threads);
-  auto base = ModelWeights::Load(lo.model);
+  auto base = ModelWeights::Load(lo.model, lo.quantize.Get(lo.bf16));
   const LlamaConfig& c = base->config;
   CheckSeqLen(o.seq_len, c);  // before tokenising any data
   const std::string tok_path = JoinPath(lo.model, "tokenizer.model");
@@ -247,6 +247,7 @@ TrainResult RunTrain(const LoraTrainOptions& lo) {
                         {"routing", lo.routing},
                         {"gate", lo.gate}};
   if (lo.bf16) run["bf16"] = true;  // only when set: checkpoints of earlier runs still resume
+  if (!lo.quantize.format.empty()) run["quantize"] = lo.quantize.ToJson();
   TrainerOptions t = MakeTrainerOptions(o, data.caches->train, run);
   t.title = (tree ? "tree-LoRA depth " + std::to_string(lo.tree_depth) + ", r=" : "LoRA r=") +
             std::to_string(lo.rank) + " on " + lo.model;
@@ -388,6 +389,7 @@ void AddTrainCommands(CLI::App& app) {
       ->check(kPositive);
   AddBf16Flag(train, &lo->bf16,
               "the frozen BF16 base's matrix products (forward and dx; the adapter stays f32)");
+  AddQuantizeFlags(train, &lo->quantize);
   AddCommonFlags(train, &lo->common);
   train->callback([lo]() { std::cout << RunTrain(*lo).ToJson().dump() << std::endl; });
 

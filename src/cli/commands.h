@@ -9,9 +9,20 @@
 #include <vector>
 
 #include "model/sampler.h"
+#include "model/weights.h"
 #include "train/trainer.h"
 
 namespace tinylora {
+
+// --quantize FORMAT [--double-quant] [--quantize-head] of train, eval, generate and inspect.
+// Get() is what ModelWeights::Load takes: Error (exit 2) for a format that is not a block
+// format, and for --bf16 together with --quantize.
+struct QuantizeFlags {
+  std::string format;
+  bool double_quant = false, head = false;
+  QuantizeOnLoad Get(bool bf16 = false) const;
+  nlohmann::json ToJson() const;  // null when not quantising
+};
 
 // ---- tokenizer train ----------------------------------------------------------------------
 struct TokenizerTrainOptions {
@@ -49,6 +60,7 @@ struct LoraTrainOptions {
   int rank = 8;
   double alpha = 16, dropout = 0;
   bool bf16 = false;  // the BF16 base's products in BF16 (activations rounded; ops/gemm_bf16)
+  QuantizeFlags quantize;
   // tree adapters
   int tree_depth = 0;
   std::string routing = "hard", gate = "path";
@@ -77,6 +89,7 @@ struct EvalOptions {
   int context = 0;
   int threads = 0;
   bool bf16 = false;  // the BF16 base's products in BF16 (ops/gemm_bf16)
+  QuantizeFlags quantize;
 };
 struct EvalResult {
   int64_t tokens = 0;
@@ -93,7 +106,8 @@ struct GenerateOptions {
   bool greedy = false, ignore_eos = false;
   SamplerOptions sampler{false, 0.8f, 40, 0.95f, 0};
   int threads = 0;
-  bool bf16 = false;   // the prompt's products in BF16 (ops/gemm_bf16); decode reads BF16 anyway
+  bool bf16 = false;  // the prompt's products in BF16 (ops/gemm_bf16); decode reads BF16 anyway
+  QuantizeFlags quantize;
   bool stream = true;  // print the new text to stdout as it comes (the CLI), or only return it
 };
 struct GenerateResult {

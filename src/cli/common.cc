@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "cli/commands.h"
 #include "ops/gemm.h"
 #include "ops/gemm_bf16.h"
 #include "util/error.h"
@@ -55,6 +56,37 @@ void AddBf16Flag(CLI::App* cmd, bool* bf16, const std::string& what) {
                     "base's matrices). Kernel on this CPU: " +
                     Bf16KernelSummary(BestBf16Kernel()) +
                     " (TINYLORA_BF16_KERNEL=amx|avx512bf16|fallback forces one)");
+}
+
+void AddQuantizeFlags(CLI::App* cmd, QuantizeFlags* q) {
+  cmd->add_option("--quantize", q->format,
+                  "hold the seven projections of every block quantised on load, QLoRA's way "
+                  "(q8_0, q4_0: GGML's blocks; nf4: bitsandbytes' NormalFloat4); products use "
+                  "their dequantised values in F32");
+  cmd->add_flag("--double-quant", q->double_quant,
+                "nf4: quantise the absmaxes through bitsandbytes' 8-bit map, as "
+                "bnb_4bit_use_double_quant does");
+  cmd->add_flag("--quantize-head", q->head, "quantise the embedding and the head too");
+}
+
+QuantizeOnLoad QuantizeFlags::Get(bool bf16) const {
+  QuantizeOnLoad q;
+  if (format.empty()) {
+    if (double_quant || head) Fail("--double-quant and --quantize-head need --quantize");
+    return q;
+  }
+  q.enabled = true;
+  q.format = FormatNamed(format, "--quantize");
+  if (!Traits(q.format).quantized()) Fail("--quantize: expected q8_0, q4_0 or nf4, got " + format);
+  if (bf16) Fail("--bf16 with --quantize: not supported (quantised matrices multiply in F32)");
+  q.double_quant = double_quant;
+  q.head = head;
+  return q;
+}
+
+nlohmann::json QuantizeFlags::ToJson() const {
+  if (format.empty()) return nullptr;
+  return {{"format", format}, {"double_quant", double_quant}, {"head", head}};
 }
 
 namespace {

@@ -17,6 +17,9 @@ void AddThreadsOption(CLI::App* cmd, int* threads);
 // --bf16 of train, eval and generate: `what` products in BF16; the help names the kernel this
 // CPU would use and whether it is faster than the F32 path.
 void AddBf16Flag(CLI::App* cmd, bool* bf16, const std::string& what);
+// --quantize FORMAT [--double-quant] [--quantize-head] (cli/commands.h QuantizeFlags).
+struct QuantizeFlags;
+void AddQuantizeFlags(CLI::App* cmd, QuantizeFlags* q);
 // Bound checks whose errors say the bound ("--steps: must be > 0, got -5"), not CLI11's
 // range to the largest double.
 extern const CLI::Validator kPositive, kNonNegative;

@@ -1,10 +1,12 @@
 #include "model/weights.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "ops/quantize.h"
 #include "util/error.h"
 #include "util/file.h"
 #include "util/half.h"
@@ -83,8 +85,9 @@ class WeightLoader {
     }
   }
 
-  // Finds, checks and prepares one tensor. Norms become F32; matrices stay F32/BF16.
-  Tensor Get(const TensorSpec& spec) {
+  // Finds, checks and prepares one tensor. Norms become F32; matrices stay F32/BF16, or are
+  // quantised to `quantize` when it is given.
+  Tensor Get(const TensorSpec& spec, const QuantizeOnLoad* quantize = nullptr) {
     auto w = where_.find(spec.name);
     const SafetensorsFile* file = w == where_.end() ? nullptr : m_->files_[w->second].get();
     const TensorInfo* info = file ? file->Find(spec.name) : nullptr;
@@ -100,6 +103,11 @@ class WeightLoader {
     t.rows = spec.shape.size() == 2 ? spec.shape[0] : 1;
     t.cols = spec.shape.back();
     const uint8_t* src = file->Data(*info);
+    if (quantize != nullptr && quantize->enabled && !spec.is_norm) {
+      Quantize(spec, *quantize, source, src, &t);
+      file->file().Release(info->offset, info->nbytes);  // the original is not kept
+      return t;
+    }
     // Matrices stay in their file's format, in place; norm vectors are always F32.
     t.format = spec.is_norm ? Format::kF32 : source;
     const bool in_place = t.format == source;
@@ -119,11 +127,42 @@ class WeightLoader {
   }
 
  private:
+  // t (rows, cols set) = the source matrix quantised, a panel of rows at a time.
+  void Quantize(const TensorSpec& spec, const QuantizeOnLoad& q, Format source, const uint8_t* src,
+                Tensor* t) {
+    const FormatTraits& f = Traits(q.format);
+    if (t->cols % f.block != 0) {
+      Fail(std::string("--quantize ") + f.name + ": tensor '" + spec.name + "' has " +
+           std::to_string(t->cols) + " columns, not a multiple of the format's block of " +
+           std::to_string(f.block));
+    }
+    t->format = q.format;
+    std::vector<uint8_t>& buf = m_->owned_.emplace_back(static_cast<size_t>(t->nbytes()));
+    const FormatTraits& from = Traits(source);
+    constexpr int64_t kRows = 256;
+    std::vector<float> panel(static_cast<size_t>(std::min(t->rows, kRows) * t->cols));
+    for (int64_t r0 = 0; r0 < t->rows; r0 += kRows) {
+      const int64_t nr = std::min(kRows, t->rows - r0);
+#pragma omp parallel for schedule(static)
+      for (int64_t r = 0; r < nr; ++r) {
+        float* row = panel.data() + r * t->cols;
+        from.dequantize(src + FormatBytes(source, (r0 + r) * t->cols), t->cols, row);
+        f.quantize(row, t->cols, buf.data() + FormatBytes(q.format, (r0 + r) * t->cols));
+      }
+    }
+    if (q.double_quant) DoubleQuantizeNF4(buf.data(), t->numel());
+    t->data = buf.data();
+  }
+
   ModelWeights* m_;
   std::map<std::string, size_t> where_;  // tensor name -> index in files_
 };
 
-std::unique_ptr<ModelWeights> ModelWeights::Load(const std::string& dir) {
+std::unique_ptr<ModelWeights> ModelWeights::Load(const std::string& dir,
+                                                 const QuantizeOnLoad& quantize) {
+  if (quantize.double_quant && (!quantize.enabled || quantize.format != Format::kNF4))
+    Fail("--double-quant: only with --quantize nf4 (it quantises NF4's absmaxes)");
+  const QuantizeOnLoad* head = quantize.head ? &quantize : nullptr;
   if (!IsDirectory(dir)) Fail(dir + ": not a model directory");
   auto m = std::make_unique<ModelWeights>();
   m->dir = dir;
@@ -133,16 +172,16 @@ std::unique_ptr<ModelWeights> ModelWeights::Load(const std::string& dir) {
   const LlamaConfig& c = m->config;
   std::vector<TensorSpec> specs = ModelTensorSpecs(c);
   size_t k = 0;
-  m->embed = loader.Get(specs[k++]);
+  m->embed = loader.Get(specs[k++], head);
   m->layers.resize(static_cast<size_t>(c.n_layers));
   for (auto& l : m->layers) {
     for (Tensor* t :
          {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.mlp_norm, &l.w_gate, &l.w_up, &l.w_down}) {
-      *t = loader.Get(specs[k++]);
+      *t = loader.Get(specs[k++], &quantize);  // norms are never quantised
     }
   }
   m->final_norm = loader.Get(specs[k++]);
-  m->lm_head = c.tie_embeddings ? m->embed : loader.Get(specs[k++]);
+  m->lm_head = c.tie_embeddings ? m->embed : loader.Get(specs[k++], head);
   return m;
 }
 

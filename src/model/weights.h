@@ -1,7 +1,8 @@
 // The base model's weights, loaded from a Hugging Face model directory:
 // config.json + model.safetensors (or shards listed in model.safetensors.index.json).
 // F32 and BF16 matrices are used in place from the memory map; F16 is widened to F32 once
-// (its mapped pages released); norm vectors are always F32.
+// (its mapped pages released); norm vectors are always F32. --quantize holds the projections
+// (and optionally the embedding and head) in a block format of ops/quantize.h instead.
 #pragma once
 
 #include <memory>
@@ -28,10 +29,23 @@ struct LayerWeights {
   const Tensor& weight(Module m) const;  // the projection's matrix
 };
 
+// --quantize: the block format the seven projections of every block are quantised to on load
+// (QLoRA's way: read in the file's format, held quantised), optionally with bitsandbytes' double
+// quantisation of NF4's absmaxes, and the embedding and head too when `head`.
+struct QuantizeOnLoad {
+  bool enabled = false;
+  Format format = Format::kQ8_0;
+  bool double_quant = false;
+  bool head = false;
+};
+
 class ModelWeights {
  public:
   // Loads and validates a model directory; every problem is an Error naming the file/tensor.
-  static std::unique_ptr<ModelWeights> Load(const std::string& dir);
+  // Quantised matrices are made one at a time, each source's mapped pages released once it is
+  // quantised, so memory never holds a whole base twice.
+  static std::unique_ptr<ModelWeights> Load(const std::string& dir,
+                                            const QuantizeOnLoad& quantize = {});
 
   LlamaConfig config;
   Tensor embed;  // (V, C)  model.embed_tokens

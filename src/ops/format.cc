@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "ops/matmul.h"
+#include "ops/quantize.h"
 #include "util/error.h"
 #include "util/half.h"
 
@@ -34,13 +35,20 @@ void EncodeBf16(const float* src, int64_t n, void* dst) {  // also --bf16's inpu
   for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(dst)[i] = F32ToBf16(src[i]);
 }
 
+// A merge over a quantized base writes the exact sum, dequantised base plus adapter, in F32.
 const FormatTraits kTable[] = {
-    {"f32", 1, 4, 4, CopyF32, CopyF32, MatVecF32Rows, true, false, DType::kF32, "float32",
-     EncodeF32, Format::kF32},
-    {"f16", 1, 2, 2, F16Reference, F16Fast, MatVecF16Rows, false, false, DType::kF16, "float16",
-     nullptr, Format::kF32},
-    {"bf16", 1, 2, 2, Bf16Reference, Bf16Fast, MatVecBf16Rows, false, true, DType::kBF16,
-     "bfloat16", EncodeBf16, Format::kBF16},
+    {"f32", 1, 4, 4, CopyF32, CopyF32, MatVecF32Rows, true, false, EncodeF32, DType::kF32,
+     "float32", Format::kF32},
+    {"f16", 1, 2, 2, F16Reference, F16Fast, MatVecF16Rows, false, false, nullptr, DType::kF16,
+     "float16", Format::kF32},
+    {"bf16", 1, 2, 2, Bf16Reference, Bf16Fast, MatVecBf16Rows, false, true, EncodeBf16,
+     DType::kBF16, "bfloat16", Format::kBF16},
+    {"q8_0", 32, 34, 2, DequantizeQ8_0Reference, DequantizeQ8_0Fast, MatVecQ8_0Rows, false, false,
+     QuantizeQ8_0Reference, DType::kU8, nullptr, Format::kF32},
+    {"q4_0", 32, 18, 2, DequantizeQ4_0Reference, DequantizeQ4_0Fast, MatVecQ4_0Rows, false, false,
+     QuantizeQ4_0Reference, DType::kU8, nullptr, Format::kF32},
+    {"nf4", 64, 36, 4, DequantizeNF4Reference, DequantizeNF4Fast, MatVecNF4Rows, false, false,
+     QuantizeNF4Reference, DType::kU8, nullptr, Format::kF32},
 };
 constexpr int kFormats = sizeof(kTable) / sizeof(kTable[0]);
 
@@ -50,7 +58,7 @@ const FormatTraits& Traits(Format f) { return kTable[static_cast<int>(f)]; }
 
 Format FormatOfDType(DType dtype, const std::string& what) {
   for (int i = 0; i < kFormats; ++i)
-    if (kTable[i].dtype == dtype) return static_cast<Format>(i);
+    if (!kTable[i].quantized() && kTable[i].dtype == dtype) return static_cast<Format>(i);
   Fail(what + " has dtype " + DTypeName(dtype) + "; only F32, F16 and BF16 are supported");
 }
 

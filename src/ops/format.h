@@ -11,10 +11,12 @@
 
 namespace tinylora {
 
-enum class Format : uint8_t { kF32, kF16, kBF16 };
+// The float formats, then the block formats of a quantized frozen base (ops/quantize.h), which
+// only --quantize produces (GGUF and bitsandbytes files are read and written elsewhere).
+enum class Format : uint8_t { kF32, kF16, kBF16, kQ8_0, kQ4_0, kNF4 };
 
 struct FormatTraits {
-  const char* name;     // "f32", "f16", "bf16"
+  const char* name;     // "f32", "f16", "bf16", "q8_0", "q4_0", "nf4"
   int64_t block;        // weights per block (1 for the float formats)
   int64_t block_bytes;  // bytes per block
   int64_t align;        // the alignment its kernels need, in bytes
@@ -28,17 +30,21 @@ struct FormatTraits {
                  int64_t r1, float* y);
   bool gemm_in_place;  // F32: sgemm reads the weight itself, no widened panel
   bool bf16_gemm;      // --bf16 computes its products in BF16 (ops/gemm_bf16)
-  // Files: the safetensors dtype holding its bytes, config.json's torch_dtype, the encoder
-  // from F32 (round to nearest even; null: nothing is written in this format) and the format
-  // `merge` writes a merged base of this format in.
+  // The encoder from F32: round to nearest even, or the block format's reference quantiser
+  // (null: nothing is encoded in this format).
+  void (*quantize)(const float* src, int64_t n, void* dst);
+  // Files (float formats): the safetensors dtype holding its bytes and config.json's
+  // torch_dtype; and the format `merge` writes a merged base of this format in.
   DType dtype;
   const char* torch_dtype;
-  void (*quantize)(const float* src, int64_t n, void* dst);
   Format merged_as;
+  bool quantized() const { return block > 1; }
+  // A safetensors model can be written in it (init, merge, pretraining's saves).
+  bool savable() const { return quantize != nullptr && !quantized(); }
 };
 
 const FormatTraits& Traits(Format f);
-// The format a safetensors dtype is held in; Error (exit 2) naming `what` for other dtypes.
+// The float format a safetensors dtype is held in; Error (exit 2) naming `what` for others.
 Format FormatOfDType(DType dtype, const std::string& what);
 // The format whose traits are named `name` ("f32", …); Error (exit 2) naming `what` otherwise.
 Format FormatNamed(const std::string& name, const std::string& what);

@@ -64,5 +64,15 @@ void MatVecBf16Rows(const void* w, int64_t in, int64_t out, const float* x, int6
                     int64_t r1, float* y);
 void MatVecF16Rows(const void* w, int64_t in, int64_t out, const float* x, int64_t T, int64_t r0,
                    int64_t r1, float* y);
+// … and of the block formats (ops/matvec_quant.cc), with their fast dequantisers.
+void MatVecQ8_0Rows(const void* w, int64_t in, int64_t out, const float* x, int64_t T, int64_t r0,
+                    int64_t r1, float* y);
+void MatVecQ4_0Rows(const void* w, int64_t in, int64_t out, const float* x, int64_t T, int64_t r0,
+                    int64_t r1, float* y);
+void MatVecNF4Rows(const void* w, int64_t in, int64_t out, const float* x, int64_t T, int64_t r0,
+                   int64_t r1, float* y);
+void DequantizeQ8_0Fast(const void* src, int64_t n, float* dst);
+void DequantizeQ4_0Fast(const void* src, int64_t n, float* dst);
+void DequantizeNF4Fast(const void* src, int64_t n, float* dst);
 
 }  // namespace tinylora

@@ -112,7 +112,7 @@ std::unique_ptr<TrainableBase> CreateRandomBase(const LlamaConfig& config, uint6
 
 void SaveModel(const TrainableBase& base, const std::string& dir, Format format) {
   const FormatTraits& f = Traits(format);
-  if (f.quantize == nullptr) Fail(std::string("a model cannot be written in ") + f.name);
+  if (!f.savable()) Fail(std::string("a model cannot be written in ") + f.name);
   MakeDirectories(dir);
   std::vector<TensorToWrite> tensors;
   for (int i = 0; i < base.params.size(); ++i) {  // each tensor encoded as it is written

@@ -1,0 +1,200 @@
+// Highway kernels of the block formats (ops/quantize.h): the streaming product of decode and
+// batch-invariant inference reading the blocks directly (each weight decoded to exactly its
+// dequantised F32 value, then one fused multiply-add), and the fast dequantiser that the GEMM
+// path widens panels with. Each output element is summed as ops/matvec.cc sums one: a single
+// vector accumulator over the row's vectors in increasing position, then its lanes, so the
+// result does not depend on the batch.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "ops/matvec_quant.cc"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/highway.h>
+
+#include "ops/matmul.h"
+#include "ops/quantize.h"
+#include "util/half.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace tinylora {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+using DF = hn::ScalableTag<float>;
+using DI = hn::RebindToSigned<DF>;
+using VF = hn::Vec<DF>;
+
+// The 4-bit codes of weights [k, k + N) of a block whose byte j holds weight j in its low nibble
+// and weight j + H in its high nibble (q4_0: H = 16; nf4: H = 32); k + N ≤ H or k ≥ H.
+template <int H>
+HWY_INLINE hn::Vec<DI> Nibbles(const uint8_t* q, int k) {
+  const DI di;
+  const hn::Rebind<uint8_t, DF> d8;
+  if (k < H) return hn::And(hn::PromoteTo(di, hn::LoadU(d8, q + k)), hn::Set(di, 15));
+  return hn::ShiftRight<4>(hn::PromoteTo(di, hn::LoadU(d8, q + k - H)));
+}
+
+// kNF4Levels[code] per lane.
+HWY_INLINE VF NF4Level(hn::Vec<DI> code) {
+  const DF df;
+#if HWY_TARGET <= HWY_AVX3
+  return hn::TableLookupLanes(hn::LoadU(df, kNF4Levels), hn::IndicesFromVec(df, code));
+#elif HWY_TARGET == HWY_AVX2
+  const DI di;
+  const auto low = hn::IndicesFromVec(df, hn::And(code, hn::Set(di, 7)));
+  const VF lo = hn::TableLookupLanes(hn::LoadU(df, kNF4Levels), low);
+  const VF hi = hn::TableLookupLanes(hn::LoadU(df, kNF4Levels + 8), low);
+  return hn::IfThenElse(hn::RebindMask(df, hn::Gt(code, hn::Set(di, 7))), hi, lo);
+#else
+  return hn::GatherIndex(df, kNF4Levels, code);
+#endif
+}
+
+// Per format: weights per block, the block's scale as a vector, and weights [k, k + N) of the
+// block as their dequantised values.
+struct Q8_0 {
+  using Block = BlockQ8_0;
+  static constexpr int kWeights = 32;
+  static HWY_INLINE VF Scale(const Block& b) { return hn::Set(DF(), F16ToF32(b.d)); }
+  static HWY_INLINE VF Load(const Block& b, int k, VF scale) {
+    const DF df;
+    const hn::Rebind<int8_t, DF> d8;
+    return hn::Mul(hn::ConvertTo(df, hn::PromoteTo(DI(), hn::LoadU(d8, b.q + k))), scale);
+  }
+};
+struct Q4_0 {
+  using Block = BlockQ4_0;
+  static constexpr int kWeights = 32;
+  static HWY_INLINE VF Scale(const Block& b) { return hn::Set(DF(), F16ToF32(b.d)); }
+  static HWY_INLINE VF Load(const Block& b, int k, VF scale) {
+    const DF df;
+    const auto q = hn::Sub(Nibbles<16>(b.q, k), hn::Set(DI(), 8));
+    return hn::Mul(hn::ConvertTo(df, q), scale);
+  }
+};
+struct NF4 {
+  using Block = BlockNF4;
+  static constexpr int kWeights = 64;
+  static HWY_INLINE VF Scale(const Block& b) { return hn::Set(DF(), b.absmax); }
+  static HWY_INLINE VF Load(const Block& b, int k, VF scale) {
+    return hn::Mul(NF4Level(Nibbles<32>(b.q, k)), scale);
+  }
+};
+
+// y[t·ldy + o] for RT rows of x (stride ldx floats) and RO rows of W (stride ldw blocks), rows
+// of nb blocks.
+template <int RT, int RO, class F>
+HWY_INLINE void Tile(const typename F::Block* w, int64_t ldw, const float* x, int64_t ldx,
+                     int64_t nb, float* y, int64_t ldy) {
+  const DF df;
+  const int N = static_cast<int>(hn::Lanes(df));
+  VF acc[RT][RO];
+#pragma GCC unroll 16
+  for (int k = 0; k < RT * RO; ++k) acc[k / RO][k % RO] = hn::Zero(df);
+  for (int64_t b = 0; b < nb; ++b) {
+    VF scale[RO];
+#pragma GCC unroll 4
+    for (int o = 0; o < RO; ++o) scale[o] = F::Scale(w[o * ldw + b]);
+    const float* xb = x + b * F::kWeights;
+    for (int k = 0; k < F::kWeights; k += N) {
+      VF wv[RO];
+#pragma GCC unroll 4
+      for (int o = 0; o < RO; ++o) wv[o] = F::Load(w[o * ldw + b], k, scale[o]);
+#pragma GCC unroll 4
+      for (int t = 0; t < RT; ++t) {
+        const VF xv = hn::LoadU(df, xb + t * ldx + k);
+#pragma GCC unroll 4
+        for (int o = 0; o < RO; ++o) acc[t][o] = hn::MulAdd(wv[o], xv, acc[t][o]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int k = 0; k < RT * RO; ++k)
+    y[(k / RO) * ldy + k % RO] = hn::GetLane(hn::SumOfLanes(df, acc[k / RO][k % RO]));
+}
+
+// Rows [r0, r1) of W against all T rows of x, tiled as ops/matvec.cc tiles them.
+template <class F>
+void MatVecRowsT(const void* wv, int64_t in, int64_t out, const float* x, int64_t T, int64_t r0,
+                 int64_t r1, float* y) {
+  const auto* w = static_cast<const typename F::Block*>(wv);
+  const int64_t nb = in / F::kWeights;
+  int64_t t = 0;
+  for (; t + 4 <= T; t += 4) {
+    int64_t r = r0;
+    for (; r + 2 <= r1; r += 2)
+      Tile<4, 2, F>(w + r * nb, nb, x + t * in, in, nb, y + t * out + r, out);
+    for (; r < r1; ++r) Tile<4, 1, F>(w + r * nb, nb, x + t * in, in, nb, y + t * out + r, out);
+  }
+  for (; t < T; ++t) {
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4)
+      Tile<1, 4, F>(w + r * nb, nb, x + t * in, in, nb, y + t * out + r, out);
+    for (; r < r1; ++r) Tile<1, 1, F>(w + r * nb, nb, x + t * in, in, nb, y + t * out + r, out);
+  }
+}
+
+template <class F>
+void DequantizeT(const void* src, int64_t n, float* dst) {
+  const DF df;
+  const int N = static_cast<int>(hn::Lanes(df));
+  const auto* blocks = static_cast<const typename F::Block*>(src);
+  for (int64_t b = 0; b < n / F::kWeights; ++b) {
+    const VF scale = F::Scale(blocks[b]);
+    for (int k = 0; k < F::kWeights; k += N)
+      hn::StoreU(F::Load(blocks[b], k, scale), df, dst + b * F::kWeights + k);
+  }
+}
+
+void MatVecQ8_0(const void* w, int64_t in, int64_t out, const float* x, int64_t T, int64_t r0,
+                int64_t r1, float* y) {
+  MatVecRowsT<Q8_0>(w, in, out, x, T, r0, r1, y);
+}
+void MatVecQ4_0(const void* w, int64_t in, int64_t out, const float* x, int64_t T, int64_t r0,
+                int64_t r1, float* y) {
+  MatVecRowsT<Q4_0>(w, in, out, x, T, r0, r1, y);
+}
+void MatVecNF4(const void* w, int64_t in, int64_t out, const float* x, int64_t T, int64_t r0,
+               int64_t r1, float* y) {
+  MatVecRowsT<NF4>(w, in, out, x, T, r0, r1, y);
+}
+void DequantizeQ8_0(const void* src, int64_t n, float* dst) { DequantizeT<Q8_0>(src, n, dst); }
+void DequantizeQ4_0(const void* src, int64_t n, float* dst) { DequantizeT<Q4_0>(src, n, dst); }
+void DequantizeNF4(const void* src, int64_t n, float* dst) { DequantizeT<NF4>(src, n, dst); }
+
+}  // namespace HWY_NAMESPACE
+}  // namespace tinylora
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace tinylora {
+
+HWY_EXPORT(MatVecQ8_0);
+HWY_EXPORT(MatVecQ4_0);
+HWY_EXPORT(MatVecNF4);
+HWY_EXPORT(DequantizeQ8_0);
+HWY_EXPORT(DequantizeQ4_0);
+HWY_EXPORT(DequantizeNF4);
+
+void MatVecQ8_0Rows(const void* w, int64_t in, int64_t out, const float* x, int64_t T, int64_t r0,
+                    int64_t r1, float* y) {
+  HWY_DYNAMIC_DISPATCH(MatVecQ8_0)(w, in, out, x, T, r0, r1, y);
+}
+void MatVecQ4_0Rows(const void* w, int64_t in, int64_t out, const float* x, int64_t T, int64_t r0,
+                    int64_t r1, float* y) {
+  HWY_DYNAMIC_DISPATCH(MatVecQ4_0)(w, in, out, x, T, r0, r1, y);
+}
+void MatVecNF4Rows(const void* w, int64_t in, int64_t out, const float* x, int64_t T, int64_t r0,
+                   int64_t r1, float* y) {
+  HWY_DYNAMIC_DISPATCH(MatVecNF4)(w, in, out, x, T, r0, r1, y);
+}
+void DequantizeQ8_0Fast(const void* src, int64_t n, float* dst) {
+  HWY_DYNAMIC_DISPATCH(DequantizeQ8_0)(src, n, dst);
+}
+void DequantizeQ4_0Fast(const void* src, int64_t n, float* dst) {
+  HWY_DYNAMIC_DISPATCH(DequantizeQ4_0)(src, n, dst);
+}
+void DequantizeNF4Fast(const void* src, int64_t n, float* dst) {
+  HWY_DYNAMIC_DISPATCH(DequantizeNF4)(src, n, dst);
+}
+
+}  // namespace tinylora
+#endif  // HWY_ONCE
