@@ -17,8 +17,10 @@
 #include <sstream>
 #include <thread>
 
+#include "model/weights.h"
 #include "ops/gemm_bf16.h"
 #include "test_util.h"
+#include "train/trainable.h"
 #include "util/file.h"
 
 namespace tinylora {
@@ -30,10 +32,11 @@ using test::RunCli;
 struct TrainSetup {
   test::TempDir tmp;
   std::string model, data;
-  TrainSetup() {
+  explicit TrainSetup(int intermediate_size = 96) {
     const std::string tok = test::TrainTinyTokenizer(tmp.path(), 300);
     auto j = nlohmann::json::parse(ReadTextFile(test::FixturePath("forward/gqa/config.json")));
     j["vocab_size"] = 300;
+    j["intermediate_size"] = intermediate_size;
     test::WriteFile(tmp / "config.json", j.dump());
     model = tmp / "model";
     EXPECT_EQ(RunCli({"init", "--config", tmp / "config.json", "--out", model, "--tokenizer", tok,
@@ -171,6 +174,118 @@ TEST(TrainCli, Bf16BaseTrainsInBf16LikeInF32OnEveryKernel) {
   ::unsetenv("TINYLORA_BF16_KERNEL");
   for (const std::string& name : lacking)
     std::printf("[  SKIPPED ] bf16 kernel %s: not on this CPU\n", name.c_str());
+}
+
+// --quantize: a quantised base is its dequantised values multiplied in F32. Training over it
+// follows training over those values written as an F32 model, eval of the adapter equals eval
+// of its merge (which is F32), resume is exact, a tree trains over it, and inspect shows the
+// bits per weight held.
+TEST(TrainCli, QuantizedBaseIsItsDequantisedValues) {
+  TrainSetup s(128);  // nf4's blocks of 64 divide every row
+  test::WriteFile(s.tmp / "held.txt", "the quick brown fox 3 jumps over the lazy dog\n");
+  auto eval = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), {"eval", "--data", s.tmp / "held.txt"});
+    test::CliResult e = RunCli(args);
+    EXPECT_EQ(e.exit_code, 0) << e.err;
+    return e.exit_code == 0 ? nlohmann::json::parse(e.out)["loss"].get<double>() : 0.0;
+  };
+  struct Case {
+    std::vector<std::string> flags;
+    Format format;
+    double bits;
+  };
+  const Case cases[] = {{{"--quantize", "q8_0"}, Format::kQ8_0, 8.5},
+                        {{"--quantize", "q4_0"}, Format::kQ4_0, 4.5},
+                        {{"--quantize", "nf4"}, Format::kNF4, 4.5},
+                        {{"--quantize", "nf4", "--double-quant"}, Format::kNF4, 4.5}};
+  const double f32_eval = eval({"--model", s.model});
+  for (const Case& c : cases) {
+    const std::string name = c.flags[1] + (c.flags.size() > 2 ? "-dq" : "");
+    SCOPED_TRACE(name);
+    // The dequantised values, written as an F32 model.
+    QuantizeOnLoad q;
+    q.enabled = true;
+    q.format = c.format;
+    q.double_quant = c.flags.size() > 2;
+    const std::string deq = s.tmp / ("deq-" + name);
+    {
+      auto w = ModelWeights::Load(s.model, q);
+      EXPECT_EQ(w->layers[0].wq.format, c.format);
+      EXPECT_EQ(w->layers[1].w_down.format, c.format);
+      EXPECT_EQ(w->lm_head.format, Format::kF32);  // the head stays unless --quantize-head
+      SaveModel(*MakeTrainable(*w, /*with_grads=*/false), deq, Format::kF32);
+      test::WriteFile(deq + "/tokenizer.model", ReadTextFile(s.model + "/tokenizer.model"));
+    }
+    std::vector<std::string> base_q = {"--model", s.model};
+    base_q.insert(base_q.end(), c.flags.begin(), c.flags.end());
+    const double eq = eval(base_q), ed = eval({"--model", deq});
+    EXPECT_NEAR(eq, ed, 1e-4);
+    EXPECT_NE(eq, f32_eval);  // the quantisation is really there
+    // Training over the quantised base follows training over its dequantised values.
+    const std::string out = s.tmp / ("lora-" + name);
+    std::vector<std::string> args = TrainArgs(s, out, "12");
+    args.insert(args.end(), c.flags.begin(), c.flags.end());
+    test::CliResult r = RunCli(args);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    std::vector<std::string> dargs = TrainArgs(s, s.tmp / ("lora-deq-" + name), "12");
+    dargs[2] = deq;
+    ASSERT_EQ(RunCli(dargs).exit_code, 0);
+    const std::vector<double> lq = Losses(out + "/metrics.jsonl"),
+                              ld = Losses(s.tmp / ("lora-deq-" + name) + "/metrics.jsonl");
+    ASSERT_EQ(lq.size(), ld.size());
+    EXPECT_LT(lq.back(), lq.front() - 0.2);  // it learns
+    for (size_t i = 0; i < lq.size(); ++i) EXPECT_NEAR(lq[i], ld[i], 1e-3 * ld[i]) << i + 1;
+    // eval of the adapter over the quantised base equals eval of the merge.
+    std::vector<std::string> adapted = base_q;
+    adapted.insert(adapted.end(), {"--adapter", out});
+    std::vector<std::string> merge = {"merge", "--adapter", out, "--out", s.tmp / ("m-" + name)};
+    merge.insert(merge.end(), base_q.begin(), base_q.end());
+    r = RunCli(merge);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const auto mc = nlohmann::json::parse(ReadTextFile(s.tmp / ("m-" + name) + "/config.json"));
+    EXPECT_EQ(mc["torch_dtype"], "float32");
+    EXPECT_NEAR(eval(adapted), eval({"--model", s.tmp / ("m-" + name)}), 1e-4);
+    // inspect: the projections' format and bits per weight as held.
+    std::vector<std::string> inspect = {"inspect", s.model};
+    inspect.insert(inspect.end(), c.flags.begin(), c.flags.end());
+    r = RunCli(inspect);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const auto held = nlohmann::json::parse(r.out)["held"];
+    ASSERT_TRUE(held.contains(c.flags[1])) << r.out;
+    EXPECT_DOUBLE_EQ(held[c.flags[1]]["bits_per_weight"].get<double>(), c.bits);
+    EXPECT_TRUE(held.contains("f32"));  // embedding and head
+  }
+  // Resume over a double-quantised NF4 base is exact; the run records the quantisation.
+  const std::vector<std::string> nf4 = {"--quantize", "nf4", "--double-quant"};
+  std::vector<std::string> split = TrainArgs(s, s.tmp / "split", "12");
+  split.insert(split.end(), nf4.begin(), nf4.end());
+  std::vector<std::string> first = split;
+  first.insert(first.end(), {"--stop-after", "5"});
+  ASSERT_EQ(RunCli(first).exit_code, 0);
+  std::vector<std::string> other = TrainArgs(s, s.tmp / "split", "12");
+  other.insert(other.end(), {"--quantize", "nf4", "--resume"});
+  test::CliResult r = RunCli(other);  // without --double-quant: another base
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("other options"), std::string::npos) << r.err;
+  split.push_back("--resume");
+  r = RunCli(split);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Losses(s.tmp / "split/metrics.jsonl"), Losses(s.tmp / "lora-nf4-dq/metrics.jsonl"));
+  EXPECT_EQ(ReadTextFile(s.tmp / "split/adapter_model.safetensors"),
+            ReadTextFile(s.tmp / "lora-nf4-dq/adapter_model.safetensors"));
+  // A tree trains over a 4-bit base, with the embedding and head quantised too, and generates.
+  std::vector<std::string> tree = TrainArgs(s, s.tmp / "tree", "12");
+  tree.insert(tree.end(), {"--tree-depth", "2", "--quantize", "q4_0", "--quantize-head"});
+  r = RunCli(tree);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::vector<double> lt = Losses(s.tmp / "tree/metrics.jsonl");
+  EXPECT_LT(lt.back(), lt.front() - 0.2);
+  r = RunCli({"generate", "--model", s.model, "--adapter", s.tmp / "tree", "--quantize", "q4_0",
+              "--quantize-head", "--prompt", "the quick", "--greedy", "--max-new-tokens", "6"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  r = RunCli({"inspect", s.model, "--quantize", "q4_0", "--quantize-head"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_FALSE(nlohmann::json::parse(r.out)["held"].contains("f32")) << r.out;
 }
 
 TEST(TrainCli, ResumeEqualsUninterrupted) {
@@ -354,6 +469,22 @@ TEST(TrainCli, BadInputs) {
   ExpectBad({"train", "--model", s.model, "--data", s.data, "--out", s.tmp / "nock", "--steps", "2",
              "--seq-len", "16", "--resume"},
             "holds no checkpoint");
+  // --quantize: a block format only, its flags only with it, not with --bf16, and rows the
+  // blocks divide (this model's down_proj rows hold 96 weights: nf4's blocks are 64).
+  auto quant = [&](std::vector<std::string> flags) {
+    std::vector<std::string> a = args(s.data, "16");
+    a.insert(a.end(), flags.begin(), flags.end());
+    return a;
+  };
+  ExpectBad(quant({"--quantize", "q5_1"}), "q5_1");
+  ExpectBad(quant({"--quantize", "f32"}), "--quantize: expected q8_0, q4_0 or nf4, got f32");
+  ExpectBad(quant({"--double-quant"}), "need --quantize");
+  ExpectBad(quant({"--quantize-head"}), "need --quantize");
+  ExpectBad(quant({"--quantize", "q8_0", "--double-quant"}), "only with --quantize nf4");
+  ExpectBad(quant({"--quantize", "q8_0", "--bf16"}), "--bf16 with --quantize");
+  ExpectBad(quant({"--quantize", "nf4"}), "down_proj.weight");
+  ExpectBad({"eval", "--model", s.model, "--data", s.data, "--quantize", "nf4"},
+            "down_proj.weight");
   // --bf16 needs a BF16 base (this one is F32).
   t = args(s.data, "16");
   t.push_back("--bf16");
