@@ -3,7 +3,9 @@
 //   prefill: achieved GFLOP/s (matmuls + attention) / sgemm GFLOP/s at the model's shapes
 //   decode:  bytes of weights (+ KV cache) read per token × tokens/s / read bandwidth
 // Usage: bench_forward MODEL_DIR [--prefill T] [--decode N] [--threads N] [--bf16]
+//                     [--quantize q8_0|q4_0|nf4 [--double-quant]]
 //                     [--lora-rank R [--tree-depth D] [--targets q_proj,v_proj|all-linear]]
+// --quantize: the projections held quantised (as `eval --quantize`); decode's bytes are theirs.
 // --bf16: the shape-dependent prefill through the BF16 kernel in use (ops/gemm_bf16.h), whose
 // GEMM GFLOP/s at the same shapes is then a ceiling of the run too.
 // Table on stderr, one JSON line on stdout.
@@ -21,6 +23,7 @@
 #include "adapters/lora.h"
 #include "ceilings.h"
 #include "model/llama.h"
+#include "ops/format.h"
 #include "ops/gemm.h"
 #include "ops/gemm_bf16.h"
 #include "util/error.h"
@@ -38,17 +41,19 @@ int Main(int argc, char** argv) {
   if (argc < 2 || help) {
     std::fprintf(help ? stdout : stderr,
                  "usage: bench_forward MODEL_DIR [--prefill T] [--decode N] [--threads N] [--bf16] "
-                 "[--lora-rank R] [--tree-depth D] [--targets LIST]\n");
+                 "[--quantize FORMAT [--double-quant]] [--lora-rank R] [--tree-depth D] "
+                 "[--targets LIST]\n");
     return help ? 0 : 2;
   }
   const std::string dir = argv[1];
   int prefill = 512, decode = 32, threads = omp_get_num_procs(), rank = 0, depth = 0;
   std::string targets = "q_proj,v_proj";
   bool bf16 = false;
+  QuantizeOnLoad quantize;
   for (int i = 2; i < argc; i += 2) {
     const std::string flag = argv[i];
-    if (flag == "--bf16") {
-      bf16 = true;
+    if (flag == "--bf16" || flag == "--double-quant") {
+      (flag == "--bf16" ? bf16 : quantize.double_quant) = true;
       --i;
       continue;
     }
@@ -66,6 +71,9 @@ int Main(int argc, char** argv) {
       depth = v;
     else if (flag == "--targets")
       targets = argv[i + 1];
+    else if (flag == "--quantize")
+      quantize = {true, QuantizedFormatNamed(argv[i + 1], "--quantize"), quantize.double_quant,
+                  false};
     else {
       std::fprintf(stderr, "error: unknown flag %s\n", flag.c_str());
       return 2;
@@ -74,7 +82,8 @@ int Main(int argc, char** argv) {
   omp_set_num_threads(threads);
   SetGemmThreads(threads);
 
-  auto w = ModelWeights::Load(dir);
+  if (quantize.enabled && bf16) Fail("--quantize with --bf16: not supported (as in the CLI)");
+  auto w = ModelWeights::Load(dir, quantize);
   const LlamaConfig& c = w->config;
   if (decode < 1 || decode + 2 > c.max_pos) {
     Fail("--decode " + std::to_string(decode) + ": needs 1.." + std::to_string(c.max_pos - 2) +

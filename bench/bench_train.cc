@@ -5,7 +5,10 @@
 //   causal attention 4·B·NH·HD·T²/2 forward and twice that backward, LoRA terms included.
 // Usage: bench_train MODEL_DIR [--batch B] [--seq T] [--targets q_proj,v_proj|all-linear]
 //                   [--rank R] [--tree-depth D] [--steps N] [--warmup N] [--pretrain]
-//                   [--checkpoint-activations] [--bf16] [--threads N]
+//                   [--checkpoint-activations] [--bf16] [--quantize FORMAT [--double-quant]]
+//                   [--threads N]
+// --quantize: the frozen base's projections held quantised (q8_0, q4_0, nf4), as
+// `train --quantize` holds them: QLoRA's step.
 // --bf16: the BF16 base's products through the BF16 kernel in use (ops/gemm_bf16.h;
 // TINYLORA_BF16_KERNEL forces one); that kernel's GEMM GFLOP/s at the same shapes is then
 // printed beside sgemm's.
@@ -23,6 +26,7 @@
 
 #include "adapters/lora.h"
 #include "ceilings.h"
+#include "ops/format.h"
 #include "ops/gemm.h"
 #include "train/optimizer.h"
 #include "train/trainable.h"
@@ -42,13 +46,15 @@ int Main(int argc, char** argv) {
     std::fprintf(help ? stdout : stderr,
                  "usage: bench_train MODEL_DIR [--batch B] [--seq T] [--targets T] [--rank R] "
                  "[--tree-depth D] [--steps N] [--warmup N] [--pretrain] "
-                 "[--checkpoint-activations] [--bf16] [--threads N]\n");
+                 "[--checkpoint-activations] [--bf16] [--quantize FORMAT [--double-quant]] "
+                 "[--threads N]\n");
     return help ? 0 : 2;
   }
   const std::string dir = argv[1];
   int B = 1, T = 256, rank = 8, steps = 3, warmup = 1, threads = omp_get_num_procs(), depth = 0;
   std::string targets = "q_proj,v_proj";
   bool pretrain = false, checkpoint = false, bf16 = false;
+  QuantizeOnLoad quantize;
   for (int i = 2; i < argc; ++i) {
     const std::string f = argv[i];
     auto value = [&]() -> std::string {
@@ -77,13 +83,19 @@ int Main(int argc, char** argv) {
       checkpoint = true;
     else if (f == "--bf16")
       bf16 = true;
+    else if (f == "--quantize")
+      quantize = {true, QuantizedFormatNamed(value(), "--quantize"), quantize.double_quant, false};
+    else if (f == "--double-quant")
+      quantize.double_quant = true;
     else
       Fail("unknown flag " + f);
   }
   omp_set_num_threads(threads);
   SetGemmThreads(threads);
 
-  auto w = ModelWeights::Load(dir);
+  if (quantize.enabled && (bf16 || pretrain))
+    Fail("--quantize: for LoRA over the base's products in F32, not with --bf16 or --pretrain");
+  auto w = ModelWeights::Load(dir, quantize);
   const LlamaConfig& c = w->config;
   if (bf16 && pretrain) Fail("--bf16 is for a frozen base (LoRA), not --pretrain");
   const int64_t packed_bytes = bf16 ? w->PrepareBf16(/*backward=*/true) : 0;
@@ -188,6 +200,9 @@ int Main(int argc, char** argv) {
       {"threads", threads},
       {"checkpoint_activations", checkpoint},
       {"bf16", bf16},
+      {"quantize", quantize.enabled ? std::string(Traits(quantize.format).name) +
+                                          (quantize.double_quant ? "+dq" : "")
+                                    : ""},
       {"sgemm_gflops", sgemm},
       {"bf16_kernel", bf16 ? Bf16KernelName(kernel) : ""},
       {"bf16_gemm_gflops", bf16_gemm},

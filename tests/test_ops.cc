@@ -18,6 +18,7 @@
 namespace tinylora {
 namespace {
 
+using test::ForEachTarget;
 using test::Random;
 
 float MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
@@ -54,17 +55,6 @@ void CheckMatMul(Format dtype, int64_t misalign) {
     EXPECT_LT(MaxAbsDiff(y, ref), tol) << "T=" << mc.T << " out=" << mc.out << " in=" << mc.in;
     EXPECT_LT(MaxAbsDiff(rows, ref), tol) << "T=" << mc.T << " out=" << mc.out << " in=" << mc.in;
   }
-}
-
-// Runs `body` once for every SIMD target compiled in and supported by this CPU.
-template <typename F>
-void ForEachTarget(F body) {
-  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
-    hwy::SetSupportedTargetsForTest(target);
-    SCOPED_TRACE(hwy::TargetName(target));
-    body();
-  }
-  hwy::SetSupportedTargetsForTest(0);
 }
 
 TEST(MatMul, F32MatchesReferenceOnEveryTarget) {

@@ -66,6 +66,18 @@ TEST(Quantize, DynamicMapIsBitsandbytes) {
   const auto map = Floats(Fixture()["dynamic_map"]);
   ASSERT_EQ(map.size(), 256u);
   for (int i = 0; i < 256; ++i) EXPECT_EQ(kDynamicMap8[i], map[i]) << i;
+  // dQuantize<0>'s outcomes, independent of the Python reference: every value of the map is
+  // its own code (the ends included), and a value goes to the nearer neighbour, a midpoint to
+  // the final index of the search.
+  for (int i = 0; i < 256; ++i) EXPECT_EQ(DynamicMap8Code(kDynamicMap8[i]), i) << i;
+  EXPECT_EQ(DynamicMap8Code(1.0f), 255);
+  EXPECT_EQ(DynamicMap8Code(-1.0f), 0);
+  EXPECT_EQ(DynamicMap8Code(2.0f), 255);
+  for (int i : {3, 100, 127, 128, 200, 253}) {
+    const float lo = kDynamicMap8[i], hi = kDynamicMap8[i + 1], mid = (lo + hi) * 0.5f;
+    EXPECT_EQ(DynamicMap8Code(std::nextafter(mid, lo)), i) << i;
+    EXPECT_EQ(DynamicMap8Code(std::nextafter(mid, hi)), i + 1) << i;
+  }
 }
 
 struct Case {
@@ -153,25 +165,37 @@ std::vector<uint8_t> RandomMatrix(Format f, int64_t rows, int64_t cols, uint32_t
   return b;
 }
 
+// On every SIMD target: the streaming kernel over the blocks gives, bit for bit, what the F32
+// streaming kernel gives over the dequantised matrix (the same fixed order of sums), so a row's
+// result does not depend on the others of its batch either.
 TEST(Quantize, StreamingKernelIsTheDequantisedProductAndBatchInvariant) {
-  for (const Case& k : kCases) {
-    SCOPED_TRACE(k.key);
-    const int64_t rows = 37, cols = 320, T = 7;  // odd rows: every tile shape
-    const auto bytes = RandomMatrix(k.format, rows, cols, 3);
-    Tensor w{k.format, rows, cols, bytes.data()};
-    const auto x = test::Random(static_cast<size_t>(T * cols), 4);
-    std::vector<float> y(T * rows), ref(T * rows), one(rows);
-    MatVecRows(w, x.data(), T, 0, rows, y.data());
-    MatMulReference(w, x.data(), T, ref.data());
-    for (int64_t t = 0; t < T; ++t) {
-      MatVecRows(w, x.data() + t * cols, 1, 0, rows, one.data());
-      for (int64_t r = 0; r < rows; ++r) {
-        ASSERT_NEAR(y[t * rows + r], ref[t * rows + r], 1e-5f) << t << " " << r;
-        // a row's result does not depend on the others of its batch
-        ASSERT_EQ(std::memcmp(&y[t * rows + r], &one[r], 4), 0) << t << " " << r;
+  test::ForEachTarget([] {
+    for (const Case& k : kCases) {
+      SCOPED_TRACE(k.key);
+      const int64_t rows = 37, cols = 320, T = 7;  // odd rows: every tile shape
+      const auto bytes = RandomMatrix(k.format, rows, cols, 3);
+      Tensor w{k.format, rows, cols, bytes.data()};
+      std::vector<float> deq(static_cast<size_t>(rows * cols)), fast(deq.size());
+      Traits(k.format).dequantize_reference(bytes.data(), rows * cols, deq.data());
+      Traits(k.format).dequantize(bytes.data(), rows * cols, fast.data());
+      ASSERT_EQ(std::memcmp(deq.data(), fast.data(), deq.size() * 4), 0);
+      Tensor wf{Format::kF32, rows, cols, deq.data()};
+      const auto x = test::Random(static_cast<size_t>(T * cols), 4);
+      std::vector<float> y(T * rows), yf(T * rows), ref(T * rows), one(rows);
+      MatVecRows(w, x.data(), T, 0, rows, y.data());
+      MatVecRows(wf, x.data(), T, 0, rows, yf.data());
+      MatMulReference(w, x.data(), T, ref.data());
+      for (int64_t t = 0; t < T; ++t) {
+        MatVecRows(w, x.data() + t * cols, 1, 0, rows, one.data());
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t i = t * rows + r;
+          ASSERT_EQ(std::memcmp(&y[i], &yf[i], 4), 0) << t << " " << r;
+          ASSERT_NEAR(y[i], ref[i], 1e-5f) << t << " " << r;
+          ASSERT_EQ(std::memcmp(&y[i], &one[r], 4), 0) << t << " " << r;
+        }
       }
     }
-  }
+  });
 }
 
 TEST(Quantize, GemmPathAndBackwardMatchTheReference) {

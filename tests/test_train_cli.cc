@@ -273,13 +273,23 @@ TEST(TrainCli, QuantizedBaseIsItsDequantisedValues) {
   EXPECT_EQ(Losses(s.tmp / "split/metrics.jsonl"), Losses(s.tmp / "lora-nf4-dq/metrics.jsonl"));
   EXPECT_EQ(ReadTextFile(s.tmp / "split/adapter_model.safetensors"),
             ReadTextFile(s.tmp / "lora-nf4-dq/adapter_model.safetensors"));
-  // A tree trains over a 4-bit base, with the embedding and head quantised too, and generates.
+  // A tree trains over an NF4 base as over its dequantised values.
+  const std::vector<std::string> depth = {"--tree-depth", "2", "--routing", "hard"};
   std::vector<std::string> tree = TrainArgs(s, s.tmp / "tree", "12");
-  tree.insert(tree.end(), {"--tree-depth", "2", "--quantize", "q4_0", "--quantize-head"});
+  tree.insert(tree.end(), depth.begin(), depth.end());
+  std::vector<std::string> tree_deq = tree;
+  tree_deq[2] = s.tmp / "deq-nf4";
+  tree_deq[6] = s.tmp / "tree-deq";
+  tree.insert(tree.end(), {"--quantize", "nf4"});
   r = RunCli(tree);
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  const std::vector<double> lt = Losses(s.tmp / "tree/metrics.jsonl");
+  ASSERT_EQ(RunCli(tree_deq).exit_code, 0);
+  const std::vector<double> lt = Losses(s.tmp / "tree/metrics.jsonl"),
+                            ltd = Losses(s.tmp / "tree-deq/metrics.jsonl");
+  ASSERT_EQ(lt.size(), ltd.size());
   EXPECT_LT(lt.back(), lt.front() - 0.2);
+  for (size_t i = 0; i < lt.size(); ++i) EXPECT_NEAR(lt[i], ltd[i], 1e-3 * ltd[i]) << i + 1;
+  // With the embedding and head quantised too, it generates.
   r = RunCli({"generate", "--model", s.model, "--adapter", s.tmp / "tree", "--quantize", "q4_0",
               "--quantize-head", "--prompt", "the quick", "--greedy", "--max-new-tokens", "6"});
   EXPECT_EQ(r.exit_code, 0) << r.err;

@@ -154,8 +154,9 @@ TEST(TreeKernels, RoutingOfATokenDoesNotDependOnItsBatch) {
 // A forest: one forward over sequences using the base, a LoRA and a tree (DESIGN.md §8), with
 // the prompts cut into chunks of different sizes, gives each sequence, bit for bit, the logits
 // it has alone in one piece (batch-invariant inference).
-TEST(Forest, MixedAdaptersInOneBatchEqualEachSequenceAlone) {
-  auto base = ModelWeights::Load(test::FixturePath("forward/gqa"));
+// Over a quantised base too: the forest changes nothing about the base's products.
+void ExpectMixedAdaptersInOneBatchEqualEachSequenceAlone(const QuantizeOnLoad& quantize) {
+  auto base = ModelWeights::Load(test::FixturePath("forward/gqa"), quantize);
   auto lora = RandomTree(base->config, 0), tree = RandomTree(base->config, 3);
   const std::vector<const Adapter*> forest = {nullptr, lora.get(), tree.get()};
   const std::vector<std::vector<int>> prompts = {{5, 9, 14, 2, 77, 31, 8, 40, 41, 3, 12},
@@ -228,6 +229,17 @@ TEST(Forest, MixedAdaptersInOneBatchEqualEachSequenceAlone) {
   split.Add(5, 0, 11, true, 0);
   split.Add(6, 0, 12, true, 1);
   EXPECT_THROW(model.Forward(split, cache, nullptr), Error);
+}
+
+TEST(Forest, MixedAdaptersInOneBatchEqualEachSequenceAlone) {
+  ExpectMixedAdaptersInOneBatchEqualEachSequenceAlone({});
+}
+
+TEST(Forest, MixedAdaptersOverAQuantisedBase) {
+  QuantizeOnLoad q;
+  q.enabled = true;
+  q.format = Format::kQ4_0;
+  ExpectMixedAdaptersInOneBatchEqualEachSequenceAlone(q);
 }
 
 TEST(TreeFiles, DisagreeingAdapterIsRefused) {

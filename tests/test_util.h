@@ -1,6 +1,9 @@
 // Helpers shared by the tests: temporary directories, running the CLI, fixture JSON.
 #pragma once
 
+#include <gtest/gtest.h>
+#include <hwy/targets.h>
+
 #include <string>
 #include <vector>
 
@@ -9,6 +12,17 @@
 #include "model/param_block.h"
 
 namespace tinylora::test {
+
+// Runs `body` once for every SIMD target compiled in and supported by this CPU.
+template <typename F>
+void ForEachTarget(F body) {
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    SCOPED_TRACE(hwy::TargetName(target));
+    body();
+  }
+  hwy::SetSupportedTargetsForTest(0);
+}
 
 // A fresh directory under /tmp, removed (recursively) when destroyed.
 class TempDir {

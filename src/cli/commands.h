@@ -15,8 +15,8 @@
 namespace tinylora {
 
 // --quantize FORMAT [--double-quant] [--quantize-head] of train, eval, generate and inspect.
-// Get() is what ModelWeights::Load takes: Error (exit 2) for a format that is not a block
-// format, and for --bf16 together with --quantize.
+// Get() is what ModelWeights::Load takes: Error (exit 2) for a name that is not a block
+// format, for --double-quant or --quantize-head alone, and for --bf16 with --quantize.
 struct QuantizeFlags {
   std::string format;
   bool double_quant = false, head = false;

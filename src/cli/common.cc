@@ -76,8 +76,7 @@ QuantizeOnLoad QuantizeFlags::Get(bool bf16) const {
     return q;
   }
   q.enabled = true;
-  q.format = FormatNamed(format, "--quantize");
-  if (!Traits(q.format).quantized()) Fail("--quantize: expected q8_0, q4_0 or nf4, got " + format);
+  q.format = QuantizedFormatNamed(format, "--quantize");
   if (bf16) Fail("--bf16 with --quantize: not supported (quantised matrices multiply in F32)");
   q.double_quant = double_quant;
   q.head = head;

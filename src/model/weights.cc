@@ -160,6 +160,7 @@ class WeightLoader {
 
 std::unique_ptr<ModelWeights> ModelWeights::Load(const std::string& dir,
                                                  const QuantizeOnLoad& quantize) {
+  if (quantize.enabled) QuantizedFormatNamed(Traits(quantize.format).name, "--quantize");
   if (quantize.double_quant && (!quantize.enabled || quantize.format != Format::kNF4))
     Fail("--double-quant: only with --quantize nf4 (it quantises NF4's absmaxes)");
   const QuantizeOnLoad* head = quantize.head ? &quantize : nullptr;

@@ -1,6 +1,8 @@
 #include "ops/format.h"
 
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "ops/matmul.h"
 #include "ops/quantize.h"
@@ -69,6 +71,19 @@ Format FormatNamed(const std::string& name, const std::string& what) {
     names += std::string(i ? ", " : "") + kTable[i].name;
   }
   Fail(what + ": unknown format '" + name + "' (formats: " + names + ")");
+}
+
+Format QuantizedFormatNamed(const std::string& name, const std::string& what) {
+  std::vector<std::string> names;
+  for (int i = 0; i < kFormats; ++i) {
+    if (!kTable[i].quantized()) continue;
+    if (name == kTable[i].name) return static_cast<Format>(i);
+    names.push_back(kTable[i].name);
+  }
+  std::string list;
+  for (size_t i = 0; i < names.size(); ++i)
+    list += (i == 0 ? "" : i + 1 == names.size() ? " or " : ", ") + names[i];
+  Fail(what + ": expected " + list + ", got " + name);
 }
 
 int64_t FormatBytes(Format f, int64_t n) {

@@ -48,6 +48,8 @@ const FormatTraits& Traits(Format f);
 Format FormatOfDType(DType dtype, const std::string& what);
 // The format whose traits are named `name` ("f32", …); Error (exit 2) naming `what` otherwise.
 Format FormatNamed(const std::string& name, const std::string& what);
+// The block format named (q8_0, q4_0, nf4); Error "WHAT: expected …, got NAME" otherwise.
+Format QuantizedFormatNamed(const std::string& name, const std::string& what);
 // Bytes of n weights (n a multiple of the format's block).
 int64_t FormatBytes(Format f, int64_t n);
 

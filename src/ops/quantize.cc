@@ -199,21 +199,26 @@ void DequantizeNF4Reference(const void* src, int64_t n, float* dst) {
 }
 
 uint8_t DynamicMap8Code(float x) {
-  // dQuantize<0>: a binary search from the middle of the sorted map, then the nearer of the
-  // last pivots below and above (a tie takes the upper).
-  int pivot = 127, lower = 0, upper = 255;
+  // bitsandbytes' dQuantize<0>: seven halving steps of a binary search from the middle of the
+  // sorted map (x above the value: go up), remembering the last index passed below and above
+  // (the map's ends when none); then the final index or its neighbour on x's side, whichever
+  // is nearer, decided by strict comparisons with their midpoint.
+  int pivot = 127, lo = 0, hi = 255;
+  float lo_v = kDynamicMap8[0], hi_v = kDynamicMap8[255], val = kDynamicMap8[pivot];
   for (int step = 64; step > 0; step >>= 1) {
-    if (x > kDynamicMap8[pivot]) {
-      lower = pivot;
+    if (x > val) {
+      lo = pivot;
+      lo_v = val;
       pivot += step;
     } else {
-      upper = pivot;
+      hi = pivot;
+      hi_v = val;
       pivot -= step;
     }
+    val = kDynamicMap8[pivot];
   }
-  if (upper == 255) upper = 254;
-  return static_cast<uint8_t>(
-      std::fabs(x - kDynamicMap8[lower]) < std::fabs(x - kDynamicMap8[upper]) ? lower : upper);
+  if (x > val) return static_cast<uint8_t>(x > (hi_v + val) * 0.5f ? hi : pivot);
+  return static_cast<uint8_t>(x < (lo_v + val) * 0.5f ? lo : pivot);
 }
 
 float DoubleQuantizeAbsmax(float* absmax, int64_t count, uint8_t* codes, float* absmax2) {

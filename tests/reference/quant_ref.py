@@ -127,23 +127,26 @@ def pack_nf4(absmax, codes):
 
 
 def dynamic_code(m, x):
-    # dQuantize<0>: binary search from the middle, then the nearer of the two pivots (a tie
-    # takes the upper one)
-    pivot, lower, upper = 127, 0, 255
+    # bitsandbytes' dQuantize<0>, from its description: seven halving steps of a binary search
+    # from the middle of the sorted map (x > value: go up), remembering the last index passed
+    # below and above (the map's ends when none); then the final index or its neighbour on
+    # x's side, whichever is nearer, decided by strict comparisons with their midpoint.
+    pivot, lo, hi = 127, 0, 255
+    lo_v, hi_v = m[0], m[255]
     val = m[pivot]
     step = 64
     while step > 0:
         if x > val:
-            lower = pivot
+            lo, lo_v = pivot, val
             pivot += step
         else:
-            upper = pivot
+            hi, hi_v = pivot, val
             pivot -= step
         val = m[pivot]
         step >>= 1
-    if upper == 255:
-        upper = 254
-    return lower if abs(f32(x - m[lower])) < abs(f32(x - m[upper])) else upper
+    if x > val:
+        return hi if x > f32(f32(hi_v + val) * f32(0.5)) else pivot
+    return lo if x < f32(f32(lo_v + val) * f32(0.5)) else pivot
 
 
 def double_quantize(absmax, m):
