@@ -61,6 +61,22 @@ std::vector<double> Losses(const std::string& metrics) {
   return out;
 }
 
+// Two runs' losses equal step by step and their adapters identical, byte for byte.
+void ExpectSameRun(const std::string& a, const std::string& b) {
+  EXPECT_EQ(Losses(a + "/metrics.jsonl"), Losses(b + "/metrics.jsonl"));
+  EXPECT_EQ(ReadTextFile(a + "/adapter_model.safetensors"),
+            ReadTextFile(b + "/adapter_model.safetensors"));
+}
+
+// A run that learns and follows a reference run within 1e-3 (relative) at every step.
+void ExpectLearnsAndFollows(const std::string& run, const std::string& reference) {
+  const std::vector<double> l = Losses(run + "/metrics.jsonl"),
+                            ref = Losses(reference + "/metrics.jsonl");
+  ASSERT_EQ(l.size(), ref.size());
+  EXPECT_LT(l.back(), l.front() - 0.2);  // it learns
+  for (size_t i = 0; i < l.size(); ++i) EXPECT_NEAR(l[i], ref[i], 1e-3 * ref[i]) << i + 1;
+}
+
 std::vector<std::string> TrainArgs(const TrainSetup& s, const std::string& out,
                                    const std::string& steps) {
   return {"train",   "--model",   s.model,        "--data", s.data,         "--out",    out,
@@ -230,11 +246,7 @@ TEST(TrainCli, QuantizedBaseIsItsDequantisedValues) {
     std::vector<std::string> dargs = TrainArgs(s, s.tmp / ("lora-deq-" + name), "12");
     dargs[2] = deq;
     ASSERT_EQ(RunCli(dargs).exit_code, 0);
-    const std::vector<double> lq = Losses(out + "/metrics.jsonl"),
-                              ld = Losses(s.tmp / ("lora-deq-" + name) + "/metrics.jsonl");
-    ASSERT_EQ(lq.size(), ld.size());
-    EXPECT_LT(lq.back(), lq.front() - 0.2);  // it learns
-    for (size_t i = 0; i < lq.size(); ++i) EXPECT_NEAR(lq[i], ld[i], 1e-3 * ld[i]) << i + 1;
+    ExpectLearnsAndFollows(out, s.tmp / ("lora-deq-" + name));
     // eval of the adapter over the quantised base equals eval of the merge.
     std::vector<std::string> adapted = base_q;
     adapted.insert(adapted.end(), {"--adapter", out});
@@ -270,9 +282,7 @@ TEST(TrainCli, QuantizedBaseIsItsDequantisedValues) {
   split.push_back("--resume");
   r = RunCli(split);
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(Losses(s.tmp / "split/metrics.jsonl"), Losses(s.tmp / "lora-nf4-dq/metrics.jsonl"));
-  EXPECT_EQ(ReadTextFile(s.tmp / "split/adapter_model.safetensors"),
-            ReadTextFile(s.tmp / "lora-nf4-dq/adapter_model.safetensors"));
+  ExpectSameRun(s.tmp / "split", s.tmp / "lora-nf4-dq");
   // A tree trains over an NF4 base as over its dequantised values.
   const std::vector<std::string> depth = {"--tree-depth", "2", "--routing", "hard"};
   std::vector<std::string> tree = TrainArgs(s, s.tmp / "tree", "12");
@@ -284,11 +294,7 @@ TEST(TrainCli, QuantizedBaseIsItsDequantisedValues) {
   r = RunCli(tree);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   ASSERT_EQ(RunCli(tree_deq).exit_code, 0);
-  const std::vector<double> lt = Losses(s.tmp / "tree/metrics.jsonl"),
-                            ltd = Losses(s.tmp / "tree-deq/metrics.jsonl");
-  ASSERT_EQ(lt.size(), ltd.size());
-  EXPECT_LT(lt.back(), lt.front() - 0.2);
-  for (size_t i = 0; i < lt.size(); ++i) EXPECT_NEAR(lt[i], ltd[i], 1e-3 * ltd[i]) << i + 1;
+  ExpectLearnsAndFollows(s.tmp / "tree", s.tmp / "tree-deq");
   // With the embedding and head quantised too, it generates.
   r = RunCli({"generate", "--model", s.model, "--adapter", s.tmp / "tree", "--quantize", "q4_0",
               "--quantize-head", "--prompt", "the quick", "--greedy", "--max-new-tokens", "6"});
@@ -310,9 +316,7 @@ TEST(TrainCli, ResumeEqualsUninterrupted) {
   second.push_back("--resume");
   r = RunCli(second);
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(Losses(s.tmp / "split/metrics.jsonl"), Losses(s.tmp / "full/metrics.jsonl"));
-  EXPECT_EQ(ReadTextFile(s.tmp / "split/adapter_model.safetensors"),
-            ReadTextFile(s.tmp / "full/adapter_model.safetensors"));
+  ExpectSameRun(s.tmp / "split", s.tmp / "full");
   // Other options than the checkpoint's are refused.
   second[std::find(second.begin(), second.end(), "--seed") - second.begin() + 1] = "4";
   r = RunCli(second);
@@ -337,9 +341,7 @@ TEST(TrainCli, TreeResumeEqualsUninterrupted) {
   split.push_back("--resume");
   test::CliResult r = RunCli(split);
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(Losses(s.tmp / "split/metrics.jsonl"), Losses(s.tmp / "full/metrics.jsonl"));
-  EXPECT_EQ(ReadTextFile(s.tmp / "split/adapter_model.safetensors"),
-            ReadTextFile(s.tmp / "full/adapter_model.safetensors"));
+  ExpectSameRun(s.tmp / "split", s.tmp / "full");
 }
 
 // A bank of 256 leaves: metrics summarise routing per block instead of listing every leaf,

@@ -127,7 +127,7 @@ class WeightLoader {
   }
 
  private:
-  // t (rows, cols set) = the source matrix quantised, a panel of rows at a time.
+  // t (rows, cols set) = the source matrix quantised, row by row in parallel.
   void Quantize(const TensorSpec& spec, const QuantizeOnLoad& q, Format source, const uint8_t* src,
                 Tensor* t) {
     const FormatTraits& f = Traits(q.format);
@@ -139,15 +139,13 @@ class WeightLoader {
     t->format = q.format;
     std::vector<uint8_t>& buf = m_->owned_.emplace_back(static_cast<size_t>(t->nbytes()));
     const FormatTraits& from = Traits(source);
-    constexpr int64_t kRows = 256;
-    std::vector<float> panel(static_cast<size_t>(std::min(t->rows, kRows) * t->cols));
-    for (int64_t r0 = 0; r0 < t->rows; r0 += kRows) {
-      const int64_t nr = std::min(kRows, t->rows - r0);
-#pragma omp parallel for schedule(static)
-      for (int64_t r = 0; r < nr; ++r) {
-        float* row = panel.data() + r * t->cols;
-        from.dequantize(src + FormatBytes(source, (r0 + r) * t->cols), t->cols, row);
-        f.quantize(row, t->cols, buf.data() + FormatBytes(q.format, (r0 + r) * t->cols));
+#pragma omp parallel
+    {
+      std::vector<float> row(static_cast<size_t>(t->cols));  // one row in F32, per thread
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < t->rows; ++r) {
+        from.dequantize(src + FormatBytes(source, r * t->cols), t->cols, row.data());
+        f.quantize(row.data(), t->cols, buf.data() + FormatBytes(q.format, r * t->cols));
       }
     }
     if (q.double_quant) DoubleQuantizeNF4(buf.data(), t->numel());

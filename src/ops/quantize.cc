@@ -108,15 +108,19 @@ uint16_t F32ToF16(float f) {
 namespace {
 // 1/a as the references compute it, with 1/0 = +inf spelt out (no division by zero).
 float Reciprocal(float a) { return a != 0.0f ? 1.0f / a : std::numeric_limits<float>::infinity(); }
+// The largest |v[j]| of a block (q8_0's amax, nf4's absmax).
+float AbsMax(const float* v, int n) {
+  float amax = 0.0f;
+  for (int j = 0; j < n; ++j) amax = std::fmax(amax, std::fabs(v[j]));
+  return amax;
+}
 }  // namespace
 
 void QuantizeQ8_0Reference(const float* x, int64_t n, void* dst) {
   auto* blocks = static_cast<BlockQ8_0*>(dst);
   for (int64_t b = 0; b < n / 32; ++b) {
     const float* v = x + b * 32;
-    float amax = 0.0f;
-    for (int j = 0; j < 32; ++j) amax = std::fmax(amax, std::fabs(v[j]));
-    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    const float d = AbsMax(v, 32) / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
     blocks[b].d = F32ToF16(d);
     for (int j = 0; j < 32; ++j) blocks[b].q[j] = static_cast<int8_t>(std::round(v[j] * id));
   }
@@ -160,8 +164,7 @@ void QuantizeNF4Reference(const float* x, int64_t n, void* dst) {
   auto* blocks = static_cast<BlockNF4*>(dst);
   for (int64_t b = 0; b < n / 64; ++b) {
     const float* v = x + b * 64;
-    float absmax = 0.0f;
-    for (int j = 0; j < 64; ++j) absmax = std::fmax(absmax, std::fabs(v[j]));
+    const float absmax = AbsMax(v, 64);
     const float inv = Reciprocal(absmax);
     blocks[b].absmax = absmax;
     for (int j = 0; j < 32; ++j)
