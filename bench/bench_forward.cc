@@ -1,7 +1,8 @@
 // Prefill and decode speed of a model directory, as fractions of this machine's ceilings
 // measured in the same run (DESIGN.md §6):
 //   prefill: achieved GFLOP/s (matmuls + attention) / sgemm GFLOP/s at the model's shapes
-//   decode:  bytes of weights (+ KV cache) read per token × tokens/s / read bandwidth
+//   decode:  bytes of weights (+ KV cache) read per token × tokens/s / read bandwidth, and /
+//            the decode kernel's GB/s over cache-resident rows where that is the lower bound
 // Usage: bench_forward MODEL_DIR [--prefill T] [--decode N] [--threads N] [--bf16]
 //                     [--quantize q8_0|q4_0|nf4 [--double-quant]]
 //                     [--lora-rank R [--tree-depth D] [--targets q_proj,v_proj|all-linear]]
@@ -116,6 +117,9 @@ int Main(int argc, char** argv) {
   const double bf16_gemm = bf16 ? bench::Bf16GemmGflops(shapes, 3, kernel) : 0;
   const double read_bw_before = bench::ReadBandwidthGBs(int64_t{1} << 30, 5);
   const double copy_bw = bench::CopyBandwidthGBs(int64_t{1} << 30, 5);
+  // The decode kernel's own ceiling: 128 rows of the first up-projection (≤ 0.6 MB in F32),
+  // cache-resident.
+  const double kernel_gbs = bench::StreamingKernelGBs(w->layers[0].w_up, 128, 5);
 
   // Prefill: T tokens of one sequence, logits for the last only, best of 2 after a warm-up
   // (pages of the map, arena growth): with eval's shape-dependent kernels (sgemm, AMX), then
@@ -169,6 +173,9 @@ int Main(int argc, char** argv) {
   const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
   const bool cache_resident = l3 > 0 && bytes_per_token <= 2.0 * static_cast<double>(l3);
   const bool above = decode_gbs > read_bw;
+  // The bound of decode: the read bandwidth, or the format's kernel where that is slower.
+  const bool compute_bound = !cache_resident && kernel_gbs < read_bw;
+  const double decode_ceiling = compute_bound ? kernel_gbs : read_bw;
   const char* decode_note = cache_resident ? " (a token's bytes fit in the caches: no DRAM bound)"
                             : above        ? " (ABOVE the measured read ceiling: that run was "
                                              "disturbed; rerun on an idle machine)"
@@ -181,7 +188,9 @@ int Main(int argc, char** argv) {
       "%s"
       "prefill %d tokens: %.2f s, %.1f tokens/s, %.1f GFLOP/s = %.0f%% of sgemm%s\n"
       "prefill batch-invariant: %.1f tokens/s = %.0f%% of sgemm\n"
-      "decode %d tokens: %.2f tokens/s, %.1f GB/s = %.0f%% of read bandwidth%s\n",
+      "decode %d tokens: %.2f tokens/s, %.1f GB/s = %.0f%% of read bandwidth%s\n"
+      "decode kernel (%s) over cache-resident rows: %.1f GB/s, so decode is bound by %s: "
+      "%.0f%% of it\n",
       dir.c_str(), static_cast<long long>(w->MatrixBytes()), Traits(w->layers[0].wq.format).name,
       threads, sgemm, prefill, read_bw, copy_bw,
       bf16 ? (std::string("ceiling: BF16 GEMM (") + Bf16KernelName(kernel) + ") " +
@@ -194,7 +203,8 @@ int Main(int argc, char** argv) {
                  .c_str()
            : "",
       prefill / prefill_inv_s, 100 * prefill_inv_gflops / sgemm, decode, tok_s, decode_gbs,
-      100 * decode_gbs / read_bw, decode_note);
+      100 * decode_gbs / read_bw, decode_note, Traits(w->layers[0].w_up.format).name, kernel_gbs,
+      compute_bound ? "the kernel" : "memory", 100 * decode_gbs / decode_ceiling);
   nlohmann::json j = {{"model", dir},
                       {"dtype", Traits(w->layers[0].wq.format).name},
                       {"threads", threads},
@@ -213,9 +223,12 @@ int Main(int argc, char** argv) {
                       {"decode_tokens_per_s", tok_s},
                       {"decode_gbs", decode_gbs},
                       {"decode_fraction_of_bandwidth", decode_gbs / read_bw},
-                      {"decode_bound", cache_resident ? "cache"
-                                       : above        ? "above ceiling"
-                                                      : "dram"}};
+                      {"decode_kernel_gbs", kernel_gbs},
+                      {"decode_fraction_of_ceiling", decode_gbs / decode_ceiling},
+                      {"decode_bound", cache_resident  ? "cache"
+                                       : above         ? "above ceiling"
+                                       : compute_bound ? "kernel"
+                                                       : "dram"}};
   std::cout << j.dump() << std::endl;
   return 0;
 }

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "ops/gemm_bf16.h"
+#include "ops/tensor.h"
 
 namespace tinylora::bench {
 
@@ -19,6 +20,11 @@ double SgemmGflops(const std::vector<GemmShape>& shapes, int reps);
 // GFLOP/s of a BF16 kernel (ops/gemm_bf16.h) over the same shapes, y = bf16(x) · Wᵀ with the
 // weights prepared as --bf16 prepares them; 0 when the CPU lacks that kernel.
 double Bf16GemmGflops(const std::vector<GemmShape>& shapes, int reps, Bf16Kernel kernel);
+
+// GB/s of the streaming kernel of decode (ops/matmul.h MatVecRows, one row of x) over the first
+// `rows` rows of w, each thread on its own copy of them, small enough to stay in its L2: the
+// format's compute ceiling, which bounds decode where it is below the read bandwidth.
+double StreamingKernelGBs(const Tensor& w, int64_t rows, int reps);
 
 // GB/s of reading a buffer far larger than the caches, all threads, best of `reps`.
 double ReadBandwidthGBs(int64_t bytes, int reps);

@@ -23,61 +23,80 @@ using DI = hn::RebindToSigned<DF>;
 using VF = hn::Vec<DF>;
 
 // The 4-bit codes of weights [k, k + N) of a block whose byte j holds weight j in its low nibble
-// and weight j + H in its high nibble (q4_0: H = 16; nf4: H = 32); k + N ≤ H or k ≥ H.
-template <int H>
+// and weight j + H in its high nibble (q4_0: H = 16; nf4: H = 32); k + N ≤ H or k ≥ H. With
+// kLowBits the low nibble keeps its byte's high bits: a 16-lane permute reads only the low four.
+template <int H, bool kLowBits = false>
 HWY_INLINE hn::Vec<DI> Nibbles(const uint8_t* q, int k) {
   const DI di;
   const hn::Rebind<uint8_t, DF> d8;
-  if (k < H) return hn::And(hn::PromoteTo(di, hn::LoadU(d8, q + k)), hn::Set(di, 15));
-  return hn::ShiftRight<4>(hn::PromoteTo(di, hn::LoadU(d8, q + k - H)));
+  if (k >= H) return hn::ShiftRight<4>(hn::PromoteTo(di, hn::LoadU(d8, q + k - H)));
+  const auto bytes = hn::PromoteTo(di, hn::LoadU(d8, q + k));
+  return kLowBits ? bytes : hn::And(bytes, hn::Set(di, 15));
 }
 
-// kNF4Levels[code] per lane.
-HWY_INLINE VF NF4Level(hn::Vec<DI> code) {
+// table[code & 15] per lane, for the 16 entries of table (here: the block's dequantised levels).
+HWY_INLINE VF Lookup16(const float* table, hn::Vec<DI> code) {
   const DF df;
-#if HWY_TARGET <= HWY_AVX3
-  return hn::TableLookupLanes(hn::LoadU(df, kNF4Levels), hn::IndicesFromVec(df, code));
-#elif HWY_TARGET == HWY_AVX2
+#if HWY_TARGET == HWY_AVX2
   const DI di;
   const auto low = hn::IndicesFromVec(df, hn::And(code, hn::Set(di, 7)));
-  const VF lo = hn::TableLookupLanes(hn::LoadU(df, kNF4Levels), low);
-  const VF hi = hn::TableLookupLanes(hn::LoadU(df, kNF4Levels + 8), low);
+  const VF lo = hn::TableLookupLanes(hn::LoadU(df, table), low);
+  const VF hi = hn::TableLookupLanes(hn::LoadU(df, table + 8), low);
   return hn::IfThenElse(hn::RebindMask(df, hn::Gt(code, hn::Set(di, 7))), hi, lo);
 #else
-  return hn::GatherIndex(df, kNF4Levels, code);
+  return hn::GatherIndex(df, table, hn::And(code, hn::Set(DI(), 15)));
 #endif
 }
 
-// Per format: weights per block, the block's scale as a vector, and weights [k, k + N) of the
-// block as their dequantised values.
+// A block's scale as F32 (F16 through the F16C instruction where the target has it).
+HWY_INLINE float HalfToF32(uint16_t h) {
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
+  return _cvtsh_ss(h);
+#else
+  return F16ToF32(h);
+#endif
+}
+HWY_INLINE float BlockScale(const BlockQ8_0& b) { return HalfToF32(b.d); }
+HWY_INLINE float BlockScale(const BlockQ4_0& b) { return HalfToF32(b.d); }
+HWY_INLINE float BlockScale(const BlockNF4& b) { return b.absmax; }
+
+// Per format: weights per block; Prepare(block), what Load needs of a block; and Load(block, k,
+// prepared), weights [k, k + N) of the block as their dequantised values.
 struct Q8_0 {
   using Block = BlockQ8_0;
   static constexpr int kWeights = 32;
-  static HWY_INLINE VF Scale(const Block& b) { return hn::Set(DF(), F16ToF32(b.d)); }
+  static HWY_INLINE VF Prepare(const Block& b) { return hn::Set(DF(), BlockScale(b)); }
   static HWY_INLINE VF Load(const Block& b, int k, VF scale) {
     const DF df;
     const hn::Rebind<int8_t, DF> d8;
     return hn::Mul(hn::ConvertTo(df, hn::PromoteTo(DI(), hn::LoadU(d8, b.q + k))), scale);
   }
 };
-struct Q4_0 {
-  using Block = BlockQ4_0;
-  static constexpr int kWeights = 32;
-  static HWY_INLINE VF Scale(const Block& b) { return hn::Set(DF(), F16ToF32(b.d)); }
-  static HWY_INLINE VF Load(const Block& b, int k, VF scale) {
-    const DF df;
-    const auto q = hn::Sub(Nibbles<16>(b.q, k), hn::Set(DI(), 8));
-    return hn::Mul(hn::ConvertTo(df, q), scale);
+
+// The 4-bit formats, code c of a block meaning kLevels[c] · scale. With 16 lanes the prepared
+// block is its 16 dequantised values (one multiply per block), each weight one permute;
+// otherwise the scale, each weight a lookup and a multiply. Both give kLevels[c] · scale.
+template <class B, int kW, int H, const float* kLevels>
+struct FourBit {
+  using Block = B;
+  static constexpr int kWeights = kW;
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+  static HWY_INLINE VF Prepare(const Block& b) {
+    return hn::Mul(hn::LoadU(DF(), kLevels), hn::Set(DF(), BlockScale(b)));
   }
-};
-struct NF4 {
-  using Block = BlockNF4;
-  static constexpr int kWeights = 64;
-  static HWY_INLINE VF Scale(const Block& b) { return hn::Set(DF(), b.absmax); }
-  static HWY_INLINE VF Load(const Block& b, int k, VF scale) {
-    return hn::Mul(NF4Level(Nibbles<32>(b.q, k)), scale);
+  static HWY_INLINE VF Load(const Block& b, int k, VF table) {
+    return VF{_mm512_permutexvar_ps(Nibbles<H, true>(b.q, k).raw, table.raw)};
   }
+#else
+  static HWY_INLINE VF Prepare(const Block& b) { return hn::Set(DF(), BlockScale(b)); }
+  static HWY_INLINE VF Load(const Block& b, int k, VF scale) {
+    return hn::Mul(Lookup16(kLevels, Nibbles<H>(b.q, k)), scale);
+  }
+#endif
 };
+constexpr float kQ4_0Levels[16] = {-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7};
+using Q4_0 = FourBit<BlockQ4_0, 32, 16, kQ4_0Levels>;
+using NF4 = FourBit<BlockNF4, 64, 32, kNF4Levels>;
 
 // y[t·ldy + o] for RT rows of x (stride ldx floats) and RO rows of W (stride ldw blocks), rows
 // of nb blocks.
@@ -90,14 +109,15 @@ HWY_INLINE void Tile(const typename F::Block* w, int64_t ldw, const float* x, in
 #pragma GCC unroll 16
   for (int k = 0; k < RT * RO; ++k) acc[k / RO][k % RO] = hn::Zero(df);
   for (int64_t b = 0; b < nb; ++b) {
-    VF scale[RO];
+    VF prep[RO];
 #pragma GCC unroll 4
-    for (int o = 0; o < RO; ++o) scale[o] = F::Scale(w[o * ldw + b]);
+    for (int o = 0; o < RO; ++o) prep[o] = F::Prepare(w[o * ldw + b]);
     const float* xb = x + b * F::kWeights;
+#pragma GCC unroll 4
     for (int k = 0; k < F::kWeights; k += N) {
       VF wv[RO];
 #pragma GCC unroll 4
-      for (int o = 0; o < RO; ++o) wv[o] = F::Load(w[o * ldw + b], k, scale[o]);
+      for (int o = 0; o < RO; ++o) wv[o] = F::Load(w[o * ldw + b], k, prep[o]);
 #pragma GCC unroll 4
       for (int t = 0; t < RT; ++t) {
         const VF xv = hn::LoadU(df, xb + t * ldx + k);
@@ -138,9 +158,9 @@ void DequantizeT(const void* src, int64_t n, float* dst) {
   const int N = static_cast<int>(hn::Lanes(df));
   const auto* blocks = static_cast<const typename F::Block*>(src);
   for (int64_t b = 0; b < n / F::kWeights; ++b) {
-    const VF scale = F::Scale(blocks[b]);
+    const VF prep = F::Prepare(blocks[b]);
     for (int k = 0; k < F::kWeights; k += N)
-      hn::StoreU(F::Load(blocks[b], k, scale), df, dst + b * F::kWeights + k);
+      hn::StoreU(F::Load(blocks[b], k, prep), df, dst + b * F::kWeights + k);
   }
 }
 
