@@ -503,7 +503,7 @@ TEST(TrainCli, BadInputs) {
   ExpectBad(t, "holds no BF16 matrix");
 }
 
-TEST(TrainCli, NonFiniteLossStopsWithTheStepNamed) {
+TEST(TrainCli, NonFiniteLossStopsWithTheStepNamedAndNonFiniteWeightsAreNotQuantised) {
   TrainSetup s;
   // Poison the final norm's weights with +inf: the loss is non-finite at step 1.
   const std::string path = s.model + "/model.safetensors";
@@ -519,6 +519,22 @@ TEST(TrainCli, NonFiniteLossStopsWithTheStepNamed) {
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_NE(r.err.find("non-finite loss at step 1"), std::string::npos) << r.err;
   EXPECT_FALSE(FileExists(s.tmp / "out/adapter_model.safetensors"));  // nothing bogus written
+  // Quantised on load, a NaN in a matrix is refused with the tensor and its row named.
+  const auto& q = header["model.layers.0.self_attn.q_proj.weight"];
+  const int64_t cols = q["shape"][1].get<int64_t>();
+  const float nan = NAN;
+  std::memcpy(&bytes[8 + n + q["data_offsets"][0].get<uint64_t>() + 4 * (3 * cols + 5)], &nan, 4);
+  test::WriteFile(path, bytes);
+  for (const char* format : {"q8_0", "q4_0", "nf4"}) {
+    std::vector<std::string> a = TrainArgs(s, s.tmp / "out", "3");
+    a.insert(a.end(), {"--quantize", format});
+    r = RunCli(a);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find("'model.layers.0.self_attn.q_proj.weight' holds a non-finite weight in "
+                         "row 3"),
+              std::string::npos)
+        << r.err;
+  }
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "model/weights.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -139,14 +140,24 @@ class WeightLoader {
     t->format = q.format;
     std::vector<uint8_t>& buf = m_->owned_.emplace_back(static_cast<size_t>(t->nbytes()));
     const FormatTraits& from = Traits(source);
+    int64_t bad_row = t->rows;  // the first row holding a NaN or an infinity, if any
 #pragma omp parallel
     {
       std::vector<float> row(static_cast<size_t>(t->cols));  // one row in F32, per thread
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) reduction(min : bad_row)
       for (int64_t r = 0; r < t->rows; ++r) {
         from.dequantize(src + FormatBytes(source, r * t->cols), t->cols, row.data());
+        if (!std::all_of(row.begin(), row.end(), [](float v) { return std::isfinite(v); }))
+          bad_row = std::min(bad_row, r);
         f.quantize(row.data(), t->cols, buf.data() + FormatBytes(q.format, r * t->cols));
       }
+    }
+    // A block's scale cannot hold a NaN or an infinity (GGML's quantisers would spread it over
+    // the block, bitsandbytes' too): refused, as the model's own fault.
+    if (bad_row < t->rows) {
+      Fail(std::string("--quantize ") + f.name + ": tensor '" + spec.name + "' holds a " +
+           "non-finite weight in row " + std::to_string(bad_row) + "; a quantised block cannot " +
+           "represent it");
     }
     if (q.double_quant) DoubleQuantizeNF4(buf.data(), t->numel());
     t->data = buf.data();
