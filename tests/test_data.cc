@@ -85,7 +85,8 @@ void AppendExpected(const Tokenizer& tok, const std::string& prompt, const std::
 CacheSpec Spec(const test::TempDir& dir, std::vector<std::string> paths, double val = 0) {
   CacheSpec spec;
   spec.paths = std::move(paths);
-  spec.tokenizer_path = TokenizerPath();
+  spec.tokenizer_model = ReadTextFile(TokenizerPath());
+  spec.tokenizer_name = TokenizerPath();
   spec.dir = dir / "cache";
   spec.val_fraction = val;
   return spec;
@@ -324,8 +325,10 @@ TEST(Sources, MissingPathsEmptyFoldersAndNoData) {
   EXPECT_NE(ErrorOf([&] { OpenOrBuild(Spec(dir, {dir / "blank.txt"}, 0.6)); }).find("[0, 0.5]"),
             std::string::npos);
   CacheSpec spec = Spec(dir, {dir / "blank.txt"});
-  spec.tokenizer_path = dir / "missing.model";
-  EXPECT_EQ(ErrorOf([&] { OpenOrBuild(spec); }), dir / "missing.model: tokenizer file not found");
+  spec.tokenizer_model = "not a model";
+  spec.tokenizer_name = "bad.model";
+  EXPECT_EQ(ErrorOf([&] { OpenOrBuild(spec); }).rfind("bad.model: not a SentencePiece model", 0),
+            0u);
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -439,7 +442,8 @@ TEST(TokenCache, RebuildsOnlyWhenSomethingChanged) {
   EXPECT_TRUE(OpenOrBuild(more).rebuilt);
   EXPECT_FALSE(OpenOrBuild(more).rebuilt);
   test::TempDir other;
-  more.tokenizer_path = test::TrainTinyTokenizer(other.path(), 320);
+  more.tokenizer_name = test::TrainTinyTokenizer(other.path(), 320);
+  more.tokenizer_model = ReadTextFile(more.tokenizer_name);
   c = OpenOrBuild(more);
   EXPECT_TRUE(c.rebuilt);
   EXPECT_EQ(c.train.vocab_size(), 320);

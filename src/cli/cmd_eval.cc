@@ -44,10 +44,8 @@ EvalResult RunEval(const EvalOptions& o) {
     ids = ParseIds(ReadTextFile(o.token_ids), o.token_ids);
   } else {
     source = o.data;
-    const std::string tok_path = JoinPath(o.model, "tokenizer.model");
-    if (!FileExists(tok_path))
-      Fail(o.model + ": no tokenizer.model; give --token-ids instead of --data");
-    Tokenizer tok(tok_path);
+    Tokenizer tok(weights->TokenizerModel("give --token-ids instead of --data"),
+                  weights->tokenizer_name);
     const bool jsonl = o.data.size() > 6 && o.data.compare(o.data.size() - 6, 6, ".jsonl") == 0;
     if (!jsonl) {
       ids = tok.Encode(ReadTextFile(o.data), /*add_bos=*/true);

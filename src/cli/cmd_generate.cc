@@ -23,10 +23,8 @@ GenerateResult RunGenerate(const GenerateOptions& o) {
   if (!o.prompt_ids.empty()) {
     prompt = ParseIds(o.prompt_ids, "--prompt-ids");
   } else {
-    const std::string tok_path = JoinPath(o.model, "tokenizer.model");
-    if (!FileExists(tok_path))
-      Fail(o.model + ": no tokenizer.model; give the prompt as --prompt-ids");
-    tok = std::make_unique<Tokenizer>(tok_path);
+    tok = std::make_unique<Tokenizer>(weights->TokenizerModel("give the prompt as --prompt-ids"),
+                                      weights->tokenizer_name);
     if (o.prompt.empty()) Fail("--prompt: the prompt is empty");
     prompt = tok->Encode(o.prompt, /*add_bos=*/true);
   }

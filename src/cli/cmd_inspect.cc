@@ -1,4 +1,5 @@
-// tinylora inspect: what a model directory holds. A JSON summary on stdout, a table on stderr.
+// tinylora inspect: what a model directory (or GGUF file) or an adapter directory holds. A JSON
+// summary on stdout, a table on stderr.
 #include <cstdio>
 #include <iostream>
 #include <map>
@@ -7,6 +8,7 @@
 #include "adapters/lora.h"
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "formats/gguf.h"
 #include "model/tokenizer.h"
 #include "model/weights.h"
 #include "util/error.h"
@@ -44,34 +46,46 @@ void InspectModel(const std::string& dir, const QuantizeFlags& q) {
   const LlamaConfig& c = w->config;
   // Every tensor stored, from the files themselves.
   std::vector<std::string> files;
-  if (FileExists(JoinPath(dir, "model.safetensors.index.json"))) {
-    auto idx = nlohmann::json::parse(ReadTextFile(JoinPath(dir, "model.safetensors.index.json")));
-    std::map<std::string, int> seen;
-    for (auto& [name, file] : idx["weight_map"].items()) {
-      if (seen[file.get<std::string>()]++ == 0) files.push_back(file.get<std::string>());
-    }
-  } else {
-    files.push_back("model.safetensors");
-  }
   std::map<std::string, int64_t> params_by_dtype;
   int64_t n_tensors = 0, bytes = 0;
   std::fprintf(stderr, "%-56s %-5s %s\n", "tensor", "dtype", "shape");
-  for (const std::string& f : files) {
-    SafetensorsFile st(JoinPath(dir, f));
-    for (const TensorInfo& t : st.header().tensors) {
-      std::string shape;
-      for (int64_t d : t.shape) shape += (shape.empty() ? "" : " x ") + std::to_string(d);
-      std::fprintf(stderr, "%-56s %-5s %s\n", t.name.c_str(), DTypeName(t.dtype), shape.c_str());
-      params_by_dtype[DTypeName(t.dtype)] += t.numel();
-      bytes += static_cast<int64_t>(t.nbytes);
-      ++n_tensors;
+  auto row = [&](const std::string& name, const std::string& dtype,
+                 const std::vector<int64_t>& shape, int64_t numel, size_t nbytes) {
+    std::string text;
+    for (int64_t d : shape) text += (text.empty() ? "" : " x ") + std::to_string(d);
+    std::fprintf(stderr, "%-56s %-5s %s\n", name.c_str(), dtype.c_str(), text.c_str());
+    params_by_dtype[dtype] += numel;
+    bytes += static_cast<int64_t>(nbytes);
+    ++n_tensors;
+  };
+  if (IsGgufFile(dir)) {  // GGUF: its own names, shapes outermost first as everywhere else
+    files.push_back(dir);
+    GgufFile g(dir);
+    for (const GgufTensor& t : g.header().tensors) {
+      row(t.name, GgmlTypeName(static_cast<uint32_t>(t.type)),
+          std::vector<int64_t>(t.ne.rbegin(), t.ne.rend()), t.numel(), t.nbytes);
+    }
+  } else {
+    if (FileExists(JoinPath(dir, "model.safetensors.index.json"))) {
+      auto idx = nlohmann::json::parse(ReadTextFile(JoinPath(dir, "model.safetensors.index.json")));
+      std::map<std::string, int> seen;
+      for (auto& [name, file] : idx["weight_map"].items()) {
+        if (seen[file.get<std::string>()]++ == 0) files.push_back(file.get<std::string>());
+      }
+    } else {
+      files.push_back("model.safetensors");
+    }
+    for (const std::string& f : files) {
+      SafetensorsFile st(JoinPath(dir, f));
+      for (const TensorInfo& t : st.header().tensors)
+        row(t.name, DTypeName(t.dtype), t.shape, t.numel(), t.nbytes);
     }
   }
   int64_t params = 0;
   for (auto& [k, v] : params_by_dtype) params += v;
   nlohmann::json tokenizer = nullptr;
-  if (FileExists(JoinPath(dir, "tokenizer.model"))) {
-    Tokenizer tok(JoinPath(dir, "tokenizer.model"));
+  if (!w->tokenizer_model.empty()) {
+    Tokenizer tok(w->tokenizer_model, w->tokenizer_name);
     tokenizer = {{"vocab", tok.vocab_size()}, {"bos", tok.bos_id()}, {"eos", tok.eos_id()}};
   }
   std::fprintf(
@@ -162,11 +176,13 @@ AdapterParams CountAdapterParams(const std::string& dir, int tree_depth) {
 void AddInspectCommand(CLI::App& app) {
   auto dir = std::make_shared<std::string>();
   auto q = std::make_shared<QuantizeFlags>();
-  CLI::App* cmd = app.add_subcommand("inspect", "show what a model or adapter directory holds");
-  cmd->add_option("dir", *dir, "the directory")->required();
+  CLI::App* cmd = app.add_subcommand(
+      "inspect", "show what a model or adapter directory (or a GGUF model file) holds");
+  cmd->add_option("dir", *dir, "the directory or GGUF file")->required();
   AddQuantizeFlags(cmd, q.get());
   cmd->callback([dir, q]() {
-    if (!IsDirectory(*dir)) Fail(*dir + ": not a directory");
+    if (IsGgufFile(*dir)) return InspectModel(*dir, *q);
+    if (!IsDirectory(*dir)) Fail(*dir + ": not a directory or GGUF file");
     if (FileExists(JoinPath(*dir, "adapter_config.json"))) {
       InspectAdapter(*dir);
     } else if (FileExists(JoinPath(*dir, "config.json"))) {

@@ -45,8 +45,8 @@ void RunMerge(const MergeOptions& o) {
     }
   }
   SaveModel(*base, o.out, Traits(src->layers[0].wq.format).merged_as);
-  const std::string tok = JoinPath(o.model, "tokenizer.model");
-  if (FileExists(tok)) WriteFileAtomic(JoinPath(o.out, "tokenizer.model"), ReadTextFile(tok));
+  if (!src->tokenizer_model.empty())
+    WriteFileAtomic(JoinPath(o.out, "tokenizer.model"), src->tokenizer_model);
   std::fprintf(stderr, "merged %d adapted projections into %s\n", merged, o.out.c_str());
   std::cout << nlohmann::json{{"out", o.out}, {"merged", merged}}.dump() << "\n";
 }

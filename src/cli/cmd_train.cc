@@ -76,11 +76,13 @@ struct Data {
   }
 };
 
-Data PrepareData(const CommonTrainOptions& o, const std::string& tokenizer_path, int vocab) {
+Data PrepareData(const CommonTrainOptions& o, const std::string& tokenizer_model,
+                 const std::string& tokenizer_name, int vocab) {
   const std::string dir = o.cache_dir.empty() ? JoinPath(o.out, "data") : o.cache_dir;
   CacheSpec spec;
   spec.paths = o.data;
-  spec.tokenizer_path = tokenizer_path;
+  spec.tokenizer_model = tokenizer_model;
+  spec.tokenizer_name = tokenizer_name;
   spec.dir = dir;
   spec.val_fraction = o.val_data.empty() ? o.val_fraction : 0.0;
   // A terminal gets one progress line rewritten in place, a log one line per report.
@@ -223,8 +225,7 @@ TrainResult RunTrain(const LoraTrainOptions& lo) {
   auto base = ModelWeights::Load(lo.model, lo.quantize.Get(lo.bf16));
   const LlamaConfig& c = base->config;
   CheckSeqLen(o.seq_len, c);  // before tokenising any data
-  const std::string tok_path = JoinPath(lo.model, "tokenizer.model");
-  if (!FileExists(tok_path)) Fail(lo.model + ": no tokenizer.model to tokenise --data with");
+  const std::string& tokenizer = base->TokenizerModel("it is needed to tokenise --data");
   AdapterConfig ac;
   ac.r = lo.rank;
   ac.alpha = lo.alpha;
@@ -234,7 +235,7 @@ TrainResult RunTrain(const LoraTrainOptions& lo) {
   ac.gate = lo.gate;
   const bool tree = lo.tree_depth > 0;
   if (!tree && lo.routing != "hard") Fail("--routing: needs --tree-depth of at least 1");
-  Data data = PrepareData(o, tok_path, c.vocab);
+  Data data = PrepareData(o, tokenizer, base->tokenizer_name, c.vocab);
   if (lo.bf16) base->PrepareBf16(/*backward=*/true);
   auto adapter = Adapter::Create(c, ac, o.seed, /*with_grads=*/true);
   nlohmann::json run = {{"mode", "lora"},
@@ -310,11 +311,18 @@ TrainResult RunPretrain(const PretrainOptions& po) {
   const CommonTrainOptions& o = po.common;
   SetThreads(o.threads);
   std::unique_ptr<TrainableBase> base;
-  std::string tokenizer = po.tokenizer;
+  std::string tok_bytes, tok_name = po.tokenizer;  // --tokenizer, else the initial model's
+  if (!po.tokenizer.empty()) {
+    if (!FileExists(po.tokenizer)) Fail(po.tokenizer + ": tokenizer file not found");
+    tok_bytes = ReadTextFile(po.tokenizer);
+  }
   if (!po.init_model.empty()) {
     auto src = ModelWeights::Load(po.init_model);
     base = MakeTrainable(*src);
-    if (tokenizer.empty()) tokenizer = JoinPath(po.init_model, "tokenizer.model");
+    if (tok_bytes.empty()) {
+      tok_bytes = src->TokenizerModel("give --tokenizer FILE");
+      tok_name = src->tokenizer_name;
+    }
   } else {
     LlamaConfig c;
     if (!po.preset.empty()) {
@@ -323,21 +331,20 @@ TrainResult RunPretrain(const PretrainOptions& po) {
     } else {
       c = LoadConfig(po.config_file);
     }
-    if (tokenizer.empty()) Fail("pretrain: give --tokenizer FILE");
-    Tokenizer tok(tokenizer);
+    if (tok_bytes.empty()) Fail("pretrain: give --tokenizer FILE");
+    Tokenizer tok(tok_bytes, tok_name);
     if (!po.preset.empty()) c.vocab = tok.vocab_size();
     if (tok.vocab_size() > c.vocab) {
-      Fail("--tokenizer: " + tokenizer + " has " + std::to_string(tok.vocab_size()) +
+      Fail("--tokenizer: " + tok_name + " has " + std::to_string(tok.vocab_size()) +
            " pieces but the config's vocab_size is " + std::to_string(c.vocab));
     }
     c.bos_id = tok.bos_id() >= 0 ? tok.bos_id() : c.bos_id;
     c.eos_id = tok.eos_id() >= 0 ? tok.eos_id() : c.eos_id;
     base = CreateRandomBase(c, o.seed, /*with_grads=*/true);
   }
-  if (!FileExists(tokenizer)) Fail(tokenizer + ": tokenizer file not found");
   const LlamaConfig& c = base->weights.config;
   CheckSeqLen(o.seq_len, c);  // before tokenising any data
-  Data data = PrepareData(o, tokenizer, c.vocab);
+  Data data = PrepareData(o, tok_bytes, tok_name, c.vocab);
   nlohmann::json run = {{"mode", "pretrain"},
                         {"config", nlohmann::json::parse(ConfigToJson(c))},
                         {"init_model", po.init_model}};
@@ -348,7 +355,6 @@ TrainResult RunPretrain(const PretrainOptions& po) {
                    o.checkpoint_activations);
   std::fprintf(stderr, "pretraining %lld parameters, activations %.0f MB\n",
                static_cast<long long>(base->params.total()), model.ActivationBytes() / 1e6);
-  const std::string tok_bytes = ReadTextFile(tokenizer);
   TrainableBase* b = base.get();
   Trainer trainer(model, base->params, data.caches->train, data.val_cache(), t,
                   [b, &tok_bytes](const std::string& dir) {

@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   AddTrainCommands(app);
   AddMergeCommand(app);
   AddDataCommand(app);
+  AddQuantizeCommand(app);
   std::string help_topic;
   CLI::App* help = app.add_subcommand("help", "show the help of a command");
   help->add_option("command", help_topic, "the command to document");

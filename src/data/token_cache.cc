@@ -306,9 +306,9 @@ constexpr size_t kBatchDocuments = 4096;
 
 void Build(const CacheSpec& spec, const std::vector<SourceFile>& files,
            const nlohmann::json& sources, const std::string& tokenizer_hash) {
-  const Tokenizer tok(spec.tokenizer_path);
+  const Tokenizer tok(spec.tokenizer_model, spec.tokenizer_name);
   const int vocab = tok.vocab_size(), bos = tok.bos_id(), eos = tok.eos_id();
-  if (bos < 0 || eos < 0) Fail(spec.tokenizer_path + ": the tokenizer has no BOS or EOS token");
+  if (bos < 0 || eos < 0) Fail(spec.tokenizer_name + ": the tokenizer has no BOS or EOS token");
   const int width = vocab <= 65536 ? 2 : 4;
   const std::string train_prefix = JoinPath(spec.dir, spec.name);
   const std::string val_prefix = JoinPath(spec.dir, spec.val_name);
@@ -428,8 +428,7 @@ DataCaches OpenOrBuild(const CacheSpec& spec) {
   }
   const std::vector<SourceFile> files = ListSources(spec.paths);
   const nlohmann::json sources = SourcesJson(files);
-  if (!FileExists(spec.tokenizer_path)) Fail(spec.tokenizer_path + ": tokenizer file not found");
-  const std::string tokenizer_bytes = ReadTextFile(spec.tokenizer_path);
+  const std::string& tokenizer_bytes = spec.tokenizer_model;
   const std::string hash = Hex64(Fnv1a64(tokenizer_bytes.data(), tokenizer_bytes.size()));
   MakeDirectories(spec.dir);
 

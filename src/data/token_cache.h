@@ -64,11 +64,12 @@ class TokenCache {
 // What to tokenise and where to keep it.
 struct CacheSpec {
   std::vector<std::string> paths;  // files and folders (see ListSources)
-  std::string tokenizer_path;      // tokenizer.model: encodes, and its bytes' hash keys the cache
-  std::string dir;                 // cache directory, created if missing
-  std::string name = "train";      // DIR/NAME.*: the training split
-  std::string val_name = "val";    // DIR/VAL_NAME.*: the validation split, when val_fraction > 0
-  double val_fraction = 0;         // in [0, 0.5]
+  std::string tokenizer_model;  // a tokenizer.model's bytes: they encode, their hash keys the cache
+  std::string tokenizer_name;   // where they came from, for messages
+  std::string dir;              // cache directory, created if missing
+  std::string name = "train";   // DIR/NAME.*: the training split
+  std::string val_name = "val";  // DIR/VAL_NAME.*: the validation split, when val_fraction > 0
+  double val_fraction = 0;       // in [0, 0.5]
   // Called now and then while building with the documents and tokens written so far.
   std::function<void(int64_t documents, int64_t tokens)> progress;
 };

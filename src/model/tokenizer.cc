@@ -14,6 +14,12 @@ Tokenizer::Tokenizer(const std::string& model_path)
   if (!status.ok()) Fail(model_path + ": not a SentencePiece model (" + status.ToString() + ")");
 }
 
+Tokenizer::Tokenizer(const std::string& model_bytes, const std::string& what)
+    : sp_(new sentencepiece::SentencePieceProcessor()) {
+  const auto status = sp_->LoadFromSerializedProto(model_bytes);
+  if (!status.ok()) Fail(what + ": not a SentencePiece model (" + status.ToString() + ")");
+}
+
 Tokenizer::~Tokenizer() = default;
 
 std::vector<int> Tokenizer::Encode(const std::string& text, bool add_bos) const {

@@ -14,6 +14,8 @@ namespace tinylora {
 class Tokenizer {
  public:
   explicit Tokenizer(const std::string& model_path);  // Error (exit 2) naming the file
+  // From a model's bytes (ModelWeights::tokenizer_model); `what` names them in errors.
+  Tokenizer(const std::string& model_bytes, const std::string& what);
   ~Tokenizer();
   std::vector<int> Encode(const std::string& text, bool add_bos) const;
   std::string Decode(const std::vector<int>& ids) const;

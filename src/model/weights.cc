@@ -7,6 +7,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "model/gguf_llama.h"
 #include "ops/quantize.h"
 #include "util/error.h"
 #include "util/file.h"
@@ -50,11 +51,23 @@ std::string ShapeText(const std::vector<int64_t>& shape) {
 }
 }  // namespace
 
+// One stored tensor, wherever it is: its bytes, format and shape, and the file whose pages hold
+// it (released once it is converted). GGUF's q and k rows are in llama.cpp's order.
+struct StoredTensor {
+  const uint8_t* data = nullptr;
+  Format format = Format::kF32;
+  std::vector<int64_t> shape;
+  const MappedFile* file = nullptr;
+  size_t offset = 0, nbytes = 0;
+  std::string where;  // "FILE: tensor 'NAME'"
+  int rope_rows = 0;  // > 0: rows permuted as GGUF's q and k, heads of this many rows
+};
+
 class WeightLoader {
  public:
   explicit WeightLoader(ModelWeights* m) : m_(m) {}
 
-  void OpenFiles() {
+  void OpenSafetensors() {
     const std::string index_path = JoinPath(m_->dir, "model.safetensors.index.json");
     const std::string single_path = JoinPath(m_->dir, "model.safetensors");
     if (FileExists(index_path)) {
@@ -86,51 +99,87 @@ class WeightLoader {
     }
   }
 
-  // Finds, checks and prepares one tensor. Norms become F32; matrices stay F32/BF16, or are
-  // quantised to `quantize` when it is given.
+  // The tensor `spec` names, checked against its shape.
+  StoredTensor Find(const TensorSpec& spec) {
+    StoredTensor s;
+    if (m_->gguf_ != nullptr) {
+      const GgufFile& g = *m_->gguf_;
+      const std::string name = GgufTensorName(spec.name);
+      const GgufTensor* t = g.header().FindTensor(name);
+      s.where = g.path() + ": tensor '" + name + "'";
+      if (t == nullptr) Fail(s.where + " is missing");
+      s.shape.assign(t->ne.rbegin(), t->ne.rend());  // GGUF lists the innermost dimension first
+      s.format = FormatOfGgml(t->type);
+      s.data = g.Data(*t);
+      s.file = &g.file();
+      s.offset = t->offset;
+      s.nbytes = t->nbytes;
+      if (PermutedInGguf(spec.name)) s.rope_rows = m_->config.head_dim;
+    } else {
+      auto w = where_.find(spec.name);
+      const SafetensorsFile* file = w == where_.end() ? nullptr : m_->files_[w->second].get();
+      const TensorInfo* info = file ? file->Find(spec.name) : nullptr;
+      s.where = (file ? file->path() : m_->dir) + ": tensor '" + spec.name + "'";
+      if (info == nullptr) Fail(s.where + " is missing");
+      s.shape = info->shape;
+      s.format = FormatOfDType(info->dtype, s.where);
+      s.data = file->Data(*info);
+      s.file = &file->file();
+      s.offset = info->offset;
+      s.nbytes = info->nbytes;
+    }
+    if (s.shape != spec.shape) {
+      Fail(s.where + " has shape " + ShapeText(s.shape) + " but " +
+           (m_->gguf_ != nullptr ? "the file's llama.* keys imply " : "config.json implies ") +
+           ShapeText(spec.shape));
+    }
+    return s;
+  }
+
+  // Finds, checks and prepares one tensor. Norms become F32; matrices stay in their stored format
+  // (used in place where they can be), or are quantised to `quantize` when it is given.
   Tensor Get(const TensorSpec& spec, const QuantizeOnLoad* quantize = nullptr) {
-    auto w = where_.find(spec.name);
-    const SafetensorsFile* file = w == where_.end() ? nullptr : m_->files_[w->second].get();
-    const TensorInfo* info = file ? file->Find(spec.name) : nullptr;
-    if (info == nullptr) {
-      Fail((file ? file->path() : m_->dir) + ": tensor '" + spec.name + "' is missing");
-    }
-    if (info->shape != spec.shape) {
-      Fail(file->path() + ": tensor '" + spec.name + "' has shape " + ShapeText(info->shape) +
-           " but config.json implies " + ShapeText(spec.shape));
-    }
-    const Format source = FormatOfDType(info->dtype, file->path() + ": tensor '" + spec.name + "'");
+    const StoredTensor s = Find(spec);
     Tensor t;
     t.rows = spec.shape.size() == 2 ? spec.shape[0] : 1;
     t.cols = spec.shape.back();
-    const uint8_t* src = file->Data(*info);
-    if (quantize != nullptr && quantize->enabled && !spec.is_norm) {
-      Quantize(spec, *quantize, source, src, &t);
-      file->file().Release(info->offset, info->nbytes);  // the original is not kept
-      return t;
-    }
-    // Matrices stay in their file's format, in place; norm vectors are always F32.
-    t.format = spec.is_norm ? Format::kF32 : source;
-    const bool in_place = t.format == source;
-    if (in_place && reinterpret_cast<uintptr_t>(src) % Traits(t.format).align == 0) {
-      t.data = src;  // used in place from the map
-      return t;
-    }
-    std::vector<uint8_t>& buf = m_->owned_.emplace_back(static_cast<size_t>(t.nbytes()));
-    if (in_place) {  // realigned by one copy
-      std::memcpy(buf.data(), src, buf.size());
+    const bool quantized = quantize != nullptr && quantize->enabled && !spec.is_norm;
+    if (quantized && s.format != quantize->format) {
+      Quantize(spec, *quantize, s, &t);
     } else {
-      Traits(source).dequantize(src, t.numel(), reinterpret_cast<float*>(buf.data()));
+      // Matrices stay in their stored format; norm vectors are always F32.
+      t.format = spec.is_norm ? Format::kF32 : s.format;
+      const bool as_stored = t.format == s.format;
+      if (as_stored && s.rope_rows == 0 &&
+          reinterpret_cast<uintptr_t>(s.data) % Traits(t.format).align == 0) {
+        t.data = s.data;  // used in place from the map
+        return t;
+      }
+      std::vector<uint8_t>& buf = m_->owned_.emplace_back(static_cast<size_t>(t.nbytes()));
+      const int64_t row = FormatBytes(s.format, t.cols);
+      for (int64_t r = 0; r < t.rows; ++r) {  // one copy: realigned, q and k rows reordered
+        const uint8_t* src = s.data + StoredRow(s, r) * row;
+        uint8_t* dst = buf.data() + FormatBytes(t.format, r * t.cols);
+        if (as_stored) {
+          std::memcpy(dst, src, static_cast<size_t>(row));
+        } else {
+          Traits(s.format).dequantize(src, t.cols, reinterpret_cast<float*>(dst));
+        }
+      }
+      t.data = buf.data();
     }
-    file->file().Release(info->offset, info->nbytes);  // the original is not kept
-    t.data = buf.data();
+    s.file->Release(s.offset, s.nbytes);  // the original is not kept
     return t;
   }
 
  private:
-  // t (rows, cols set) = the source matrix quantised, row by row in parallel.
-  void Quantize(const TensorSpec& spec, const QuantizeOnLoad& q, Format source, const uint8_t* src,
-                Tensor* t) {
+  // The stored row holding row r of the matrix.
+  static int64_t StoredRow(const StoredTensor& s, int64_t r) {
+    return s.rope_rows > 0 ? GgufRopeRow(r, s.rope_rows) : r;
+  }
+
+  // t (rows, cols set) = the stored matrix quantised, row by row in parallel.
+  void Quantize(const TensorSpec& spec, const QuantizeOnLoad& q, const StoredTensor& s, Tensor* t) {
     const FormatTraits& f = Traits(q.format);
     if (t->cols % f.block != 0) {
       Fail(std::string("--quantize ") + f.name + ": tensor '" + spec.name + "' has " +
@@ -139,14 +188,15 @@ class WeightLoader {
     }
     t->format = q.format;
     std::vector<uint8_t>& buf = m_->owned_.emplace_back(static_cast<size_t>(t->nbytes()));
-    const FormatTraits& from = Traits(source);
+    const FormatTraits& from = Traits(s.format);
     int64_t bad_row = t->rows;  // the first row holding a NaN or an infinity, if any
 #pragma omp parallel
     {
       std::vector<float> row(static_cast<size_t>(t->cols));  // one row in F32, per thread
 #pragma omp for schedule(static) reduction(min : bad_row)
       for (int64_t r = 0; r < t->rows; ++r) {
-        from.dequantize(src + FormatBytes(source, r * t->cols), t->cols, row.data());
+        from.dequantize(s.data + FormatBytes(s.format, StoredRow(s, r) * t->cols), t->cols,
+                        row.data());
         if (!std::all_of(row.begin(), row.end(), [](float v) { return std::isfinite(v); }))
           bad_row = std::min(bad_row, r);
         f.quantize(row.data(), t->cols, buf.data() + FormatBytes(q.format, r * t->cols));
@@ -167,18 +217,34 @@ class WeightLoader {
   std::map<std::string, size_t> where_;  // tensor name -> index in files_
 };
 
-std::unique_ptr<ModelWeights> ModelWeights::Load(const std::string& dir,
+std::unique_ptr<ModelWeights> ModelWeights::Load(const std::string& path,
                                                  const QuantizeOnLoad& quantize) {
   if (quantize.enabled) QuantizedFormatNamed(Traits(quantize.format).name, "--quantize");
   if (quantize.double_quant && (!quantize.enabled || quantize.format != Format::kNF4))
     Fail("--double-quant: only with --quantize nf4 (it quantises NF4's absmaxes)");
   const QuantizeOnLoad* head = quantize.head ? &quantize : nullptr;
-  if (!IsDirectory(dir)) Fail(dir + ": not a model directory");
   auto m = std::make_unique<ModelWeights>();
-  m->dir = dir;
-  m->config = LoadConfig(JoinPath(dir, "config.json"));
+  m->dir = path;
   WeightLoader loader(m.get());
-  loader.OpenFiles();
+  if (IsGgufFile(path)) {
+    m->gguf_ = std::make_unique<GgufFile>(path);
+    m->config = ConfigFromGguf(m->gguf_->header(), path);
+    SpmModel spm;
+    if (TokenizerFromGguf(m->gguf_->header(), path, &spm, &m->no_tokenizer)) {
+      m->tokenizer_model = SerializeSpmModel(spm);
+      m->tokenizer_name = path + "'s tokenizer";
+    }
+  } else {
+    if (!IsDirectory(path)) Fail(path + ": not a model directory or GGUF file");
+    m->config = LoadConfig(JoinPath(path, "config.json"));
+    loader.OpenSafetensors();
+    m->tokenizer_name = JoinPath(path, "tokenizer.model");
+    if (FileExists(m->tokenizer_name)) {
+      m->tokenizer_model = ReadTextFile(m->tokenizer_name);
+    } else {
+      m->no_tokenizer = "it has no tokenizer.model";
+    }
+  }
   const LlamaConfig& c = m->config;
   std::vector<TensorSpec> specs = ModelTensorSpecs(c);
   size_t k = 0;
@@ -193,6 +259,11 @@ std::unique_ptr<ModelWeights> ModelWeights::Load(const std::string& dir,
   m->final_norm = loader.Get(specs[k++]);
   m->lm_head = c.tie_embeddings ? m->embed : loader.Get(specs[k++], head);
   return m;
+}
+
+const std::string& ModelWeights::TokenizerModel(const std::string& hint) const {
+  if (tokenizer_model.empty()) Fail(dir + ": no tokenizer (" + no_tokenizer + "); " + hint);
+  return tokenizer_model;
 }
 
 int64_t ModelWeights::MatrixBytes() const {

@@ -1,5 +1,6 @@
-// The base model's weights, loaded from a Hugging Face model directory:
-// config.json + model.safetensors (or shards listed in model.safetensors.index.json).
+// The base model's weights, loaded from a Hugging Face model directory (config.json +
+// model.safetensors, or shards listed in model.safetensors.index.json) or a GGUF file
+// (model/gguf_llama: llama.cpp's names, q and k rows put back in Hugging Face's order).
 // F32 and BF16 matrices are used in place from the memory map; F16 is widened to F32 once
 // (its mapped pages released); norm vectors are always F32. --quantize holds the projections
 // (and optionally the embedding and head) in a block format of ops/quantize.h instead.
@@ -9,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "formats/gguf.h"
 #include "formats/safetensors.h"
 #include "model/config.h"
 #include "ops/gemm_bf16.h"
@@ -41,10 +43,11 @@ struct QuantizeOnLoad {
 
 class ModelWeights {
  public:
-  // Loads and validates a model directory; every problem is an Error naming the file/tensor.
+  // Loads and validates a model directory or GGUF file; every problem is an Error naming the
+  // file/tensor.
   // Quantised matrices are made one at a time, each source's mapped pages released once it is
   // quantised, so memory never holds a whole base twice.
-  static std::unique_ptr<ModelWeights> Load(const std::string& dir,
+  static std::unique_ptr<ModelWeights> Load(const std::string& path,
                                             const QuantizeOnLoad& quantize = {});
 
   LlamaConfig config;
@@ -52,7 +55,15 @@ class ModelWeights {
   std::vector<LayerWeights> layers;
   Tensor final_norm;  // (C)     model.norm
   Tensor lm_head;     // (V, C)  lm_head, or embed when tied
-  std::string dir;
+  std::string dir;    // the model directory or GGUF file it was loaded from
+  // The tokenizer that came with the model, as SentencePiece model bytes: the directory's
+  // tokenizer.model, or rebuilt from the GGUF file's tokenizer.ggml.* keys. Empty when it has
+  // none, and then `no_tokenizer` says why.
+  std::string tokenizer_model;
+  std::string tokenizer_name;  // for messages: "DIR/tokenizer.model", "FILE.gguf's tokenizer"
+  std::string no_tokenizer;
+  // tokenizer_model, or Error (exit 2) "DIR: no tokenizer (why); HINT".
+  const std::string& TokenizerModel(const std::string& hint) const;
 
   // Bytes of every matrix as held in memory (what one decode step reads), lm_head included once.
   int64_t MatrixBytes() const;
@@ -66,6 +77,7 @@ class ModelWeights {
 
  private:
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::unique_ptr<GgufFile> gguf_;
   std::vector<std::vector<uint8_t>> owned_;  // tensors that had to be converted or realigned
   std::vector<std::unique_ptr<Bf16Weight>> bf16_;
   friend class WeightLoader;
