@@ -37,11 +37,15 @@ void EncodeBf16(const float* src, int64_t n, void* dst) {  // also --bf16's inpu
   for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(dst)[i] = F32ToBf16(src[i]);
 }
 
+void EncodeF16(const float* src, int64_t n, void* dst) {  // round to nearest even, as F16C
+  for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(dst)[i] = F32ToF16(src[i]);
+}
+
 // A merge over a quantized base writes the exact sum, dequantised base plus adapter, in F32.
 const FormatTraits kTable[] = {
     {"f32", 1, 4, 4, CopyF32, CopyF32, MatVecF32Rows, true, false, EncodeF32, DType::kF32,
      "float32", Format::kF32},
-    {"f16", 1, 2, 2, F16Reference, F16Fast, MatVecF16Rows, false, false, nullptr, DType::kF16,
+    {"f16", 1, 2, 2, F16Reference, F16Fast, MatVecF16Rows, false, false, EncodeF16, DType::kF16,
      "float16", Format::kF32},
     {"bf16", 1, 2, 2, Bf16Reference, Bf16Fast, MatVecBf16Rows, false, true, EncodeBf16,
      DType::kBF16, "bfloat16", Format::kBF16},
