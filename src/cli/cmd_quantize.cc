@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "model/bnb_nf4.h"
 #include "model/gguf_llama.h"
 #include "model/weights.h"
 #include "util/error.h"
@@ -31,14 +32,15 @@ void RunQuantize(const QuantizeOptions& o) {
         "(drop --gguf)");
   if (!o.gguf && f != Format::kNF4)
     Fail("--format " + o.format + ": written as a GGUF file; give --gguf");
-  if (!o.force && FileExists(o.out)) Fail(o.out + ": already exists; pass --force to overwrite it");
+  if (!o.force && (o.gguf ? FileExists(o.out) : FileExists(JoinPath(o.out, "model.safetensors"))))
+    Fail(o.out + ": already holds a model; pass --force to overwrite it");
   SetThreads(o.threads);
   const double t0 = Seconds();
   auto w = ModelWeights::Load(o.model);
   if (o.gguf) {
     WriteLlamaGguf(*w, w->tokenizer_model, f, o.head, o.out);
   } else {
-    Fail("--format nf4: bitsandbytes directories are not written yet");
+    WriteBnbModel(*w, o.double_quant, w->tokenizer_model, o.out);
   }
   std::fprintf(stderr, "wrote %s (%s) in %.1f s\n", o.out.c_str(), Traits(f).name, Seconds() - t0);
   std::cout << nlohmann::json{{"out", o.out}, {"format", Traits(f).name}, {"gguf", o.gguf}}.dump()

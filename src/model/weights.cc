@@ -7,6 +7,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "model/bnb_nf4.h"
 #include "model/gguf_llama.h"
 #include "ops/quantize.h"
 #include "util/error.h"
@@ -116,17 +117,27 @@ class WeightLoader {
       s.nbytes = t->nbytes;
       if (PermutedInGguf(spec.name)) s.rope_rows = m_->config.head_dim;
     } else {
-      auto w = where_.find(spec.name);
-      const SafetensorsFile* file = w == where_.end() ? nullptr : m_->files_[w->second].get();
-      const TensorInfo* info = file ? file->Find(spec.name) : nullptr;
-      s.where = (file ? file->path() : m_->dir) + ": tensor '" + spec.name + "'";
-      if (info == nullptr) Fail(s.where + " is missing");
-      s.shape = info->shape;
-      s.format = FormatOfDType(info->dtype, s.where);
-      s.data = file->Data(*info);
-      s.file = &file->file();
-      s.offset = info->offset;
-      s.nbytes = info->nbytes;
+      RawTensor raw;
+      const RawLookup find = [this](const std::string& name, RawTensor* out) {
+        return FindRaw(name, out);
+      };
+      if (!spec.is_norm && IsBnbWeight(find, spec.name)) {  // bitsandbytes NF4, unpacked once
+        std::vector<uint8_t>& buf =
+            m_->owned_.emplace_back(ReadBnbWeight(find, spec.name, spec.shape[0], spec.shape[1]));
+        s.where = m_->dir + ": tensor '" + spec.name + "'";
+        s.shape = spec.shape;
+        s.format = Format::kNF4;
+        s.data = buf.data();
+        return s;
+      }
+      if (!FindRaw(spec.name, &raw)) Fail(raw.where + " is missing");
+      s.where = raw.where;
+      s.shape = raw.info->shape;
+      s.format = FormatOfDType(raw.info->dtype, s.where);
+      s.data = raw.data;
+      s.file = &m_->files_[where_[spec.name]]->file();
+      s.offset = raw.info->offset;
+      s.nbytes = raw.info->nbytes;
     }
     if (s.shape != spec.shape) {
       Fail(s.where + " has shape " + ShapeText(s.shape) + " but " +
@@ -134,6 +145,18 @@ class WeightLoader {
            ShapeText(spec.shape));
     }
     return s;
+  }
+
+  // A safetensors tensor by name (false, `where` naming the place, when there is none).
+  bool FindRaw(const std::string& name, RawTensor* out) const {
+    auto w = where_.find(name);
+    const SafetensorsFile* file = w == where_.end() ? nullptr : m_->files_[w->second].get();
+    const TensorInfo* info = file ? file->Find(name) : nullptr;
+    out->where = (file ? file->path() : m_->dir) + ": tensor '" + name + "'";
+    if (info == nullptr) return false;
+    out->info = info;
+    out->data = file->Data(*info);
+    return true;
   }
 
   // Finds, checks and prepares one tensor. Norms become F32; matrices stay in their stored format
@@ -168,7 +191,7 @@ class WeightLoader {
       }
       t.data = buf.data();
     }
-    s.file->Release(s.offset, s.nbytes);  // the original is not kept
+    if (s.file != nullptr) s.file->Release(s.offset, s.nbytes);  // the original is not kept
     return t;
   }
 
@@ -236,7 +259,9 @@ std::unique_ptr<ModelWeights> ModelWeights::Load(const std::string& path,
     }
   } else {
     if (!IsDirectory(path)) Fail(path + ": not a model directory or GGUF file");
-    m->config = LoadConfig(JoinPath(path, "config.json"));
+    const std::string config = JoinPath(path, "config.json");
+    m->config = LoadConfig(config);
+    IsBnb4BitConfig(ReadTextFile(config), config);  // refuses what tinylora cannot read
     loader.OpenSafetensors();
     m->tokenizer_name = JoinPath(path, "tokenizer.model");
     if (FileExists(m->tokenizer_name)) {

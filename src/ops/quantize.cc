@@ -243,6 +243,11 @@ float DoubleQuantizeAbsmax(float* absmax, int64_t count, uint8_t* codes, float* 
   return offset;
 }
 
+void DequantizeAbsmax(const uint8_t* codes, const float* map, const float* absmax2, float offset,
+                      int64_t count, float* absmax) {
+  for (int64_t i = 0; i < count; ++i) absmax[i] = map[codes[i]] * absmax2[i / 256] + offset;
+}
+
 void DoubleQuantizeNF4(void* blocks, int64_t n) {
   auto* b = static_cast<BlockNF4*>(blocks);
   const int64_t count = n / 64;

@@ -59,6 +59,11 @@ uint8_t DynamicMap8Code(float x);
 // kDynamicMap8[code] · absmax2 + offset (the value every product then uses). Returns offset.
 float DoubleQuantizeAbsmax(float* absmax, int64_t count, uint8_t* codes, float* absmax2);
 
+// The reading side of double quantisation, as bitsandbytes' dequantize_4bit: absmax[i] =
+// map[codes[i]] · absmax2[i / 256] + offset, in F32, two roundings (never fused).
+void DequantizeAbsmax(const uint8_t* codes, const float* map, const float* absmax2, float offset,
+                      int64_t count, float* absmax);
+
 // The block formats' absmaxes in place: NF4 blocks of n weights, double-quantised (above).
 void DoubleQuantizeNF4(void* blocks, int64_t n);
 
