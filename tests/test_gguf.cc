@@ -7,6 +7,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "adapters/lora.h"
 #include "formats/gguf.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
@@ -320,7 +321,8 @@ TEST(Gguf, RebuiltTokenizerEncodesAsTheOriginal) {
   EXPECT_EQ(rebuilt.eos_id(), original.eos_id());
   const std::string text =
       "The quick brown fox — jumps!  Über den Zaun, ça va? El niño comió piñas. "
-      "Привет, мир. 日本語のテキスト。 한국어 🙂 ＦＵＬＬＷＩＤＴＨ ﬁne "
+      "Привет, мир. 日本語のテキスト。 한국어 🙂 ＦＵＬＬＷＩＤＴＨ "
+      "ﬁne "
       "①\ttab\nnew "
       "line";
   const std::vector<int> ids = original.Encode(text, true);
@@ -334,6 +336,68 @@ TEST(Gguf, RebuiltTokenizerEncodesAsTheOriginal) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(nlohmann::json::parse(r.out)["tokenizer"]["vocab"].get<int>(), 300);
   EXPECT_NE(r.err.find("blk.0.attn_q.weight"), std::string::npos) << r.err;
+}
+
+// A LoRA as a GGUF LoRA file: llama.cpp's keys, A as stored, B with q's and k's rows in
+// llama.cpp's order; a tree adapter is refused.
+TEST(Gguf, LoraAdapterExportsAsLlamaCppsLoraFile) {
+  test::TempDir tmp;
+  const std::string dir = test::FixturePath("forward/gqa");
+  auto base = ModelWeights::Load(dir);
+  const LlamaConfig& c = base->config;
+  AdapterConfig ac;
+  ac.r = 4;
+  ac.alpha = 6;
+  ac.targets = ParseTargets("all-linear", "test");
+  auto adapter = Adapter::Create(c, ac, 1, /*with_grads=*/false);
+  for (int i = 0; i < adapter->params().size(); ++i) {  // B is zero when created
+    const std::vector<float> v =
+        test::Random(static_cast<size_t>(adapter->params().numel(i)), 10 + i, 0.1f);
+    std::memcpy(adapter->params().value(i), v.data(), v.size() * 4);
+  }
+  adapter->Save(tmp / "ad");
+  test::CliResult r =
+      RunCli({"export-lora", "--model", dir, "--adapter", tmp / "ad", "--out", tmp / "ad.gguf"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  GgufFile g(tmp / "ad.gguf");
+  const GgufHeader& h = g.header();
+  EXPECT_EQ(h.Find("general.type")->str, "adapter");
+  EXPECT_EQ(h.Find("general.architecture")->str, "llama");
+  EXPECT_EQ(h.Find("adapter.type")->str, "lora");
+  EXPECT_EQ(h.Find("adapter.lora.alpha")->AsDouble(), 6.0);
+  EXPECT_EQ(h.tensors.size(), static_cast<size_t>(2 * kNumModules * c.n_layers));
+  auto floats = [&](const GgufTensor& t) {
+    std::vector<float> v(static_cast<size_t>(t.numel()));
+    std::memcpy(v.data(), g.Data(t), v.size() * 4);
+    return v;
+  };
+  for (int l = 0; l < c.n_layers; ++l) {
+    for (const Module m : {Module::kQ, Module::kK, Module::kV, Module::kDown}) {
+      const LoraWeights* w = adapter->Get(l, m);
+      const std::string name = "blk." + std::to_string(l) + "." +
+                               (m == Module::kQ   ? "attn_q"
+                                : m == Module::kK ? "attn_k"
+                                : m == Module::kV ? "attn_v"
+                                                  : "ffn_down") +
+                               ".weight";
+      const GgufTensor* a = h.FindTensor(name + ".lora_a");
+      const GgufTensor* b = h.FindTensor(name + ".lora_b");
+      ASSERT_TRUE(a != nullptr && b != nullptr) << name;
+      EXPECT_EQ(a->ne, (std::vector<int64_t>{w->in, 4})) << name;
+      EXPECT_EQ(b->ne, (std::vector<int64_t>{4, w->out})) << name;
+      EXPECT_EQ(floats(*a), std::vector<float>(w->A, w->A + 4 * w->in)) << name;
+      std::vector<float> want(w->B, w->B + w->out * 4);
+      if (m == Module::kQ) want = PermuteLikeLlamaCpp(want, w->out, 4, c.n_heads);
+      if (m == Module::kK) want = PermuteLikeLlamaCpp(want, w->out, 4, c.n_kv_heads);
+      EXPECT_EQ(floats(*b), want) << name;
+    }
+  }
+  ac.tree_depth = 1;
+  Adapter::Create(c, ac, 1, false)->Save(tmp / "tree");
+  r = RunCli({"export-lora", "--model", dir, "--adapter", tmp / "tree", "--out", tmp / "t.gguf"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("only a LoRA (tree_depth 0) does"), std::string::npos) << r.err;
+  EXPECT_FALSE(FileExists(tmp / "t.gguf"));
 }
 
 std::string ErrorOf(const std::function<void()>& f) {

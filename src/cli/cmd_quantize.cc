@@ -1,10 +1,12 @@
-// tinylora quantize: write a base in another format as a file other tools read unchanged —
-// a GGUF file llama.cpp loads (f32, f16, bf16, q8_0, q4_0), or a bitsandbytes 4-bit directory
-// (nf4) for Hugging Face and PEFT.
+// Files for other tools, read by them unchanged. tinylora quantize: a base as a GGUF file
+// llama.cpp loads (f32, f16, bf16, q8_0, q4_0) or a bitsandbytes 4-bit directory (nf4) for
+// Hugging Face and PEFT; tinylora export-lora: a LoRA adapter as a GGUF LoRA file (--lora).
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "adapters/lora.h"
+#include "adapters/lora_gguf.h"
 #include "cli/common.h"
 #include "model/bnb_nf4.h"
 #include "model/gguf_llama.h"
@@ -47,7 +49,34 @@ void RunQuantize(const QuantizeOptions& o) {
             << "\n";
 }
 
+struct ExportLoraOptions {
+  std::string model, adapter, out;
+  bool force = false;
+};
+
+void RunExportLora(const ExportLoraOptions& o) {
+  if (!o.force && FileExists(o.out)) Fail(o.out + ": already exists; pass --force to overwrite it");
+  const LlamaConfig c = ModelWeights::Load(o.model)->config;
+  auto adapter = Adapter::Load(o.adapter, c, /*with_grads=*/false);
+  WriteLoraGguf(*adapter, c, o.out);
+  std::fprintf(stderr, "wrote %s (LoRA r=%d, alpha %g)\n", o.out.c_str(), adapter->config().r,
+               adapter->config().alpha);
+  std::cout << nlohmann::json{{"out", o.out}, {"r", adapter->config().r}}.dump() << "\n";
+}
+
 }  // namespace
+
+void AddExportLoraCommand(CLI::App& app) {
+  auto o = std::make_shared<ExportLoraOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "export-lora",
+      "write a LoRA adapter (tree_depth 0) as a GGUF LoRA file for llama.cpp's --lora");
+  cmd->add_option("--model", o->model, "the base model directory or GGUF file")->required();
+  cmd->add_option("--adapter", o->adapter, "the LoRA adapter directory")->required();
+  cmd->add_option("--out", o->out, "the GGUF file to write")->required();
+  cmd->add_flag("--force", o->force, "overwrite --out");
+  cmd->callback([o]() { RunExportLora(*o); });
+}
 
 void AddQuantizeCommand(CLI::App& app) {
   auto o = std::make_shared<QuantizeOptions>();

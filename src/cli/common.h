@@ -32,6 +32,7 @@ inline double Seconds() {
 // Subcommands, one file each.
 void AddInitCommand(CLI::App& app);
 void AddQuantizeCommand(CLI::App& app);
+void AddExportLoraCommand(CLI::App& app);
 void AddGenerateCommand(CLI::App& app);
 void AddEvalCommand(CLI::App& app);
 void AddInspectCommand(CLI::App& app);

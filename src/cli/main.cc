@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   AddMergeCommand(app);
   AddDataCommand(app);
   AddQuantizeCommand(app);
+  AddExportLoraCommand(app);
   std::string help_topic;
   CLI::App* help = app.add_subcommand("help", "show the help of a command");
   help->add_option("command", help_topic, "the command to document");

@@ -142,6 +142,11 @@ int64_t GgufRopeRow(int64_t r, int head_dim) {
   return head * hd + 2 * (i % half) + i / half;
 }
 
+int64_t HfRopeRow(int64_t g, int head_dim) {
+  const int64_t hd = head_dim, i = g % hd;
+  return g / hd * hd + (i % 2) * (hd / 2) + i / 2;
+}
+
 bool PermutedInGguf(const std::string& hf_name) {
   auto ends = [&](const std::string& s) {
     return hf_name.size() >= s.size() &&
@@ -341,12 +346,7 @@ void WriteLlamaGguf(const ModelWeights& w, const std::string& tokenizer, Format 
       std::vector<uint8_t> row(dst_row);
       const auto* base = static_cast<const uint8_t*>(src->data);
       for (int64_t g = 0; g < src->rows; ++g) {
-        // GGUF row g holds the source row r with GgufRopeRow(r) = g: invert per head
-        int64_t r = g;
-        if (permute) {
-          const int64_t hd = head_dim, half = hd / 2, i = g % hd;
-          r = g / hd * hd + (i % 2) * half + i / 2;
-        }
+        const int64_t r = permute ? HfRopeRow(g, head_dim) : g;
         const uint8_t* s = base + static_cast<size_t>(r) * src_row;
         if (src->format == f) {
           sink(s, dst_row);

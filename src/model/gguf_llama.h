@@ -26,6 +26,7 @@ std::string GgufTensorName(const std::string& hf_name);
 
 // q_proj and k_proj: the GGUF row holding Hugging Face row r (heads of head_dim rows).
 int64_t GgufRopeRow(int64_t r, int head_dim);
+int64_t HfRopeRow(int64_t g, int head_dim);       // its inverse: the Hugging Face row of GGUF row g
 bool PermutedInGguf(const std::string& hf_name);  // q_proj and k_proj weights
 
 // The tinylora format of a GGML type, and back (Error naming `what` when GGUF has none: nf4).
