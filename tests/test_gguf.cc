@@ -321,7 +321,8 @@ TEST(Gguf, RebuiltTokenizerEncodesAsTheOriginal) {
   EXPECT_EQ(rebuilt.eos_id(), original.eos_id());
   const std::string text =
       "The quick brown fox — jumps!  Über den Zaun, ça va? El niño comió piñas. "
-      "Привет, мир. 日本語のテキスト。 한국어 🙂 ＦＵＬＬＷＩＤＴＨ "
+      "Привет, мир. 日本語のテキスト。 한국어 🙂 "
+      "ＦＵＬＬＷＩＤＴＨ "
       "ﬁne "
       "①\ttab\nnew "
       "line";

@@ -140,7 +140,8 @@ nlohmann::json EvalResult::ToJson() const {
 void AddEvalCommand(CLI::App& app) {
   auto o = std::make_shared<EvalOptions>();
   CLI::App* cmd = app.add_subcommand("eval", "held-out loss and perplexity");
-  cmd->add_option("--model", o->model, "model directory")->required();
+  cmd->add_option("--model", o->model, "model directory, GGUF file or bitsandbytes 4-bit directory")
+      ->required();
   cmd->add_option("--adapter", o->adapter, "a LoRA adapter directory to apply");
   auto* d = cmd->add_option(
       "--data", o->data,

@@ -104,7 +104,8 @@ GenerateResult RunGenerate(const GenerateOptions& o) {
 void AddGenerateCommand(CLI::App& app) {
   auto o = std::make_shared<GenerateOptions>();
   CLI::App* cmd = app.add_subcommand("generate", "generate text from a prompt, streaming");
-  cmd->add_option("--model", o->model, "model directory")->required();
+  cmd->add_option("--model", o->model, "model directory, GGUF file or bitsandbytes 4-bit directory")
+      ->required();
   cmd->add_option("--adapter", o->adapter, "a LoRA adapter directory to apply");
   auto* p = cmd->add_option("--prompt", o->prompt, "prompt text (tokenised, BOS added)");
   auto* pi = cmd->add_option("--prompt-ids", o->prompt_ids, "prompt as token ids, e.g. \"1 2 3\"");

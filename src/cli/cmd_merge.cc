@@ -56,7 +56,9 @@ void RunMerge(const MergeOptions& o) {
 void AddMergeCommand(CLI::App& app) {
   auto o = std::make_shared<MergeOptions>();
   CLI::App* cmd = app.add_subcommand("merge", "fold a LoRA adapter into the base weights");
-  cmd->add_option("--model", o->model, "base model directory")->required();
+  cmd->add_option("--model", o->model,
+                  "base model directory, GGUF file or bitsandbytes 4-bit directory")
+      ->required();
   cmd->add_option("--adapter", o->adapter, "LoRA adapter directory")->required();
   cmd->add_option("--out", o->out, "merged model directory")->required();
   cmd->add_flag("--force", o->force, "overwrite a model already in --out");

@@ -71,7 +71,9 @@ void AddExportLoraCommand(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "export-lora",
       "write a LoRA adapter (tree_depth 0) as a GGUF LoRA file for llama.cpp's --lora");
-  cmd->add_option("--model", o->model, "the base model directory or GGUF file")->required();
+  cmd->add_option("--model", o->model,
+                  "the base model directory, GGUF file or bitsandbytes 4-bit directory")
+      ->required();
   cmd->add_option("--adapter", o->adapter, "the LoRA adapter directory")->required();
   cmd->add_option("--out", o->out, "the GGUF file to write")->required();
   cmd->add_flag("--force", o->force, "overwrite --out");
@@ -84,7 +86,8 @@ void AddQuantizeCommand(CLI::App& app) {
       "quantize",
       "write a base as a GGUF file (--gguf: f32, f16, bf16, q8_0, q4_0) or a bitsandbytes NF4 "
       "directory");
-  cmd->add_option("--model", o->model, "model directory or GGUF file")->required();
+  cmd->add_option("--model", o->model, "model directory, GGUF file or bitsandbytes 4-bit directory")
+      ->required();
   cmd->add_option("--format", o->format, "f32, f16, bf16, q8_0, q4_0 (with --gguf) or nf4")
       ->required();
   cmd->add_option("--out", o->out, "the GGUF file (or bitsandbytes directory) to write")

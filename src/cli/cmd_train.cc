@@ -368,7 +368,10 @@ TrainResult RunPretrain(const PretrainOptions& po) {
 void AddTrainCommands(CLI::App& app) {
   auto lo = std::make_shared<LoraTrainOptions>();
   CLI::App* train = app.add_subcommand("train", "train a LoRA adapter on a frozen base model");
-  train->add_option("--model", lo->model, "base model directory")->required();
+  train
+      ->add_option("--model", lo->model,
+                   "base model directory, GGUF file or bitsandbytes 4-bit directory")
+      ->required();
   train->add_option("--rank", lo->rank, "LoRA rank r")->check(CLI::Range(1, 65536));
   train->add_option("--alpha", lo->alpha, "LoRA alpha (scale = alpha / r)")->check(kPositive);
   train->add_option("--dropout", lo->dropout, "LoRA dropout on the adapter input")
@@ -404,8 +407,9 @@ void AddTrainCommands(CLI::App& app) {
       app.add_subcommand("pretrain", "train every weight of a model, from scratch or on");
   auto* cfg = pre->add_option("--config", po->config_file, "config.json of a new model");
   auto* preset = pre->add_option("--preset", po->preset, "a named config: tiny, tinyllama");
-  auto* init =
-      pre->add_option("--init-model", po->init_model, "continue from this model directory");
+  auto* init = pre->add_option(
+      "--init-model", po->init_model,
+      "continue from this model directory, GGUF file or bitsandbytes 4-bit directory");
   cfg->excludes(preset)->excludes(init);
   preset->excludes(init);
   pre->add_option("--tokenizer", po->tokenizer, "SentencePiece tokenizer.model");

@@ -62,7 +62,9 @@ void AddQuantizeFlags(CLI::App* cmd, QuantizeFlags* q) {
   cmd->add_option("--quantize", q->format,
                   "hold the seven projections of every block quantised on load, QLoRA's way "
                   "(q8_0, q4_0: GGML's blocks; nf4: bitsandbytes' NormalFloat4); products use "
-                  "their dequantised values in F32");
+                  "their dequantised values in F32. A base stored in that format (a GGUF file, a "
+                  "bitsandbytes directory) is kept as stored; one in another block format is "
+                  "requantised from its dequantised values (a second rounding)");
   cmd->add_flag("--double-quant", q->double_quant,
                 "nf4: quantise the absmaxes through bitsandbytes' 8-bit map, as "
                 "bnb_4bit_use_double_quant does");

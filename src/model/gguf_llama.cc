@@ -325,7 +325,11 @@ void WriteLlamaGguf(const ModelWeights& w, const std::string& tokenizer, Format 
   kv.emplace_back("llama.attention.layer_norm_rms_epsilon",
                   GgufValue::F32(static_cast<float>(c.rms_eps)));
   kv.emplace_back("llama.rope.freq_base", GgufValue::F32(static_cast<float>(c.rope_theta)));
-  if (!tokenizer.empty()) AddTokenizerKeys(ParseSpmModel(tokenizer, w.tokenizer_name), &kv);
+  if (!tokenizer.empty()) {
+    AddTokenizerKeys(ParseSpmModel(tokenizer, w.tokenizer_name), &kv);
+  } else {  // llama.cpp's word for a model without one (it needs the key)
+    kv.emplace_back("tokenizer.ggml.model", GgufValue::String("no_vocab"));
+  }
 
   // Each tensor row by row: widened to F32 and encoded in the target type, or its bytes as they
   // are when it is held in that type already; q and k rows in llama.cpp's order.
