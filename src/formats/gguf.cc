@@ -352,6 +352,10 @@ GgufHeader ParseGguf(const uint8_t* bytes, size_t size, const std::string& what)
     h.tensors.push_back(std::move(t));
   }
   h.data_start = (r.pos() + h.alignment - 1) / h.alignment * h.alignment;
+  if (h.data_start > size && !h.tensors.empty()) {
+    Fail(what + ": the tensor data would start at offset " + std::to_string(h.data_start) +
+         ", past the end of the file (" + std::to_string(size) + " bytes)");
+  }
   const size_t data_size = size >= h.data_start ? size - h.data_start : 0;
   for (size_t i = 0; i < h.tensors.size(); ++i) {
     GgufTensor& t = h.tensors[i];
