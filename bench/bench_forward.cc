@@ -4,7 +4,7 @@
 //   decode:  bytes of weights (+ KV cache) read per token × tokens/s / read bandwidth, and /
 //            the decode kernel's GB/s over cache-resident rows where that is the lower bound
 // Usage: bench_forward MODEL_DIR [--prefill T] [--decode N] [--threads N] [--bf16]
-//                     [--quantize q8_0|q4_0|nf4 [--double-quant]]
+//                     [--quantize q8_0|q4_0|nf4 [--double-quant]] [--int8-activations]
 //                     [--lora-rank R [--tree-depth D] [--targets q_proj,v_proj|all-linear]]
 // --quantize: the projections held quantised (as `eval --quantize`); decode's bytes are theirs.
 // --bf16: the shape-dependent prefill through the BF16 kernel in use (ops/gemm_bf16.h), whose
@@ -53,8 +53,10 @@ int Main(int argc, char** argv) {
   QuantizeOnLoad quantize;
   for (int i = 2; i < argc; i += 2) {
     const std::string flag = argv[i];
-    if (flag == "--bf16" || flag == "--double-quant") {
-      (flag == "--bf16" ? bf16 : quantize.double_quant) = true;
+    if (flag == "--bf16" || flag == "--double-quant" || flag == "--int8-activations") {
+      (flag == "--bf16"           ? bf16
+       : flag == "--double-quant" ? quantize.double_quant
+                                  : quantize.int8_activations) = true;
       --i;
       continue;
     }
@@ -74,7 +76,7 @@ int Main(int argc, char** argv) {
       targets = argv[i + 1];
     else if (flag == "--quantize")
       quantize = {true, QuantizedFormatNamed(argv[i + 1], "--quantize"), quantize.double_quant,
-                  false};
+                  false, quantize.int8_activations};
     else {
       std::fprintf(stderr, "error: unknown flag %s\n", flag.c_str());
       return 2;

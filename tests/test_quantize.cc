@@ -15,6 +15,7 @@
 #include "model/weights.h"
 #include "ops/format.h"
 #include "ops/matmul.h"
+#include "ops/matvec_int8.h"
 #include "ops/quantize.h"
 #include "test_util.h"
 #include "util/half.h"
@@ -196,6 +197,44 @@ TEST(Quantize, StreamingKernelIsTheDequantisedProductAndBatchInvariant) {
       }
     }
   });
+}
+
+// --int8-activations: the VNNI kernel is its plain reference (integer sums exact, F32 block
+// sums in another order), batch-invariant, and close to the exact product (the activations'
+// rounding to 8 bits is the whole difference).
+TEST(Quantize, Int8ActivationKernelsFollowTheirReference) {
+  if (!Int8ActivationsUseVnni())
+    std::fprintf(stderr, "no AVX512-VNNI: the fast path is the reference\n");
+  const struct {
+    Format format, int8;
+    void (*reference)(const void*, int64_t, int64_t, const float*, int64_t, int64_t, int64_t,
+                      float*);
+  } cases[] = {{Format::kQ8_0, Format::kQ8_0I8, MatVecQ8_0Int8Reference},
+               {Format::kQ4_0, Format::kQ4_0I8, MatVecQ4_0Int8Reference}};
+  for (const auto& k : cases) {
+    SCOPED_TRACE(Traits(k.format).name);
+    const int64_t rows = 37, cols = 320, T = 3;
+    const auto bytes = RandomMatrix(k.format, rows, cols, 5);
+    Tensor w{k.int8, rows, cols, bytes.data()}, exact{k.format, rows, cols, bytes.data()};
+    const auto x = test::Random(static_cast<size_t>(T * cols), 6);
+    std::vector<float> y(T * rows), ref(T * rows), ex(T * rows), one(rows);
+    MatVecRows(w, x.data(), T, 0, rows, y.data());
+    k.reference(bytes.data(), cols, rows, x.data(), T, 0, rows, ref.data());
+    MatVecRows(exact, x.data(), T, 0, rows, ex.data());
+    double err = 0, norm = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      MatVecRows(w, x.data() + t * cols, 1, 0, rows, one.data());
+      for (int64_t r = 0; r < rows; ++r) {
+        const size_t i = static_cast<size_t>(t * rows + r);
+        ASSERT_NEAR(y[i], ref[i], 1e-5f * (1 + std::fabs(ref[i]))) << t << " " << r;
+        ASSERT_EQ(y[i], one[static_cast<size_t>(r)]) << t << " " << r;
+        err += (y[i] - ex[i]) * (y[i] - ex[i]);
+        norm += ex[i] * ex[i];
+      }
+    }
+    EXPECT_LT(std::sqrt(err / norm), 0.02);  // 8-bit activations: about 1 % relative error
+    EXPECT_GT(std::sqrt(err / norm), 1e-5);  // and not the exact product
+  }
 }
 
 TEST(Quantize, GemmPathAndBackwardMatchTheReference) {

@@ -180,8 +180,10 @@ GgmlType GgmlOfFormat(Format f, const std::string& what) {
     case Format::kBF16:
       return GgmlType::kBF16;
     case Format::kQ8_0:
+    case Format::kQ8_0I8:
       return GgmlType::kQ8_0;
     case Format::kQ4_0:
+    case Format::kQ4_0I8:
       return GgmlType::kQ4_0;
     case Format::kNF4:
       break;

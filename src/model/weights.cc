@@ -283,6 +283,24 @@ std::unique_ptr<ModelWeights> ModelWeights::Load(const std::string& path,
   }
   m->final_norm = loader.Get(specs[k++]);
   m->lm_head = c.tie_embeddings ? m->embed : loader.Get(specs[k++], head);
+  if (quantize.int8_activations) {
+    int switched = 0;
+    auto to_int8 = [&](Tensor& t) {
+      const Format f = t.format == Format::kQ8_0   ? Format::kQ8_0I8
+                       : t.format == Format::kQ4_0 ? Format::kQ4_0I8
+                                                   : t.format;
+      switched += f != t.format;
+      t.format = f;
+    };
+    for (auto& l : m->layers)
+      for (Tensor* t : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) to_int8(*t);
+    to_int8(m->lm_head);
+    if (!c.tie_embeddings) to_int8(m->embed);
+    if (switched == 0)
+      Fail("--int8-activations: " + path +
+           " holds no q8_0 or q4_0 matrix (give --quantize q8_0 "
+           "or q4_0)");
+  }
   return m;
 }
 

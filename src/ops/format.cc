@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "ops/matmul.h"
+#include "ops/matvec_int8.h"
 #include "ops/quantize.h"
 #include "util/error.h"
 #include "util/half.h"
@@ -55,6 +56,10 @@ const FormatTraits kTable[] = {
      QuantizeQ4_0Reference, DType::kU8, nullptr, Format::kF32},
     {"nf4", 64, 36, 4, DequantizeNF4Reference, DequantizeNF4Fast, MatVecNF4Rows, false, false,
      QuantizeNF4Reference, DType::kU8, nullptr, Format::kF32},
+    {"q8_0/i8", 32, 34, 2, DequantizeQ8_0Reference, DequantizeQ8_0Fast, MatVecQ8_0Int8Rows, false,
+     false, QuantizeQ8_0Reference, DType::kU8, nullptr, Format::kF32},
+    {"q4_0/i8", 32, 18, 2, DequantizeQ4_0Reference, DequantizeQ4_0Fast, MatVecQ4_0Int8Rows, false,
+     false, QuantizeQ4_0Reference, DType::kU8, nullptr, Format::kF32},
 };
 constexpr int kFormats = sizeof(kTable) / sizeof(kTable[0]);
 
@@ -71,6 +76,7 @@ Format FormatOfDType(DType dtype, const std::string& what) {
 Format FormatNamed(const std::string& name, const std::string& what) {
   std::string names;
   for (int i = 0; i < kFormats; ++i) {
+    if (std::strchr(kTable[i].name, '/') != nullptr) continue;  // q8_0/i8: --int8-activations
     if (name == kTable[i].name) return static_cast<Format>(i);
     names += std::string(i ? ", " : "") + kTable[i].name;
   }
@@ -80,7 +86,7 @@ Format FormatNamed(const std::string& name, const std::string& what) {
 Format QuantizedFormatNamed(const std::string& name, const std::string& what) {
   std::vector<std::string> names;
   for (int i = 0; i < kFormats; ++i) {
-    if (!kTable[i].quantized()) continue;
+    if (!kTable[i].quantized() || std::strchr(kTable[i].name, '/') != nullptr) continue;
     if (name == kTable[i].name) return static_cast<Format>(i);
     names.push_back(kTable[i].name);
   }

@@ -13,10 +13,12 @@ namespace tinylora {
 
 // The float formats, then the block formats of a quantized frozen base (ops/quantize.h), which
 // only --quantize produces (GGUF and bitsandbytes files are read and written elsewhere).
-enum class Format : uint8_t { kF32, kF16, kBF16, kQ8_0, kQ4_0, kNF4 };
+// kQ8_0I8 and kQ4_0I8 hold q8_0 and q4_0 blocks unchanged but stream them against int8
+// activations (--int8-activations: llama.cpp's definition, approximate; ops/matvec_int8.h).
+enum class Format : uint8_t { kF32, kF16, kBF16, kQ8_0, kQ4_0, kNF4, kQ8_0I8, kQ4_0I8 };
 
 struct FormatTraits {
-  const char* name;     // "f32", "f16", "bf16", "q8_0", "q4_0", "nf4"
+  const char* name;     // "f32", "f16", "bf16", "q8_0", "q4_0", "nf4", "q8_0/i8", "q4_0/i8"
   int64_t block;        // weights per block (1 for the float formats)
   int64_t block_bytes;  // bytes per block
   int64_t align;        // the alignment its kernels need, in bytes
