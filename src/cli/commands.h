@@ -19,7 +19,7 @@ namespace tinylora {
 // format, for --double-quant or --quantize-head alone, and for --bf16 with --quantize.
 struct QuantizeFlags {
   std::string format;
-  bool double_quant = false, head = false, int8_activations = false;
+  bool double_quant = false, head = false;
   QuantizeOnLoad Get(bool bf16 = false) const;
   nlohmann::json ToJson() const;  // null when not quantising
 };

@@ -69,16 +69,10 @@ void AddQuantizeFlags(CLI::App* cmd, QuantizeFlags* q) {
                 "nf4: quantise the absmaxes through bitsandbytes' 8-bit map, as "
                 "bnb_4bit_use_double_quant does");
   cmd->add_flag("--quantize-head", q->head, "quantise the embedding and the head too");
-  cmd->add_flag("--int8-activations", q->int8_activations,
-                "q8_0/q4_0 bases: decode (and batch-invariant products) multiply int8 "
-                "activations, rounded per block of 32, with the VNNI dot product, as llama.cpp "
-                "does: approximate, faster; the GEMMs of prefill, eval and training stay F32");
 }
 
 QuantizeOnLoad QuantizeFlags::Get(bool bf16) const {
   QuantizeOnLoad q;
-  q.int8_activations = int8_activations;
-  if (int8_activations && bf16) Fail("--int8-activations with --bf16: not supported");
   if (format.empty()) {
     if (double_quant || head) Fail("--double-quant and --quantize-head need --quantize");
     return q;
@@ -92,11 +86,8 @@ QuantizeOnLoad QuantizeFlags::Get(bool bf16) const {
 }
 
 nlohmann::json QuantizeFlags::ToJson() const {
-  if (format.empty() && !int8_activations) return nullptr;
-  return {{"format", format},
-          {"double_quant", double_quant},
-          {"head", head},
-          {"int8_activations", int8_activations}};
+  if (format.empty()) return nullptr;
+  return {{"format", format}, {"double_quant", double_quant}, {"head", head}};
 }
 
 namespace {

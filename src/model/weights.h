@@ -39,7 +39,8 @@ struct QuantizeOnLoad {
   Format format = Format::kQ8_0;
   bool double_quant = false;
   bool head = false;
-  // --int8-activations (independent of `enabled`: a GGUF base is q8_0 or q4_0 already): the
+  // int8 activations (bench_forward --int8-activations; not a CLI flag until it is faster than
+  // the exact kernel; independent of `enabled`, as a GGUF base is q8_0 or q4_0 already): the
   // q8_0 and q4_0 matrices stream against int8 activations (Format::kQ8_0I8, kQ4_0I8).
   bool int8_activations = false;
 };

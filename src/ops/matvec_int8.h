@@ -1,4 +1,5 @@
-// The opt-in approximate product of q8_0 and q4_0 weights (`--int8-activations`), llama.cpp's
+// The opt-in approximate product of q8_0 and q4_0 weights (bench_forward --int8-activations;
+// no CLI flag yet: on the machines measured it is not faster than the exact kernel), llama.cpp's
 // definition rather than ours: each row of x is rounded to blocks of 32 int8 codes with an F32
 // scale (dx = amax / 127, codes round(x / dx)), and each output is
 //   Σ over blocks b of (Σ_j qw_j · qx_j) · (dw_b · dx_b)
