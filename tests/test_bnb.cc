@@ -37,13 +37,7 @@ std::string MakeModel(const test::TempDir& tmp) {
 
 std::vector<float> Logits(const ModelWeights& w) {
   LlamaModel model(w);
-  const std::vector<int> ids = {1, 7, 20, 33, 79, 2, 5};
-  KvCache cache(model.config(), 1, static_cast<int>(ids.size()));
-  Batch b;
-  for (size_t i = 0; i < ids.size(); ++i) b.Add(ids[i], 0, static_cast<int>(i), true);
-  std::vector<float> logits;
-  model.Forward(b, cache, &logits);
-  return logits;
+  return test::Logits(model, {1, 7, 20, 33, 79, 2, 5});
 }
 
 std::string Bytes(const Tensor& t) {

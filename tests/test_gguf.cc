@@ -193,12 +193,7 @@ HandGguf HandBuild(const ModelWeights& w, const TypeCase& type) {
 
 std::vector<float> Logits(const ModelWeights& w, const std::vector<int>& ids) {
   LlamaModel model(w);
-  KvCache cache(model.config(), 1, static_cast<int>(ids.size()));
-  Batch b;
-  for (size_t i = 0; i < ids.size(); ++i) b.Add(ids[i], 0, static_cast<int>(i), true);
-  std::vector<float> logits;
-  model.Forward(b, cache, &logits);
-  return logits;
+  return test::Logits(model, ids);
 }
 
 // Every matrix of `a` holds the same values as the same matrix of `b`.

@@ -39,14 +39,7 @@ float MaxAbsDiff(const float* a, const float* b, size_t n) {
   return m;
 }
 
-std::vector<float> RunOne(LlamaModel& model, const std::vector<int>& ids) {
-  KvCache cache(model.config(), 1, static_cast<int>(ids.size()));
-  Batch b;
-  for (size_t i = 0; i < ids.size(); ++i) b.Add(ids[i], 0, static_cast<int>(i), true);
-  std::vector<float> logits;
-  model.Forward(b, cache, &logits);
-  return logits;
-}
+using test::Logits;
 
 class Fixture : public ::testing::TestWithParam<std::string> {};
 
@@ -57,7 +50,7 @@ TEST_P(Fixture, LogitsMatchPyTorchReference) {
   Expected e = LoadExpected(dir);
   ASSERT_EQ(e.ids.size(), 3u);
   for (size_t s = 0; s < e.ids.size(); ++s) {
-    std::vector<float> logits = RunOne(model, e.ids[s]);
+    std::vector<float> logits = Logits(model, e.ids[s]);
     ASSERT_EQ(logits.size(), e.logits[s].size());
     EXPECT_LE(MaxAbsDiff(logits.data(), e.logits[s].data(), logits.size()), 1e-4f)
         << "sequence " << s;
@@ -80,7 +73,7 @@ TEST_P(Fixture, BatchedEqualsOneAtATime) {
   const size_t V = static_cast<size_t>(model.config().vocab);
   size_t row = 0;
   for (size_t s = 0; s < e.ids.size(); ++s) {
-    std::vector<float> single = RunOne(model, e.ids[s]);
+    std::vector<float> single = Logits(model, e.ids[s]);
     EXPECT_LE(MaxAbsDiff(&logits[row * V], single.data(), single.size()), 1e-5f)
         << "sequence " << s;
     row += e.ids[s].size();
@@ -101,7 +94,7 @@ TEST_P(Fixture, CachedDecodeEqualsRecomputation) {
   std::vector<float> logits;
   model.Forward(b, cache, &logits);
   for (int step = 0; step < 10; ++step) {
-    const std::vector<float> full = RunOne(model, ids);
+    const std::vector<float> full = Logits(model, ids);
     const float* last = &full[full.size() - static_cast<size_t>(V)];
     EXPECT_LE(MaxAbsDiff(logits.data(), last, static_cast<size_t>(V)), 1e-5f) << "step " << step;
     const int next =

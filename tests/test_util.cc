@@ -144,4 +144,13 @@ std::vector<float> Random(size_t n, uint32_t seed, float scale) {
   return v;
 }
 
+std::vector<float> Logits(LlamaModel& model, const std::vector<int>& ids) {
+  KvCache cache(model.config(), 1, static_cast<int>(ids.size()));
+  Batch b;
+  for (size_t i = 0; i < ids.size(); ++i) b.Add(ids[i], 0, static_cast<int>(i), true);
+  std::vector<float> logits;
+  model.Forward(b, cache, &logits);
+  return logits;
+}
+
 }  // namespace tinylora::test

@@ -9,6 +9,7 @@
 
 #include "adapters/lora.h"
 #include "formats/safetensors.h"
+#include "model/llama.h"
 #include "model/param_block.h"
 
 namespace tinylora::test {
@@ -59,6 +60,9 @@ void ExpectGradientsMatch(const ParamBlock& params, const SafetensorsFile& expec
 
 // n values drawn from N(0, scale²) by std::mt19937(seed).
 std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f);
+
+// The logits (T, V) of one sequence of ids, from position 0 in a fresh cache.
+std::vector<float> Logits(LlamaModel& model, const std::vector<int>& ids);
 
 // Trains a small SentencePiece model on generated text into `dir`/tokenizer.model.
 std::string TrainTinyTokenizer(const std::string& dir, int vocab_size);
