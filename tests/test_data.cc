@@ -37,16 +37,7 @@ std::string Slurp(const std::string& path) {
 }
 
 // The error a call throws (exit 2 expected), or "" if none.
-template <typename F>
-std::string ErrorOf(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), ExitCode::kBadInput) << e.what();
-    return e.what();
-  }
-  return "";
-}
+using test::ErrorOf;
 
 struct Stream {
   std::vector<int32_t> tokens;

@@ -396,15 +396,7 @@ TEST(Gguf, LoraAdapterExportsAsLlamaCppsLoraFile) {
   EXPECT_FALSE(FileExists(tmp / "t.gguf"));
 }
 
-std::string ErrorOf(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), ExitCode::kBadInput) << e.what();
-    return e.what();
-  }
-  return "";
-}
+using test::ErrorOf;
 
 // Bad files: one line naming the file and what is wrong, exit 2.
 TEST(Gguf, BadFilesAreRefusedWithOneLine) {

@@ -11,6 +11,7 @@
 #include "formats/safetensors.h"
 #include "model/llama.h"
 #include "model/param_block.h"
+#include "util/error.h"
 
 namespace tinylora::test {
 
@@ -60,6 +61,19 @@ void ExpectGradientsMatch(const ParamBlock& params, const SafetensorsFile& expec
 
 // n values drawn from N(0, scale²) by std::mt19937(seed).
 std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f);
+
+// The message of the bad-input Error that f() throws (a test failure for another exit code), or
+// "" when it throws none.
+template <typename F>
+std::string ErrorOf(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ExitCode::kBadInput) << e.what();
+    return e.what();
+  }
+  return "";
+}
 
 // The logits (T, V) of one sequence of ids, from position 0 in a fresh cache.
 std::vector<float> Logits(LlamaModel& model, const std::vector<int>& ids);

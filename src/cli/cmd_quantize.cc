@@ -56,7 +56,7 @@ struct ExportLoraOptions {
 
 void RunExportLora(const ExportLoraOptions& o) {
   if (!o.force && FileExists(o.out)) Fail(o.out + ": already exists; pass --force to overwrite it");
-  const LlamaConfig c = ModelWeights::Load(o.model)->config;
+  const LlamaConfig c = ModelConfig(o.model);  // the adapter's shapes; no tensor is read
   auto adapter = Adapter::Load(o.adapter, c, /*with_grads=*/false);
   WriteLoraGguf(*adapter, c, o.out);
   std::fprintf(stderr, "wrote %s (LoRA r=%d, alpha %g)\n", o.out.c_str(), adapter->config().r,

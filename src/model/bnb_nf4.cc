@@ -34,9 +34,10 @@ std::vector<float> Floats(const RawTensor& t) {
   return v;
 }
 
-// torch's dtype name of a float format, as bitsandbytes records it ("bfloat16", …).
+// torch's dtype name of a format, as bitsandbytes records it ("bfloat16", …); a block format's
+// values are F32.
 const char* TorchDType(Format f) {
-  return f == Format::kBF16 ? "bfloat16" : f == Format::kF16 ? "float16" : "float32";
+  return Traits(f).torch_dtype != nullptr ? Traits(f).torch_dtype : "float32";
 }
 
 }  // namespace
@@ -139,10 +140,8 @@ void WriteBnbModel(const ModelWeights& w, bool double_quant, const std::string& 
     return keep.back().data();
   };
   // Unquantised tensors as they are held (the embedding and head, norms); NF4 ones dequantised.
-  auto plain = [&](const std::string& name, const Tensor& t, bool norm) {
+  auto plain = [&](const std::string& name, const Tensor& t, const std::vector<int64_t>& shape) {
     const Format f = Traits(t.format).quantized() ? Format::kF32 : t.format;
-    std::vector<int64_t> shape =
-        norm ? std::vector<int64_t>{t.cols} : std::vector<int64_t>{t.rows, t.cols};
     const void* data = t.data;
     if (f != t.format) {
       std::vector<uint8_t> b(static_cast<size_t>(FormatBytes(f, t.numel())));
@@ -217,19 +216,13 @@ void WriteBnbModel(const ModelWeights& w, bool double_quant, const std::string& 
                        bytes(std::vector<uint8_t>(js.begin(), js.end())),
                        nullptr});
   };
-  plain("model.embed_tokens.weight", w.embed, false);
-  for (int l = 0; l < c.n_layers; ++l) {
-    const LayerWeights& L = w.layers[static_cast<size_t>(l)];
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    plain(p + "input_layernorm.weight", L.attn_norm, true);
-    plain(p + "post_attention_layernorm.weight", L.mlp_norm, true);
-    for (int m = 0; m < kNumModules; ++m) {
-      const Module mod = static_cast<Module>(m);
-      quantised(ModulePath(l, mod) + ".weight", L.weight(mod));
+  for (const auto& [spec, t] : w.Tensors()) {
+    if (spec.is_norm || spec.is_head) {
+      plain(spec.name, *t, spec.shape);
+    } else {
+      quantised(spec.name, *t);
     }
   }
-  plain("model.norm.weight", w.final_norm, true);
-  if (!c.tie_embeddings) plain("lm_head.weight", w.lm_head, false);
   MakeDirectories(dir);  // only now: a refused model leaves nothing behind
   WriteSafetensors(JoinPath(dir, "model.safetensors"), tensors, {{"format", "pt"}});
   nlohmann::json config = nlohmann::json::parse(ConfigToJson(c));

@@ -103,9 +103,8 @@ LlamaConfig ConfigFromGguf(const GgufHeader& h, const std::string& what) {
       j[std::string(id) + "_token_id"] = v->AsInt();
     }
   }
-  j["torch_dtype"] = embd->type == GgmlType::kF16    ? "float16"
-                     : embd->type == GgmlType::kBF16 ? "bfloat16"
-                                                     : "float32";
+  const char* dtype = Traits(FormatOfGgml(embd->type)).torch_dtype;  // null: a block format
+  j["torch_dtype"] = dtype != nullptr ? dtype : "float32";
   LlamaConfig c = ParseConfig(j.dump(), what);
   const int64_t rot = IntKey(h, "llama.rope.dimension_count", what, false, c.head_dim);
   if (rot != c.head_dim) {
@@ -336,14 +335,18 @@ void WriteLlamaGguf(const ModelWeights& w, const std::string& tokenizer, Format 
   // Each tensor row by row: widened to F32 and encoded in the target type, or its bytes as they
   // are when it is held in that type already; q and k rows in llama.cpp's order.
   std::vector<GgufTensorToWrite> tensors;
-  auto add = [&](const std::string& hf, const Tensor& t, Format f, bool is_norm = false) {
+  for (const auto& [spec, t] : w.Tensors()) {
+    // norms F32; the embedding and head as held unless --quantize-head or a float format
+    Format f = spec.is_norm ? Format::kF32 : format;
+    if (spec.is_head && !head && Traits(format).quantized())
+      f = t->format == Format::kNF4 ? Format::kF32 : t->format;  // GGUF has no nf4
     GgufTensorToWrite out;
-    out.name = GgufTensorName(hf);
+    out.name = GgufTensorName(spec.name);
     out.type = GgmlOfFormat(f, "--gguf");
-    out.ne = is_norm ? std::vector<int64_t>{t.cols} : std::vector<int64_t>{t.cols, t.rows};
-    const bool permute = PermutedInGguf(hf);
+    out.ne.assign(spec.shape.rbegin(), spec.shape.rend());  // innermost first
+    const bool permute = PermutedInGguf(spec.name);
     const int head_dim = c.head_dim;
-    const Tensor* src = &t;
+    const Tensor* src = t;
     out.produce = [src, f, permute, head_dim](const ByteSink& sink) {
       const int64_t cols = src->cols;
       const size_t src_row = static_cast<size_t>(FormatBytes(src->format, cols));
@@ -364,23 +367,6 @@ void WriteLlamaGguf(const ModelWeights& w, const std::string& tokenizer, Format 
       }
     };
     tensors.push_back(std::move(out));
-  };
-  auto matrix_format = [&](const Tensor& t, bool is_head) {
-    if (!is_head || head || !Traits(format).quantized()) return format;
-    return t.format == Format::kNF4 ? Format::kF32 : t.format;  // as held (GGUF has no nf4)
-  };
-  add("model.embed_tokens.weight", w.embed, matrix_format(w.embed, true));
-  add("model.norm.weight", w.final_norm, Format::kF32, true);
-  if (!c.tie_embeddings) add("lm_head.weight", w.lm_head, matrix_format(w.lm_head, true));
-  for (int l = 0; l < c.n_layers; ++l) {
-    const LayerWeights& L = w.layers[static_cast<size_t>(l)];
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    add(p + "input_layernorm.weight", L.attn_norm, Format::kF32, true);
-    add(p + "post_attention_layernorm.weight", L.mlp_norm, Format::kF32, true);
-    for (int m = 0; m < kNumModules; ++m) {
-      const Module mod = static_cast<Module>(m);
-      add(ModulePath(l, mod) + ".weight", L.weight(mod), matrix_format(L.weight(mod), false));
-    }
   }
   WriteGguf(path, std::move(kv), tensors);
 }

@@ -26,7 +26,7 @@ const Tensor& LayerWeights::weight(Module m) const {
 std::vector<TensorSpec> ModelTensorSpecs(const LlamaConfig& c) {
   const int64_t C = c.hidden, F = c.intermediate, V = c.vocab, Q = c.q_dim(), KV = c.kv_dim();
   std::vector<TensorSpec> s;
-  s.push_back({"model.embed_tokens.weight", {V, C}, false});
+  s.push_back({"model.embed_tokens.weight", {V, C}, false, true});
   for (int i = 0; i < c.n_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
     s.push_back({p + "input_layernorm.weight", {C}, true});
@@ -40,11 +40,26 @@ std::vector<TensorSpec> ModelTensorSpecs(const LlamaConfig& c) {
     s.push_back({p + "mlp.down_proj.weight", {C, F}, false});
   }
   s.push_back({"model.norm.weight", {C}, true});
-  if (!c.tie_embeddings) s.push_back({"lm_head.weight", {V, C}, false});
+  if (!c.tie_embeddings) s.push_back({"lm_head.weight", {V, C}, false, true});
   return s;
 }
 
 namespace {
+// The tensors of `w` in ModelTensorSpecs order (lm_head only when untied); T is Tensor or const
+// Tensor.
+template <class T, class W>
+std::vector<T*> InSpecOrder(W& w) {
+  std::vector<T*> held = {&w.embed};
+  for (auto& l : w.layers) {
+    for (T* t :
+         {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.mlp_norm, &l.w_gate, &l.w_up, &l.w_down})
+      held.push_back(t);
+  }
+  held.push_back(&w.final_norm);
+  if (!w.config.tie_embeddings) held.push_back(&w.lm_head);
+  return held;
+}
+
 std::string ShapeText(const std::vector<int64_t>& shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
@@ -259,9 +274,9 @@ std::unique_ptr<ModelWeights> ModelWeights::Load(const std::string& path,
     }
   } else {
     if (!IsDirectory(path)) Fail(path + ": not a model directory or GGUF file");
-    const std::string config = JoinPath(path, "config.json");
-    m->config = LoadConfig(config);
-    IsBnb4BitConfig(ReadTextFile(config), config);  // refuses what tinylora cannot read
+    const std::string config = JoinPath(path, "config.json"), text = ReadTextFile(config);
+    m->config = ParseConfig(text, config);
+    IsBnb4BitConfig(text, config);  // refuses what tinylora cannot read
     loader.OpenSafetensors();
     m->tokenizer_name = JoinPath(path, "tokenizer.model");
     if (FileExists(m->tokenizer_name)) {
@@ -271,42 +286,50 @@ std::unique_ptr<ModelWeights> ModelWeights::Load(const std::string& path,
     }
   }
   const LlamaConfig& c = m->config;
-  std::vector<TensorSpec> specs = ModelTensorSpecs(c);
-  size_t k = 0;
-  m->embed = loader.Get(specs[k++], head);
   m->layers.resize(static_cast<size_t>(c.n_layers));
-  for (auto& l : m->layers) {
-    for (Tensor* t :
-         {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.mlp_norm, &l.w_gate, &l.w_up, &l.w_down}) {
-      *t = loader.Get(specs[k++], &quantize);  // norms are never quantised
-    }
+  const std::vector<TensorSpec> specs = ModelTensorSpecs(c);
+  const std::vector<Tensor*> held = InSpecOrder<Tensor>(*m);
+  for (size_t k = 0; k < specs.size(); ++k) {  // norms are never quantised
+    *held[k] = loader.Get(specs[k], specs[k].is_norm   ? nullptr
+                                    : specs[k].is_head ? head
+                                                       : &quantize);
   }
-  m->final_norm = loader.Get(specs[k++]);
-  m->lm_head = c.tie_embeddings ? m->embed : loader.Get(specs[k++], head);
-  if (quantize.int8_activations) {
+  if (quantize.int8_activations) {  // q8_0 and q4_0 matrices stream against int8 activations
     int switched = 0;
-    auto to_int8 = [&](Tensor& t) {
+    for (size_t k = 0; k < specs.size(); ++k) {
+      Tensor& t = *held[k];
       const Format f = t.format == Format::kQ8_0   ? Format::kQ8_0I8
                        : t.format == Format::kQ4_0 ? Format::kQ4_0I8
                                                    : t.format;
       switched += f != t.format;
       t.format = f;
-    };
-    for (auto& l : m->layers)
-      for (Tensor* t : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) to_int8(*t);
-    to_int8(m->lm_head);
-    if (!c.tie_embeddings) to_int8(m->embed);
-    if (switched == 0)
+    }
+    if (switched == 0) {
       Fail("--int8-activations: " + path +
-           " holds no q8_0 or q4_0 matrix (give --quantize q8_0 "
-           "or q4_0)");
+           " holds no q8_0 or q4_0 matrix (give --quantize q8_0 or q4_0)");
+    }
   }
+  if (c.tie_embeddings) m->lm_head = m->embed;
   return m;
 }
 
 const std::string& ModelWeights::TokenizerModel(const std::string& hint) const {
   if (tokenizer_model.empty()) Fail(dir + ": no tokenizer (" + no_tokenizer + "); " + hint);
   return tokenizer_model;
+}
+
+std::vector<std::pair<TensorSpec, const Tensor*>> ModelWeights::Tensors() const {
+  std::vector<TensorSpec> specs = ModelTensorSpecs(config);
+  const std::vector<const Tensor*> held = InSpecOrder<const Tensor>(*this);
+  std::vector<std::pair<TensorSpec, const Tensor*>> out;
+  for (size_t k = 0; k < specs.size(); ++k) out.emplace_back(std::move(specs[k]), held[k]);
+  return out;
+}
+
+LlamaConfig ModelConfig(const std::string& path) {
+  if (IsGgufFile(path)) return ConfigFromGguf(GgufFile(path).header(), path);
+  if (!IsDirectory(path)) Fail(path + ": not a model directory or GGUF file");
+  return LoadConfig(JoinPath(path, "config.json"));
 }
 
 int64_t ModelWeights::MatrixBytes() const {

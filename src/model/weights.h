@@ -45,6 +45,15 @@ struct QuantizeOnLoad {
   bool int8_activations = false;
 };
 
+// The HF names of every tensor a config implies, in file order, with shapes; for init.
+struct TensorSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+  bool is_norm;
+  bool is_head = false;  // the embedding or lm_head: kept as held unless --quantize-head
+};
+std::vector<TensorSpec> ModelTensorSpecs(const LlamaConfig& c);
+
 class ModelWeights {
  public:
   // Loads and validates a model directory or GGUF file; every problem is an Error naming the
@@ -69,6 +78,8 @@ class ModelWeights {
   // tokenizer_model, or Error (exit 2) "DIR: no tokenizer (why); HINT".
   const std::string& TokenizerModel(const std::string& hint) const;
 
+  // Every tensor with its Hugging Face spec, in ModelTensorSpecs order (the head once when tied).
+  std::vector<std::pair<TensorSpec, const Tensor*>> Tensors() const;
   // Bytes of every matrix as held in memory (what one decode step reads), lm_head included once.
   int64_t MatrixBytes() const;
 
@@ -87,12 +98,7 @@ class ModelWeights {
   friend class WeightLoader;
 };
 
-// The HF names of every tensor a config implies, in file order, with shapes; for init.
-struct TensorSpec {
-  std::string name;
-  std::vector<int64_t> shape;
-  bool is_norm;
-};
-std::vector<TensorSpec> ModelTensorSpecs(const LlamaConfig& c);
+// The config of a model directory or GGUF file, without loading its tensors.
+LlamaConfig ModelConfig(const std::string& path);
 
 }  // namespace tinylora
