@@ -40,9 +40,9 @@ void RunQuantize(const QuantizeOptions& o) {
   const double t0 = Seconds();
   auto w = ModelWeights::Load(o.model);
   if (o.gguf) {
-    WriteLlamaGguf(*w, w->tokenizer_model, f, o.head, o.out);
+    WriteLlamaGguf(*w, f, o.head, o.out);
   } else {
-    WriteBnbModel(*w, o.double_quant, w->tokenizer_model, o.out);
+    WriteBnbModel(*w, o.double_quant, o.out);
   }
   std::fprintf(stderr, "wrote %s (%s) in %.1f s\n", o.out.c_str(), Traits(f).name, Seconds() - t0);
   std::cout << nlohmann::json{{"out", o.out}, {"format", Traits(f).name}, {"gguf", o.gguf}}.dump()

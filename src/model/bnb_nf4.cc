@@ -130,8 +130,7 @@ std::vector<uint8_t> ReadBnbWeight(const RawLookup& find, const std::string& nam
   return out;
 }
 
-void WriteBnbModel(const ModelWeights& w, bool double_quant, const std::string& tokenizer,
-                   const std::string& dir) {
+void WriteBnbModel(const ModelWeights& w, bool double_quant, const std::string& dir) {
   const LlamaConfig& c = w.config;
   std::vector<TensorToWrite> tensors;
   std::vector<std::vector<uint8_t>> keep;  // bytes the tensors point at (a move keeps them)
@@ -236,7 +235,8 @@ void WriteBnbModel(const ModelWeights& w, bool double_quant, const std::string& 
                                    {"bnb_4bit_quant_storage", "uint8"},
                                    {"llm_int8_skip_modules", nullptr}};
   WriteFileAtomic(JoinPath(dir, "config.json"), config.dump(2) + "\n");
-  if (!tokenizer.empty()) WriteFileAtomic(JoinPath(dir, "tokenizer.model"), tokenizer);
+  if (!w.tokenizer_model.empty())
+    WriteFileAtomic(JoinPath(dir, "tokenizer.model"), w.tokenizer_model);
 }
 
 }  // namespace tinylora

@@ -45,8 +45,7 @@ std::vector<uint8_t> ReadBnbWeight(const RawLookup& find, const std::string& nam
 
 // Writes the model as a bitsandbytes 4-bit directory: the seven projections of every block in
 // NF4 (double-quantised when asked), everything else as it is held (F32, F16 or BF16),
-// config.json with its quantization_config, and the tokenizer when given.
-void WriteBnbModel(const ModelWeights& w, bool double_quant, const std::string& tokenizer,
-                   const std::string& dir);
+// config.json with its quantization_config, and the model's tokenizer when it has one.
+void WriteBnbModel(const ModelWeights& w, bool double_quant, const std::string& dir);
 
 }  // namespace tinylora

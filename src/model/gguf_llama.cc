@@ -290,8 +290,7 @@ void AddTokenizerKeys(const SpmModel& m, std::vector<std::pair<std::string, Gguf
   }
 }
 
-void WriteLlamaGguf(const ModelWeights& w, const std::string& tokenizer, Format format, bool head,
-                    const std::string& path) {
+void WriteLlamaGguf(const ModelWeights& w, Format format, bool head, const std::string& path) {
   const LlamaConfig& c = w.config;
   GgmlOfFormat(format, "--gguf");  // nf4 refused before anything is written
   std::vector<std::pair<std::string, GgufValue>> kv;
@@ -326,8 +325,8 @@ void WriteLlamaGguf(const ModelWeights& w, const std::string& tokenizer, Format 
   kv.emplace_back("llama.attention.layer_norm_rms_epsilon",
                   GgufValue::F32(static_cast<float>(c.rms_eps)));
   kv.emplace_back("llama.rope.freq_base", GgufValue::F32(static_cast<float>(c.rope_theta)));
-  if (!tokenizer.empty()) {
-    AddTokenizerKeys(ParseSpmModel(tokenizer, w.tokenizer_name), &kv);
+  if (!w.tokenizer_model.empty()) {
+    AddTokenizerKeys(ParseSpmModel(w.tokenizer_model, w.tokenizer_name), &kv);
   } else {  // llama.cpp's word for a model without one (it needs the key)
     kv.emplace_back("tokenizer.ggml.model", GgufValue::String("no_vocab"));
   }

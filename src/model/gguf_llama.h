@@ -44,9 +44,8 @@ void AddTokenizerKeys(const SpmModel& m, std::vector<std::pair<std::string, Gguf
 
 // Writes the model as a GGUF file llama.cpp loads: the seven projections of every block in
 // `format`, the embedding and head in `format` when it is a float format or `head` is set (else
-// as they are held), norms in F32; the tokenizer when `tokenizer` is not empty (else
+// as they are held), norms in F32; the model's tokenizer when it has one (else
 // tokenizer.ggml.model "no_vocab", as llama.cpp marks a model without one).
-void WriteLlamaGguf(const ModelWeights& w, const std::string& tokenizer, Format format, bool head,
-                    const std::string& path);
+void WriteLlamaGguf(const ModelWeights& w, Format format, bool head, const std::string& path);
 
 }  // namespace tinylora
