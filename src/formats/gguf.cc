@@ -41,7 +41,22 @@ constexpr const char* kGgmlNames[] = {
     "iq3_xxs", "iq1_s", "iq4_nl", "iq3_s", "iq2_s", "iq4_xs", "i8",   "i16",     "i32",
     "i64",     "f64",   "iq1_m",  "bf16",  "",      "",       "",     "tq1_0",   "tq2_0"};
 
-bool Readable(uint32_t id) { return id == 0 || id == 1 || id == 2 || id == 8 || id == 30; }
+// The types tinylora reads: weights per block and bytes per block.
+struct GgmlLayout {
+  GgmlType type;
+  int64_t block, block_bytes;
+};
+constexpr GgmlLayout kReadable[] = {{GgmlType::kF32, 1, 4},
+                                    {GgmlType::kF16, 1, 2},
+                                    {GgmlType::kQ4_0, 32, 18},
+                                    {GgmlType::kQ8_0, 32, 34},
+                                    {GgmlType::kBF16, 1, 2}};
+
+const GgmlLayout* LayoutOf(uint32_t id) {
+  for (const GgmlLayout& l : kReadable)
+    if (static_cast<uint32_t>(l.type) == id) return &l;
+  return nullptr;
+}
 
 // Reads the file front to back; every read is checked against the end.
 class Reader {
@@ -235,21 +250,11 @@ std::string GgmlTypeName(uint32_t id) {
   return "type " + std::to_string(id);
 }
 
-int64_t GgmlTypeBlock(GgmlType t) { return t == GgmlType::kQ8_0 || t == GgmlType::kQ4_0 ? 32 : 1; }
+int64_t GgmlTypeBlock(GgmlType t) { return LayoutOf(static_cast<uint32_t>(t))->block; }
 
 int64_t GgmlTypeBytes(GgmlType t, int64_t n) {
-  switch (t) {
-    case GgmlType::kF32:
-      return 4 * n;
-    case GgmlType::kF16:
-    case GgmlType::kBF16:
-      return 2 * n;
-    case GgmlType::kQ8_0:
-      return n / 32 * 34;
-    case GgmlType::kQ4_0:
-      return n / 32 * 18;
-  }
-  return 0;
+  const GgmlLayout& l = *LayoutOf(static_cast<uint32_t>(t));
+  return n / l.block * l.block_bytes;
 }
 
 int64_t GgufTensor::numel() const {
@@ -331,7 +336,7 @@ GgufHeader ParseGguf(const uint8_t* bytes, size_t size, const std::string& what)
       t.ne.push_back(n);
     }
     const uint32_t type = r.Get<uint32_t>("the type of " + item);
-    if (!Readable(type)) {
+    if (LayoutOf(type) == nullptr) {
       const std::string name = GgmlTypeName(type);
       if (name.rfind("type ", 0) == 0) Fail(what + ": " + item + " has unknown " + name);
       Fail(what + ": " + item + " is " + name +
