@@ -41,5 +41,6 @@ void AddTrainCommands(CLI::App& app);
 void AddMergeCommand(CLI::App& app);
 void AddDataCommand(CLI::App& app);
 void AddQuickstartCommand(CLI::App& app);
+void AddServeCommand(CLI::App& app);
 
 }  // namespace tinylora

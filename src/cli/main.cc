@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   AddDataCommand(app);
   AddQuantizeCommand(app);
   AddExportLoraCommand(app);
+  AddServeCommand(app);
   std::string help_topic;
   CLI::App* help = app.add_subcommand("help", "show the help of a command");
   help->add_option("command", help_topic, "the command to document");

@@ -30,6 +30,13 @@ LlamaModel::LlamaModel(const ModelWeights& w, std::vector<const Adapter*> adapte
   for (const Adapter* a : adapters_) gates_.push_back(a ? GateOf(a->config()) : GateKind::kPath);
 }
 
+void LlamaModel::SetAdapter(int slot, const Adapter* adapter) {
+  if (slot < 0 || slot > slots()) Fail("adapter slot " + std::to_string(slot) + " is out of range");
+  if (slot == slots()) adapters_.push_back(nullptr), gates_.push_back(GateKind::kPath);
+  adapters_[static_cast<size_t>(slot)] = adapter;
+  gates_[static_cast<size_t>(slot)] = adapter ? GateOf(adapter->config()) : GateKind::kPath;
+}
+
 std::vector<RoutingStats> LlamaModel::Stats(const std::vector<RoutingTotals>& blocks) {
   std::vector<RoutingStats> out;
   for (const RoutingTotals& t : blocks) {

@@ -67,6 +67,9 @@ class LlamaModel : private BlockSteps {
   const LlamaConfig& config() const { return w_.config; }
   const ModelWeights& weights() const { return w_; }
   int slots() const { return static_cast<int>(adapters_.size()); }
+  // Puts `adapter` (or null: the base) in `slot`, growing the forest when slot == slots().
+  // Between forwards only: serve's hot load and unload.
+  void SetAdapter(int slot, const Adapter* adapter);
 
   // Per block, the routing of the tokens of sequence `seq` run through a tree adapter since
   // the sequence's last ResetRoutingStats: leaf usage, mean decision entropy, share of decided

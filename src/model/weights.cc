@@ -255,6 +255,24 @@ class WeightLoader {
   std::map<std::string, size_t> where_;  // tensor name -> index in files_
 };
 
+// tokenizer_config.json's "chat_template": a string, or a list of {name, template} (the
+// "default" one). Empty when the file or the field is absent.
+static std::string ChatTemplateOf(const std::string& path) {
+  if (!FileExists(path)) return "";
+  const nlohmann::json j = nlohmann::json::parse(ReadTextFile(path), nullptr, false);
+  if (!j.is_object() || !j.contains("chat_template")) return "";
+  const nlohmann::json& t = j["chat_template"];
+  if (t.is_string()) return t.get<std::string>();
+  if (t.is_array()) {
+    for (const nlohmann::json& e : t) {
+      if (e.is_object() && e.value("name", "") == "default" && e.contains("template") &&
+          e["template"].is_string())
+        return e["template"].get<std::string>();
+    }
+  }
+  return "";
+}
+
 std::unique_ptr<ModelWeights> ModelWeights::Load(const std::string& path,
                                                  const QuantizeOnLoad& quantize) {
   if (quantize.enabled) QuantizedFormatNamed(Traits(quantize.format).name, "--quantize");
@@ -272,6 +290,9 @@ std::unique_ptr<ModelWeights> ModelWeights::Load(const std::string& path,
       m->tokenizer_model = SerializeSpmModel(spm);
       m->tokenizer_name = path + "'s tokenizer";
     }
+    if (const GgufValue* t = m->gguf_->header().Find("tokenizer.chat_template");
+        t != nullptr && t->type == GgufType::kString)
+      m->chat_template = t->str;
   } else {
     if (!IsDirectory(path)) Fail(path + ": not a model directory or GGUF file");
     const std::string config = JoinPath(path, "config.json"), text = ReadTextFile(config);
@@ -284,6 +305,7 @@ std::unique_ptr<ModelWeights> ModelWeights::Load(const std::string& path,
     } else {
       m->no_tokenizer = "it has no tokenizer.model";
     }
+    m->chat_template = ChatTemplateOf(JoinPath(path, "tokenizer_config.json"));
   }
   const LlamaConfig& c = m->config;
   m->layers.resize(static_cast<size_t>(c.n_layers));

@@ -75,6 +75,9 @@ class ModelWeights {
   std::string tokenizer_model;
   std::string tokenizer_name;  // for messages: "DIR/tokenizer.model", "FILE.gguf's tokenizer"
   std::string no_tokenizer;
+  // The chat template's Jinja text: tokenizer_config.json's "chat_template" (the "default" one
+  // of a list), or the GGUF file's tokenizer.chat_template. Empty when it has none.
+  std::string chat_template;
   // tokenizer_model, or Error (exit 2) "DIR: no tokenizer (why); HINT".
   const std::string& TokenizerModel(const std::string& hint) const;
 
