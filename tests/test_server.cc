@@ -11,6 +11,7 @@
 #include <atomic>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include "server/chat_template.h"
@@ -206,7 +207,7 @@ TEST(Server, EndpointsAnswerStreamingAndNot) {
   EXPECT_EQ(cj["object"], "chat.completion");
   EXPECT_EQ(cj["choices"][0]["message"]["role"], "assistant");
   // The rendered Zephyr prompt: BOS <|system|>\n… EOS \n <|user|>\n… EOS \n <|assistant|>\n.
-  const Tokenizer& tok = s.engine->tokenizer();
+  const Tokenizer& tok = *s.engine->tokenizer();
   const std::vector<int> ids_expected =
       RenderChat(ChatStyle::kZephyr, {{"system", "be brief"}, {"user", "the fox"}}, tok);
   EXPECT_EQ(cj["usage"]["prompt_tokens"].get<size_t>(), ids_expected.size());
@@ -325,7 +326,7 @@ TEST(Server, ApiKeyAndChatTemplate) {
             ChatStyle::kLlama2);
   EXPECT_NE(test::ErrorOf([] { RecogniseChatTemplate("{{ messages }}"); }).find("--chat-template"),
             std::string::npos);
-  const Tokenizer& tok = s.engine->tokenizer();
+  const Tokenizer& tok = *s.engine->tokenizer();
   std::vector<int> expected = {tok.bos_id()};
   for (const std::string& run : {std::string("[INST] <<SYS>>\nS\n<</SYS>>\n\nU [/INST] A ")}) {
     const auto ids = tok.Encode(run, false);
@@ -347,6 +348,37 @@ TEST(Server, ApiKeyAndChatTemplate) {
   EXPECT_NE(r.err.find("error: the model's chat template is not one tinylora recognises"),
             std::string::npos)
       << r.err;
+}
+
+TEST(Server, AModelWithoutATokenizerTakesAndGivesIds) {
+  Engine engine(ModelWeights::Load(test::FixturePath("forward/gqa")), "gqa", {});
+  ASSERT_EQ(engine.tokenizer(), nullptr);
+  HttpOptions ho;
+  ho.port = 0;
+  HttpServer http(engine, ho);
+  const int port = http.Bind();
+  std::thread t([&] { http.Listen(); });
+  httplib::Client c("127.0.0.1", port);
+  auto ids =
+      c.Post("/v1/completions", R"({"prompt": [1, 5, 9], "max_tokens": 5, "temperature": 0})",
+             "application/json");
+  auto text = c.Post("/v1/completions", R"({"prompt": "hello"})", "application/json");
+  auto chat = c.Post("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "x"}]})",
+                     "application/json");
+  http.Shutdown();
+  t.join();
+  ASSERT_TRUE(ids && text && chat);
+  ASSERT_EQ(ids->status, 200) << ids->body;
+  const json j = json::parse(ids->body);
+  const std::string out = j["choices"][0]["text"];
+  const int n = j["usage"]["completion_tokens"];
+  std::istringstream in(out);
+  int count = 0;
+  for (int id; in >> id; ++count) EXPECT_LT(id, engine.config().vocab);
+  EXPECT_EQ(count, n);
+  EXPECT_EQ(text->status, 400);
+  EXPECT_NE(text->body.find("no tokenizer"), std::string::npos);
+  EXPECT_EQ(chat->status, 400);
 }
 
 TEST(Server, QueueFullIs429AndBatchInvariance) {

@@ -54,9 +54,9 @@ void Generation::Finish(const std::string& reason, int completion) {
 Engine::Engine(std::unique_ptr<ModelWeights> weights, std::string base_name, const EngineOptions& o)
     : weights_(std::move(weights)), base_name_(std::move(base_name)) {
   const LlamaConfig& c = weights_->config;
-  tokenizer_ = std::make_unique<Tokenizer>(
-      weights_->TokenizerModel("serve decodes text with the model's tokenizer"),
-      weights_->tokenizer_name);
+  if (!weights_->tokenizer_model.empty()) {  // without one: prompts and answers as token ids
+    tokenizer_ = std::make_unique<Tokenizer>(weights_->tokenizer_model, weights_->tokenizer_name);
+  }
   if (o.ctx > c.max_pos) {
     Fail("--ctx: " + std::to_string(o.ctx) + " is over the model's context (" +
          std::to_string(c.max_pos) + ")");
@@ -70,7 +70,8 @@ Engine::Engine(std::unique_ptr<ModelWeights> weights, std::string base_name, con
     std::fprintf(stderr, "serve: --kv-budget %lld is under --ctx %d: longer requests get 400\n",
                  static_cast<long long>(kv_budget_), ctx_);
   }
-  sample_vocab_ = std::min(c.vocab, tokenizer_->vocab_size());
+  // A model's vocabulary may be padded past the tokenizer's: never sample ids it cannot decode.
+  sample_vocab_ = tokenizer_ ? std::min(c.vocab, tokenizer_->vocab_size()) : c.vocab;
   if (o.bf16) weights_->PrepareBf16(/*backward=*/false);
   model_ = std::make_unique<LlamaModel>(*weights_, std::vector<const Adapter*>{nullptr});
   model_->SetBatchInvariant(!o.bf16);
@@ -218,8 +219,10 @@ void Engine::Admit() {
     cache_->length[static_cast<size_t>(s->cache_seq)] = 0;
     model_->ResetRoutingStats(s->cache_seq);
     s->sampler = std::make_unique<Sampler>(p.r.sampler);
-    s->streamer = std::make_unique<TextStreamer>(*tokenizer_);
-    s->streamer->Prime(p.r.prompt);
+    if (tokenizer_) {
+      s->streamer = std::make_unique<TextStreamer>(*tokenizer_);
+      s->streamer->Prime(p.r.prompt);
+    }
     s->p = std::move(p);
     waiting_.pop_front();
     running_.push_back(std::move(s));
@@ -247,12 +250,14 @@ bool Engine::Advance(Sequence& s, const float* logits) {
   s.last_token_at = now;
   ++s.generated;
   s.last_token = next;
-  if (next == config().eos_id) {
+  if (next == config().eos_id && !s.p.r.ignore_eos) {
     s.eos = true;
     s.end = "stop";
     return false;
   }
-  s.held += s.streamer->Push(next);
+  // Without a tokenizer the text is the ids, space-separated (as `generate` prints them).
+  s.held +=
+      s.streamer ? s.streamer->Push(next) : (s.generated > 1 ? " " : "") + std::to_string(next);
   const std::vector<std::string>& stops = s.p.r.stop;
   size_t cut = std::string::npos;
   for (const std::string& stop : stops) cut = std::min(cut, s.held.find(stop));
@@ -262,7 +267,7 @@ bool Engine::Advance(Sequence& s, const float* logits) {
     return false;
   }
   if (s.generated >= s.p.r.max_tokens) {
-    s.held += s.streamer->Finish();
+    if (s.streamer) s.held += s.streamer->Finish();
     s.end = "length";
     return false;
   }

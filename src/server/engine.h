@@ -41,6 +41,7 @@ struct GenerationRequest {
   int max_tokens = 16;      // clamped to the context left after the prompt
   SamplerOptions sampler;
   std::vector<std::string> stop;  // text that ends the generation (not returned)
+  bool ignore_eos = false;        // run to max_tokens (llama-server's field: measurements)
 };
 
 // One request's output, from the engine thread to the HTTP thread that waits on it.
@@ -94,7 +95,7 @@ class Engine {
 
   const LlamaConfig& config() const { return weights_->config; }
   const ModelWeights& weights() const { return *weights_; }
-  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  const Tokenizer* tokenizer() const { return tokenizer_.get(); }  // null: the model has none
   const std::string& base_name() const { return base_name_; }
   int ctx() const { return ctx_; }
   int max_requests() const { return max_sequences_ + max_queue_; }  // running + queued

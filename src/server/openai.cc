@@ -51,12 +51,13 @@ int64_t Integer(const json& body, const char* name, int64_t lo, int64_t hi, int6
   return x;
 }
 
-std::vector<int> PromptIds(const json& v, const Tokenizer& tok) {
+std::vector<int> PromptIds(const json& v, const Tokenizer* tok) {
   if (v.is_null()) throw Bad("prompt", "is required");
   if (v.is_array() && v.size() == 1 && v[0].is_string()) return PromptIds(v[0], tok);
   if (v.is_string()) {
     if (v.get<std::string>().empty()) throw Bad("prompt", "is empty");
-    return tok.Encode(v.get<std::string>(), /*add_bos=*/true);
+    if (!tok) throw Bad("prompt", "the model has no tokenizer: give the prompt as token ids");
+    return tok->Encode(v.get<std::string>(), /*add_bos=*/true);
   }
   if (v.is_array() && !v.empty()) {
     std::vector<int> ids;
@@ -131,6 +132,10 @@ ApiRequest ParseCompletionRequest(const std::string& body, bool chat, const Engi
   if (!stream.is_null() && !stream.is_boolean()) throw Bad("stream", "must be true or false");
   r.stream = stream.is_boolean() && stream.get<bool>();
   if (Integer(j, "n", 1, 1, 1) != 1) throw Bad("n", "only 1 is supported");
+  const json& ignore_eos = Field(j, "ignore_eos");
+  if (!ignore_eos.is_null() && !ignore_eos.is_boolean())
+    throw Bad("ignore_eos", "must be true or false");
+  r.gen.ignore_eos = ignore_eos.is_boolean() && ignore_eos.get<bool>();
 
   const int ctx = engine.ctx();
   if (chat) {
@@ -139,7 +144,8 @@ ApiRequest ParseCompletionRequest(const std::string& body, bool chat, const Engi
                      "the model has no chat template; start the server with --chat-template "
                      "zephyr|chatml|llama2, or use /v1/completions");
     }
-    r.gen.prompt = RenderChat(*style, Messages(Field(j, "messages")), engine.tokenizer());
+    if (!engine.tokenizer()) throw ApiError(400, "the model has no tokenizer: chat needs one");
+    r.gen.prompt = RenderChat(*style, Messages(Field(j, "messages")), *engine.tokenizer());
     const json& mct = Field(j, "max_completion_tokens");
     r.gen.max_tokens = static_cast<int>(
         Integer(j, mct.is_null() ? "max_tokens" : "max_completion_tokens", 1, ctx, ctx));
