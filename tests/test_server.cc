@@ -69,7 +69,8 @@ struct TestServer {
   std::thread thread;
   int port = 0;
   explicit TestServer(EngineOptions eo = {}, HttpOptions ho = {},
-                      std::vector<std::string> preload = {"lora_a", "lora_b", "tree"}) {
+                      // Not in name order: slots are given in this order, installed in name order.
+                      std::vector<std::string> preload = {"tree", "lora_b", "lora_a"}) {
     engine = std::make_unique<Engine>(ModelWeights::Load(F().model), "base", eo);
     for (const std::string& name : preload)
       engine->AddAdapter(name,

@@ -31,8 +31,11 @@ LlamaModel::LlamaModel(const ModelWeights& w, std::vector<const Adapter*> adapte
 }
 
 void LlamaModel::SetAdapter(int slot, const Adapter* adapter) {
-  if (slot < 0 || slot > slots()) Fail("adapter slot " + std::to_string(slot) + " is out of range");
-  if (slot == slots()) adapters_.push_back(nullptr), gates_.push_back(GateKind::kPath);
+  if (slot < 0) Fail("adapter slot " + std::to_string(slot) + " is out of range");
+  if (slot >= slots()) {
+    adapters_.resize(static_cast<size_t>(slot) + 1, nullptr);
+    gates_.resize(static_cast<size_t>(slot) + 1, GateKind::kPath);
+  }
   adapters_[static_cast<size_t>(slot)] = adapter;
   gates_[static_cast<size_t>(slot)] = adapter ? GateOf(adapter->config()) : GateKind::kPath;
 }

@@ -67,7 +67,8 @@ class LlamaModel : private BlockSteps {
   const LlamaConfig& config() const { return w_.config; }
   const ModelWeights& weights() const { return w_; }
   int slots() const { return static_cast<int>(adapters_.size()); }
-  // Puts `adapter` (or null: the base) in `slot`, growing the forest when slot == slots().
+  // Puts `adapter` (or null: the base) in `slot`, growing the forest (with base slots) to reach
+  // it.
   // Between forwards only: serve's hot load and unload.
   void SetAdapter(int slot, const Adapter* adapter);
 
