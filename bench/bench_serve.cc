@@ -135,7 +135,11 @@ int Load(int argc, char** argv) {
       };
       auto res = c.send(req);
       if (!res || res->status != 200 || !got_first || completion == 0) {
-        ++errors;
+        if (errors++ == 0) {
+          std::fprintf(stderr, "bench_serve: request %d failed: %s\n", i,
+                       !res ? httplib::to_string(res.error()).c_str()
+                            : ("HTTP " + std::to_string(res->status) + " " + res->body).c_str());
+        }
         continue;
       }
       std::lock_guard<std::mutex> lk(mu);
