@@ -1,6 +1,7 @@
 #include "server/http_server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <cstdio>
 
@@ -63,20 +64,27 @@ HttpServer::HttpServer(Engine& engine, const HttpOptions& o)
   svr_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   svr_->set_payload_max_length(o.max_body_bytes);
   svr_->set_tcp_nodelay(true);
+  // cpp-httplib listens with a backlog of 5, too few for a burst of clients connecting at
+  // once (the connections over it were reset): the listening socket is kept to widen it.
+  svr_->set_socket_options([this](int sock) {
+    httplib::default_socket_options(sock);
+    listen_fd_ = sock;
+  });
   Routes();
 }
 
 HttpServer::~HttpServer() = default;
 
 int HttpServer::Bind() {
-  if (o_.port == 0) {
-    const int port = svr_->bind_to_any_port(o_.host);
+  int port = o_.port;
+  if (port == 0) {
+    port = svr_->bind_to_any_port(o_.host);
     if (port < 0) FailRuntime("serve: cannot bind to " + o_.host);
-    return port;
+  } else if (!svr_->bind_to_port(o_.host, port)) {
+    FailRuntime("serve: cannot bind to " + o_.host + ":" + std::to_string(port));
   }
-  if (!svr_->bind_to_port(o_.host, o_.port))
-    FailRuntime("serve: cannot bind to " + o_.host + ":" + std::to_string(o_.port));
-  return o_.port;
+  if (listen_fd_ >= 0) ::listen(listen_fd_, SOMAXCONN);  // Linux: a second listen resizes
+  return port;
 }
 
 void HttpServer::Listen() { svr_->listen_after_bind(); }

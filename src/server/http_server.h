@@ -42,6 +42,7 @@ class HttpServer {
   HttpOptions o_;
   std::unique_ptr<httplib::Server> svr_;
   std::atomic<int> streaming_{0};  // answers still being written
+  int listen_fd_ = -1;             // the listening socket (its backlog widened)
 };
 
 }  // namespace tinylora
