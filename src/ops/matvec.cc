@@ -1,3 +1,5 @@
+#define TL_RO 4
+#define TL_CHAINS 2
 // Highway kernels for the memory-bound side of MatMul and for batch-invariant products: W is
 // streamed once per group of up to 4 rows of x, each output element summed in a fixed order.
 // Compiled for each SIMD target and dispatched at run time.
@@ -54,8 +56,8 @@ inline float ScalarWeight(const uint16_t* w, int64_t i) {
 }
 
 // Every output element y[t, o] = W_o · x_t is summed in one order, whichever tile computes it
-// and whatever T is: one vector accumulator over the full vectors of the row in increasing
-// position, then the zero-padded tail as one more vector, then the lanes (SumOfLanes). Tiles
+// and whatever T is: two vector accumulators, the row's full vectors k = 0, 1, … going to the
+// one of k's parity and the zero-padded tail as one more vector, added, then the lanes. Tiles
 // differ only in how many rows of x and of W they take at once (independent chains), so a
 // token's result does not depend on its batch: the batch invariance of inference.
 template <typename WT>
@@ -65,46 +67,68 @@ HWY_INLINE hn::Vec<DF> LoadTail(DF df, const WT* p, int64_t n) {  // n < Lanes, 
   return LoadWeights(df, buf, 0);
 }
 
+// One vector of the dot products: acc[t][o] += W_o[i, i + N) · x_t[i, i + N) (kTail: the
+// n - i < N last elements, zero-padded).
+template <int RT, int RO, bool kTail, typename WT>
+HWY_INLINE void TileStep(DF df, const WT* w, int64_t ldw, const float* x, int64_t ldx, int64_t i,
+                         int64_t n, hn::Vec<DF> (&acc)[RT][RO]) {
+  hn::Vec<DF> wv[RO];
+#pragma GCC unroll 4
+  for (int o = 0; o < RO; ++o)
+    wv[o] = kTail ? LoadTail(df, w + o * ldw + i, n - i) : LoadWeights(df, w + o * ldw, i);
+#pragma GCC unroll 4
+  for (int t = 0; t < RT; ++t) {
+    const auto xv = kTail ? LoadTail(df, x + t * ldx + i, n - i) : hn::LoadU(df, x + t * ldx + i);
+#pragma GCC unroll 4
+    for (int o = 0; o < RO; ++o) acc[t][o] = hn::MulAdd(wv[o], xv, acc[t][o]);
+  }
+}
+
 // y[t·ldy + o] for RT rows of x (stride ldx) and RO rows of W (stride ldw), rows n long.
+// Every element sums in one order: the row's vectors k = 0, 1, … go to two accumulators by the
+// parity of k (the zero-padded tail is one more vector), which are added, then the lanes. Two
+// chains of FMAs let a single row of W stream at twice the rate one chain allows, so decode
+// reads one row at a time (one stream per thread: DRAM serves that best, 1.3× four rows at a
+// time). `next` (or null): the RO rows of W the following tile reads, fetched into the cache at
+// the same offsets (a row of a BF16 matrix 2048 wide is one 4 KiB page, and the hardware
+// prefetcher stops at a page's end).
 template <int RT, int RO, typename WT>
 HWY_INLINE void Tile(const WT* w, int64_t ldw, const float* x, int64_t ldx, int64_t n, float* y,
-                     int64_t ldy) {
+                     int64_t ldy, const WT* next = nullptr) {
   const DF df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   // The constant loops are unrolled so that the accumulators live in registers.
-  hn::Vec<DF> acc[RT][RO];
+  hn::Vec<DF> even[RT][RO], odd[RT][RO];
 #pragma GCC unroll 16
-  for (int k = 0; k < RT * RO; ++k) acc[k / RO][k % RO] = hn::Zero(df);
+  for (int k = 0; k < RT * RO; ++k) even[k / RO][k % RO] = odd[k / RO][k % RO] = hn::Zero(df);
   int64_t i = 0;
-  for (; i + N <= n; i += N) {
-    hn::Vec<DF> wv[RO];
+  for (; i + 2 * N <= n; i += 2 * N) {
+    if (next != nullptr) {
 #pragma GCC unroll 4
-    for (int o = 0; o < RO; ++o) wv[o] = LoadWeights(df, w + o * ldw, i);
-#pragma GCC unroll 4
-    for (int t = 0; t < RT; ++t) {
-      const auto xv = hn::LoadU(df, x + t * ldx + i);
-#pragma GCC unroll 4
-      for (int o = 0; o < RO; ++o) acc[t][o] = hn::MulAdd(wv[o], xv, acc[t][o]);
+      for (int o = 0; o < RO; ++o) {  // 2N weights: one 64-byte line, two of F32
+        __builtin_prefetch(next + o * ldw + i);
+        if (sizeof(WT) == 4) __builtin_prefetch(next + o * ldw + i + N);
+      }
     }
+    TileStep<RT, RO, false>(df, w, ldw, x, ldx, i, n, even);
+    TileStep<RT, RO, false>(df, w, ldw, x, ldx, i + N, n, odd);
   }
-  if (i < n) {
-    hn::Vec<DF> wv[RO];
-#pragma GCC unroll 4
-    for (int o = 0; o < RO; ++o) wv[o] = LoadTail(df, w + o * ldw + i, n - i);
-#pragma GCC unroll 4
-    for (int t = 0; t < RT; ++t) {
-      const auto xv = LoadTail(df, x + t * ldx + i, n - i);
-#pragma GCC unroll 4
-      for (int o = 0; o < RO; ++o) acc[t][o] = hn::MulAdd(wv[o], xv, acc[t][o]);
-    }
+  bool in_odd = false;  // the accumulator the next vector goes to
+  if (i + N <= n) {
+    TileStep<RT, RO, false>(df, w, ldw, x, ldx, i, n, even);
+    i += N;
+    in_odd = true;
   }
+  if (i < n) TileStep<RT, RO, true>(df, w, ldw, x, ldx, i, n, in_odd ? odd : even);
 #pragma GCC unroll 16
   for (int k = 0; k < RT * RO; ++k)
-    y[(k / RO) * ldy + k % RO] = hn::GetLane(hn::SumOfLanes(df, acc[k / RO][k % RO]));
+    y[(k / RO) * ldy + k % RO] =
+        hn::GetLane(hn::SumOfLanes(df, hn::Add(even[k / RO][k % RO], odd[k / RO][k % RO])));
 }
 
-// Rows [r0, r1) of W against all T rows of x: tiles of 4 rows of x × 2 of W (prefill), 1 × 4
-// for leftover rows of x (decode), single rows of W at the edge.
+// Rows [r0, r1) of W against all T rows of x: tiles of 4 rows of x × 2 of W (prefill, a batch
+// of decodes; the first group of x prefetches W, the later ones find it in the cache), one row
+// of x × one of W for the rows of x left over (decode).
 template <typename WT>
 void MatVecRowsT(const WT* w, int64_t in, int64_t out_dim, const float* x, int64_t T, int64_t r0,
                  int64_t r1, float* y) {
@@ -112,16 +136,16 @@ void MatVecRowsT(const WT* w, int64_t in, int64_t out_dim, const float* x, int64
   for (; t + 4 <= T; t += 4) {
     int64_t r = r0;
     for (; r + 2 <= r1; r += 2)
-      Tile<4, 2>(w + r * in, in, x + t * in, in, in, y + t * out_dim + r, out_dim);
+      Tile<4, 2>(w + r * in, in, x + t * in, in, in, y + t * out_dim + r, out_dim,
+                 t == 0 && r + 4 <= out_dim ? w + (r + 2) * in : nullptr);
     for (; r < r1; ++r)
       Tile<4, 1>(w + r * in, in, x + t * in, in, in, y + t * out_dim + r, out_dim);
   }
   for (; t < T; ++t) {
     int64_t r = r0;
-    for (; r + 4 <= r1; r += 4)
-      Tile<1, 4>(w + r * in, in, x + t * in, in, in, y + t * out_dim + r, out_dim);
     for (; r < r1; ++r)
-      Tile<1, 1>(w + r * in, in, x + t * in, in, in, y + t * out_dim + r, out_dim);
+      Tile<1, 1>(w + r * in, in, x + t * in, in, in, y + t * out_dim + r, out_dim,
+                 r + 1 < out_dim ? w + (r + 1) * in : nullptr);
   }
 }
 

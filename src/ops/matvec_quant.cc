@@ -1,9 +1,9 @@
 // Highway kernels of the block formats (ops/quantize.h): the streaming product of decode and
 // batch-invariant inference reading the blocks directly (each weight decoded to exactly its
 // dequantised F32 value, then one fused multiply-add), and the fast dequantiser that the GEMM
-// path widens panels with. Each output element is summed as ops/matvec.cc sums one: a single
-// vector accumulator over the row's vectors in increasing position, then its lanes, so the
-// result does not depend on the batch.
+// path widens panels with. Each output element is summed as ops/matvec.cc sums one: two vector
+// accumulators over the row's even and odd vectors in increasing position, added, then its
+// lanes, so the result does not depend on the batch.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "ops/matvec_quant.cc"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
@@ -98,40 +98,57 @@ constexpr float kQ4_0Levels[16] = {-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4
 using Q4_0 = FourBit<BlockQ4_0, 32, 16, kQ4_0Levels>;
 using NF4 = FourBit<BlockNF4, 64, 32, kNF4Levels>;
 
+// acc[t][o] += weights [k, k + N) of block b of W_o · x_t at the same positions.
+template <int RT, int RO, class F>
+HWY_INLINE void BlockStep(const typename F::Block* w, int64_t ldw, const float* xb, int64_t ldx,
+                          int64_t b, int k, const VF (&prep)[RO], VF (&acc)[RT][RO]) {
+  const DF df;
+  VF wv[RO];
+#pragma GCC unroll 4
+  for (int o = 0; o < RO; ++o) wv[o] = F::Load(w[o * ldw + b], k, prep[o]);
+#pragma GCC unroll 4
+  for (int t = 0; t < RT; ++t) {
+    const VF xv = hn::LoadU(df, xb + t * ldx + k);
+#pragma GCC unroll 4
+    for (int o = 0; o < RO; ++o) acc[t][o] = hn::MulAdd(wv[o], xv, acc[t][o]);
+  }
+}
+
 // y[t·ldy + o] for RT rows of x (stride ldx floats) and RO rows of W (stride ldw blocks), rows
-// of nb blocks.
+// of nb blocks; `next` (or null) the RO rows the following tile reads, prefetched block by
+// block. A block holds an even number of vectors, so its vectors alternate between the two
+// accumulators as the row's vectors do in ops/matvec.cc.
 template <int RT, int RO, class F>
 HWY_INLINE void Tile(const typename F::Block* w, int64_t ldw, const float* x, int64_t ldx,
-                     int64_t nb, float* y, int64_t ldy) {
+                     int64_t nb, float* y, int64_t ldy, const typename F::Block* next = nullptr) {
   const DF df;
   const int N = static_cast<int>(hn::Lanes(df));
-  VF acc[RT][RO];
+  HWY_DASSERT(F::kWeights % (2 * N) == 0);
+  VF even[RT][RO], odd[RT][RO];
 #pragma GCC unroll 16
-  for (int k = 0; k < RT * RO; ++k) acc[k / RO][k % RO] = hn::Zero(df);
+  for (int k = 0; k < RT * RO; ++k) even[k / RO][k % RO] = odd[k / RO][k % RO] = hn::Zero(df);
   for (int64_t b = 0; b < nb; ++b) {
+    if (next != nullptr) {
+#pragma GCC unroll 4
+      for (int o = 0; o < RO; ++o) __builtin_prefetch(next + o * ldw + b);
+    }
     VF prep[RO];
 #pragma GCC unroll 4
     for (int o = 0; o < RO; ++o) prep[o] = F::Prepare(w[o * ldw + b]);
     const float* xb = x + b * F::kWeights;
 #pragma GCC unroll 4
-    for (int k = 0; k < F::kWeights; k += N) {
-      VF wv[RO];
-#pragma GCC unroll 4
-      for (int o = 0; o < RO; ++o) wv[o] = F::Load(w[o * ldw + b], k, prep[o]);
-#pragma GCC unroll 4
-      for (int t = 0; t < RT; ++t) {
-        const VF xv = hn::LoadU(df, xb + t * ldx + k);
-#pragma GCC unroll 4
-        for (int o = 0; o < RO; ++o) acc[t][o] = hn::MulAdd(wv[o], xv, acc[t][o]);
-      }
+    for (int k = 0; k < F::kWeights; k += 2 * N) {
+      BlockStep<RT, RO, F>(w, ldw, xb, ldx, b, k, prep, even);
+      BlockStep<RT, RO, F>(w, ldw, xb, ldx, b, k + N, prep, odd);
     }
   }
 #pragma GCC unroll 16
   for (int k = 0; k < RT * RO; ++k)
-    y[(k / RO) * ldy + k % RO] = hn::GetLane(hn::SumOfLanes(df, acc[k / RO][k % RO]));
+    y[(k / RO) * ldy + k % RO] =
+        hn::GetLane(hn::SumOfLanes(df, hn::Add(even[k / RO][k % RO], odd[k / RO][k % RO])));
 }
 
-// Rows [r0, r1) of W against all T rows of x, tiled as ops/matvec.cc tiles them.
+// Rows [r0, r1) of W against all T rows of x, tiled and prefetched as ops/matvec.cc does.
 template <class F>
 void MatVecRowsT(const void* wv, int64_t in, int64_t out, const float* x, int64_t T, int64_t r0,
                  int64_t r1, float* y) {
@@ -141,14 +158,14 @@ void MatVecRowsT(const void* wv, int64_t in, int64_t out, const float* x, int64_
   for (; t + 4 <= T; t += 4) {
     int64_t r = r0;
     for (; r + 2 <= r1; r += 2)
-      Tile<4, 2, F>(w + r * nb, nb, x + t * in, in, nb, y + t * out + r, out);
+      Tile<4, 2, F>(w + r * nb, nb, x + t * in, in, nb, y + t * out + r, out,
+                    t == 0 && r + 4 <= out ? w + (r + 2) * nb : nullptr);
     for (; r < r1; ++r) Tile<4, 1, F>(w + r * nb, nb, x + t * in, in, nb, y + t * out + r, out);
   }
   for (; t < T; ++t) {
-    int64_t r = r0;
-    for (; r + 4 <= r1; r += 4)
-      Tile<1, 4, F>(w + r * nb, nb, x + t * in, in, nb, y + t * out + r, out);
-    for (; r < r1; ++r) Tile<1, 1, F>(w + r * nb, nb, x + t * in, in, nb, y + t * out + r, out);
+    for (int64_t r = r0; r < r1; ++r)
+      Tile<1, 1, F>(w + r * nb, nb, x + t * in, in, nb, y + t * out + r, out,
+                    r + 1 < out ? w + (r + 1) * nb : nullptr);
   }
 }
 
