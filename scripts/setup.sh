@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake pkg-config git
   libopenblas-openmp-dev libsentencepiece-dev nlohmann-json3-dev libcli11-dev libhwy-dev libdnnl-dev
-  libcpp-httplib-dev
+  libcpp-httplib-dev libopenmpi-dev openmpi-bin
   libgtest-dev libbenchmark-dev
   clang libclang-rt-14-dev clang-format
   fortunes fortunes-de fortunes-es fortunes-it

@@ -39,6 +39,12 @@ std::string Slurp(const std::string& path) {
 }  // namespace
 
 CliResult RunCli(const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {TINYLORA_BINARY};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return RunCommand(argv);
+}
+
+CliResult RunCommand(const std::vector<std::string>& args) {
   TempDir io;
   const std::string out_path = io / "stdout", err_path = io / "stderr";
   pid_t pid = ::fork();
@@ -48,12 +54,10 @@ CliResult RunCli(const std::vector<std::string>& args) {
     ::dup2(out, 1);
     ::dup2(err, 2);
     std::vector<char*> argv;
-    std::string bin = TINYLORA_BINARY;
-    argv.push_back(bin.data());
     std::vector<std::string> copy = args;
     for (auto& a : copy) argv.push_back(a.data());
     argv.push_back(nullptr);
-    ::execv(bin.c_str(), argv.data());
+    ::execvp(argv[0], argv.data());
     ::_exit(127);
   }
   int status = 0;

@@ -44,6 +44,8 @@ struct CliResult {
 };
 // Runs the tinylora binary with these arguments, capturing stdout and stderr.
 CliResult RunCli(const std::vector<std::string>& args);
+// Runs argv[0] (found on PATH) with the rest as its arguments, capturing stdout and stderr.
+CliResult RunCommand(const std::vector<std::string>& argv);
 
 void WriteFile(const std::string& path, const std::string& bytes);
 std::string FixturePath(const std::string& name);  // tests/fixtures/NAME

@@ -14,6 +14,7 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "data/token_cache.h"
+#include "dist/comm.h"
 #include "model/tokenizer.h"
 #include "train/trainable.h"
 #include "train/trainer.h"
@@ -92,18 +93,29 @@ Data PrepareData(const CommonTrainOptions& o, const std::string& tokenizer_model
                  static_cast<long long>(docs), static_cast<long long>(tokens), tty ? "" : "\n");
   };
   Data d;
-  d.caches = std::make_unique<DataCaches>(OpenOrBuild(spec));
-  if (d.caches->rebuilt && tty) std::fprintf(stderr, "\n");
-  d.caches->train.Validate(vocab);
-  if (d.caches->val) d.caches->val->Validate(vocab);
-  if (!o.val_data.empty()) {
-    CacheSpec vs = spec;
-    vs.paths = o.val_data;
-    vs.name = "heldout";
-    vs.val_fraction = 0;
-    d.val = std::make_unique<DataCaches>(OpenOrBuild(vs));
-    d.val->train.Validate(vocab);
-  }
+  auto open = [&] {
+    d.caches = std::make_unique<DataCaches>(OpenOrBuild(spec));
+    if (d.caches->rebuilt && tty) std::fprintf(stderr, "\n");
+    d.caches->train.Validate(vocab);
+    if (d.caches->val) d.caches->val->Validate(vocab);
+    if (!o.val_data.empty()) {
+      CacheSpec vs = spec;
+      vs.paths = o.val_data;
+      vs.name = "heldout";
+      vs.val_fraction = 0;
+      d.val = std::make_unique<DataCaches>(OpenOrBuild(vs));
+      d.val->train.Validate(vocab);
+    }
+  };
+  // Several ranks: rank 0 alone tokenises (or finds the cache), then the others open what it
+  // wrote; a failure on either side stops every rank with one line.
+  Comm& comm = WorldComm();
+  comm.Agree([&] {
+    if (comm.root()) open();
+  });
+  comm.Agree([&] {
+    if (!comm.root()) open();
+  });
   std::fprintf(stderr, "data: %lld training tokens (%lld documents)%s\n",
                static_cast<long long>(d.caches->train.size()),
                static_cast<long long>(d.caches->train.documents()),
@@ -219,25 +231,45 @@ nlohmann::json RoutingJson(const std::vector<RoutingStats>& blocks) {
 
 }  // namespace
 
+// Several ranks: the batch splits over them, or one clear error.
+int RowsPerRank(const CommonTrainOptions& o) {
+  const int ranks = WorldComm().size();
+  if (o.batch_size % ranks != 0) {
+    Fail("--batch-size " + std::to_string(o.batch_size) + " does not split over " +
+         std::to_string(ranks) + " ranks: give a multiple of " + std::to_string(ranks));
+  }
+  return o.batch_size / ranks;
+}
+
 TrainResult RunTrain(const LoraTrainOptions& lo) {
   const CommonTrainOptions& o = lo.common;
-  SetThreads(o.threads);
-  auto base = ModelWeights::Load(lo.model, lo.quantize.Get(lo.bf16));
-  const LlamaConfig& c = base->config;
-  CheckSeqLen(o.seq_len, c);  // before tokenising any data
-  const std::string& tokenizer = base->TokenizerModel("it is needed to tokenise --data");
+  Comm& comm = WorldComm();
+  std::unique_ptr<ModelWeights> base;
+  std::string tokenizer;
   AdapterConfig ac;
-  ac.r = lo.rank;
-  ac.alpha = lo.alpha;
-  ac.dropout = lo.dropout;
-  ac.targets = ParseTargets(lo.targets, "--targets");
-  ac.tree_depth = lo.tree_depth;
-  ac.gate = lo.gate;
   const bool tree = lo.tree_depth > 0;
-  if (!tree && lo.routing != "hard") Fail("--routing: needs --tree-depth of at least 1");
+  int rows = 0;
+  comm.Agree([&] {  // what every rank checks before the data is touched
+    SetThreads(o.threads);
+    rows = RowsPerRank(o);
+    base = ModelWeights::Load(lo.model, lo.quantize.Get(lo.bf16));
+    CheckSeqLen(o.seq_len, base->config);  // before tokenising any data
+    tokenizer = base->TokenizerModel("it is needed to tokenise --data");
+    ac.r = lo.rank;
+    ac.alpha = lo.alpha;
+    ac.dropout = lo.dropout;
+    ac.targets = ParseTargets(lo.targets, "--targets");
+    ac.tree_depth = lo.tree_depth;
+    ac.gate = lo.gate;
+    if (!tree && lo.routing != "hard") Fail("--routing: needs --tree-depth of at least 1");
+  });
+  const LlamaConfig& c = base->config;
   Data data = PrepareData(o, tokenizer, base->tokenizer_name, c.vocab);
-  if (lo.bf16) base->PrepareBf16(/*backward=*/true);
-  auto adapter = Adapter::Create(c, ac, o.seed, /*with_grads=*/true);
+  std::unique_ptr<Adapter> adapter;
+  comm.Agree([&] {
+    if (lo.bf16) base->PrepareBf16(/*backward=*/true);
+    adapter = Adapter::Create(c, ac, o.seed, /*with_grads=*/true);
+  });
   nlohmann::json run = {{"mode", "lora"},
                         {"model", lo.model},
                         {"rank", lo.rank},
@@ -252,7 +284,7 @@ TrainResult RunTrain(const LoraTrainOptions& lo) {
   TrainerOptions t = MakeTrainerOptions(o, data.caches->train, run);
   t.title = (tree ? "tree-LoRA depth " + std::to_string(lo.tree_depth) + ", r=" : "LoRA r=") +
             std::to_string(lo.rank) + " on " + lo.model;
-  TrainModel model(*base, nullptr, adapter.get(), o.batch_size, o.seq_len, o.checkpoint_activations,
+  TrainModel model(*base, nullptr, adapter.get(), rows, o.seq_len, o.checkpoint_activations,
                    /*soft_capable=*/lo.routing != "hard");
   const AuxLoss aux{lo.hardening, lo.balance, 1.0};
   const int64_t hard_from = lo.hard_from >= 0 ? lo.hard_from : t.steps / 2 + 1;
@@ -309,41 +341,45 @@ TrainResult RunTrain(const LoraTrainOptions& lo) {
 
 TrainResult RunPretrain(const PretrainOptions& po) {
   const CommonTrainOptions& o = po.common;
-  SetThreads(o.threads);
   std::unique_ptr<TrainableBase> base;
   std::string tok_bytes, tok_name = po.tokenizer;  // --tokenizer, else the initial model's
-  if (!po.tokenizer.empty()) {
-    if (!FileExists(po.tokenizer)) Fail(po.tokenizer + ": tokenizer file not found");
-    tok_bytes = ReadTextFile(po.tokenizer);
-  }
-  if (!po.init_model.empty()) {
-    auto src = ModelWeights::Load(po.init_model);
-    base = MakeTrainable(*src);
-    if (tok_bytes.empty()) {
-      tok_bytes = src->TokenizerModel("give --tokenizer FILE");
-      tok_name = src->tokenizer_name;
+  int rows = 0;
+  WorldComm().Agree([&] {
+    SetThreads(o.threads);
+    rows = RowsPerRank(o);
+    if (!po.tokenizer.empty()) {
+      if (!FileExists(po.tokenizer)) Fail(po.tokenizer + ": tokenizer file not found");
+      tok_bytes = ReadTextFile(po.tokenizer);
     }
-  } else {
-    LlamaConfig c;
-    if (!po.preset.empty()) {
-      if (!PresetConfig(po.preset, &c))
-        Fail("--preset: unknown preset '" + po.preset + "' (tiny, tinyllama)");
+    if (!po.init_model.empty()) {
+      auto src = ModelWeights::Load(po.init_model);
+      base = MakeTrainable(*src);
+      if (tok_bytes.empty()) {
+        tok_bytes = src->TokenizerModel("give --tokenizer FILE");
+        tok_name = src->tokenizer_name;
+      }
     } else {
-      c = LoadConfig(po.config_file);
+      LlamaConfig c;
+      if (!po.preset.empty()) {
+        if (!PresetConfig(po.preset, &c))
+          Fail("--preset: unknown preset '" + po.preset + "' (tiny, tinyllama)");
+      } else {
+        c = LoadConfig(po.config_file);
+      }
+      if (tok_bytes.empty()) Fail("pretrain: give --tokenizer FILE");
+      Tokenizer tok(tok_bytes, tok_name);
+      if (!po.preset.empty()) c.vocab = tok.vocab_size();
+      if (tok.vocab_size() > c.vocab) {
+        Fail("--tokenizer: " + tok_name + " has " + std::to_string(tok.vocab_size()) +
+             " pieces but the config's vocab_size is " + std::to_string(c.vocab));
+      }
+      c.bos_id = tok.bos_id() >= 0 ? tok.bos_id() : c.bos_id;
+      c.eos_id = tok.eos_id() >= 0 ? tok.eos_id() : c.eos_id;
+      base = CreateRandomBase(c, o.seed, /*with_grads=*/true);
     }
-    if (tok_bytes.empty()) Fail("pretrain: give --tokenizer FILE");
-    Tokenizer tok(tok_bytes, tok_name);
-    if (!po.preset.empty()) c.vocab = tok.vocab_size();
-    if (tok.vocab_size() > c.vocab) {
-      Fail("--tokenizer: " + tok_name + " has " + std::to_string(tok.vocab_size()) +
-           " pieces but the config's vocab_size is " + std::to_string(c.vocab));
-    }
-    c.bos_id = tok.bos_id() >= 0 ? tok.bos_id() : c.bos_id;
-    c.eos_id = tok.eos_id() >= 0 ? tok.eos_id() : c.eos_id;
-    base = CreateRandomBase(c, o.seed, /*with_grads=*/true);
-  }
+    CheckSeqLen(o.seq_len, base->weights.config);  // before tokenising any data
+  });
   const LlamaConfig& c = base->weights.config;
-  CheckSeqLen(o.seq_len, c);  // before tokenising any data
   Data data = PrepareData(o, tok_bytes, tok_name, c.vocab);
   nlohmann::json run = {{"mode", "pretrain"},
                         {"config", nlohmann::json::parse(ConfigToJson(c))},
@@ -351,8 +387,7 @@ TrainResult RunPretrain(const PretrainOptions& po) {
   TrainerOptions t = MakeTrainerOptions(o, data.caches->train, run);
   t.title = "pretraining " + std::to_string(base->params.total() / 1000000.0).substr(0, 5) +
             "M parameters";
-  TrainModel model(base->weights, &base->grads, nullptr, o.batch_size, o.seq_len,
-                   o.checkpoint_activations);
+  TrainModel model(base->weights, &base->grads, nullptr, rows, o.seq_len, o.checkpoint_activations);
   std::fprintf(stderr, "pretraining %lld parameters, activations %.0f MB\n",
                static_cast<long long>(base->params.total()), model.ActivationBytes() / 1e6);
   TrainableBase* b = base.get();

@@ -6,12 +6,27 @@
 #include <new>
 
 #include "cli/common.h"
+#include "dist/comm.h"
 #include "util/error.h"
 #include "util/wait_policy.h"
 
-int main(int argc, char** argv) {
-  using namespace tinylora;
-  UsePassiveWaitPolicy(argv);
+namespace {
+
+using namespace tinylora;
+
+// An error: one line. Several ranks: one that all met together (Comm::Agree) is rank 0's to
+// report and all exit with its code; one a rank met alone ends the whole job (MPI_Abort).
+int Report(const char* what, int code, bool agreed) {
+  Comm& comm = WorldComm();
+  if (comm.size() > 1 && !agreed) {
+    std::fprintf(ErrorStream(), "error: rank %d: %s\n", comm.rank(), what);
+    AbortDistributed(code);
+  }
+  std::fprintf(stderr, "error: %s\n", what);
+  return code;
+}
+
+int Run(int argc, char** argv) {
   CLI::App app{"tinylora: tree-routed LoRA for small Llama-family models"};
   app.require_subcommand(1);
   app.fallthrough(false);
@@ -58,18 +73,24 @@ int main(int argc, char** argv) {
                    .empty()) {
       what = std::string("unknown command '") + argv[1] + "'; try 'tinylora help'";
     }
-    std::fprintf(stderr, "error: %s\n", what.c_str());
-    return 2;
+    return Report(what.c_str(), 2, /*agreed=*/true);  // every rank parses the same line
   } catch (const Error& e) {
     std::fflush(stdout);
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return static_cast<int>(e.code());
+    return Report(e.what(), static_cast<int>(e.code()), e.agreed());
   } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "error: out of memory\n");
-    return 1;
+    return Report("out of memory", 1, false);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
+    return Report(e.what(), 1, false);
   }
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  tinylora::UsePassiveWaitPolicy(argv);
+  tinylora::InitDistributed(&argc, &argv);
+  const int code = Run(argc, argv);
+  tinylora::FinalizeDistributed();
+  return code;
 }

@@ -7,6 +7,7 @@
 #include <csignal>
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "train/metrics.h"
 #include "util/error.h"
@@ -68,17 +69,21 @@ Trainer::Trainer(TrainModel& model, ParamBlock& params, const TokenCache& train,
       val_(val),
       o_(options),
       save_artifact_(std::move(save_artifact)),
-      adam_(&params) {}
+      adam_(&params),
+      comm_(options.comm != nullptr ? *options.comm : WorldComm()),
+      sync_(comm_) {}
 
 double Trainer::Evaluate(const TokenCache& data) {
-  const int B = model_.B(), T = model_.T();
+  const int B = model_.B(), T = model_.T();  // this rank's rows
   const std::vector<EvalWindow> windows = EvalWindows(data, T);
   std::vector<int32_t> in(static_cast<size_t>(B) * T), tgt(in.size());
   std::vector<uint8_t> mask(in.size());
-  double total = 0, count = 0;
+  double sums[2] = {0, 0};  // Σ CE, Σ mask
   const int64_t limit =
-      std::min<int64_t>(static_cast<int64_t>(windows.size()), o_.eval_batches * B);
-  for (int64_t w0 = 0; w0 < limit; w0 += B) {
+      std::min<int64_t>(static_cast<int64_t>(windows.size()), o_.eval_batches * B * comm_.size());
+  // Rank k takes micro-batches k, k + ranks, …: together the windows one process would read.
+  for (int64_t w0 = static_cast<int64_t>(B) * comm_.rank(); w0 < limit;
+       w0 += static_cast<int64_t>(B) * comm_.size()) {
     std::fill(in.begin(), in.end(), 0);
     std::fill(tgt.begin(), tgt.end(), 0);
     std::fill(mask.begin(), mask.end(), 0);
@@ -86,69 +91,92 @@ double Trainer::Evaluate(const TokenCache& data) {
       const size_t off = static_cast<size_t>(b) * T;
       ReadWindow(data, windows[static_cast<size_t>(w0 + b)], &in[off], &tgt[off], &mask[off]);
     }
-    for (uint8_t m : mask) count += m;
-    total += model_.ForwardLoss(in.data(), tgt.data(), mask.data());
+    for (uint8_t m : mask) sums[1] += m;
+    sums[0] += model_.ForwardLoss(in.data(), tgt.data(), mask.data());
   }
-  return count > 0 ? total / count : NAN;
+  comm_.Sum(sums, 2);
+  return sums[1] > 0 ? sums[0] / sums[1] : NAN;
 }
 
 void Trainer::Save(const TrainState& state) {
-  SaveCheckpoint(o_.out, params_, adam_, state, save_artifact_);
+  if (comm_.root()) SaveCheckpoint(o_.out, params_, adam_, state, save_artifact_);
 }
 
 TrainSummary Trainer::Run() {
-  const int B = o_.batch_size, T = o_.seq_len;
-  MakeDirectories(o_.out);
-  BatchSampler sampler(train_, T, o_.seed);
+  const int B = o_.batch_size, T = o_.seq_len, ranks = comm_.size();
+  const int rows = B / ranks;  // this rank's
+  const bool root = comm_.root();
+  std::optional<BatchSampler> sampler_holder;
+  comm_.Agree([&] {
+    if (B % ranks != 0 || model_.B() != rows) {
+      Fail("--batch-size " + std::to_string(B) + " does not split over " + std::to_string(ranks) +
+           " ranks: give a multiple of " + std::to_string(ranks));
+    }
+    if (root) MakeDirectories(o_.out);
+    sampler_holder.emplace(train_, T, o_.seed, Shard{comm_.rank(), ranks});
+  });
+  BatchSampler& sampler = *sampler_holder;
   TrainState state;
   state.run = o_.run_json;
   if (o_.resume) {
-    TrainState saved;
-    if (!LoadCheckpoint(o_.out, &params_, &adam_, &saved)) {
-      Fail("--resume: " + CheckpointDir(o_.out) + " holds no checkpoint");
+    comm_.Agree([&] {  // every rank reads the checkpoint; a bad one stops them all, once
+      TrainState saved;
+      if (!LoadCheckpoint(o_.out, &params_, &adam_, &saved)) {
+        Fail("--resume: " + CheckpointDir(o_.out) + " holds no checkpoint");
+      }
+      if (nlohmann::json::parse(saved.run) != nlohmann::json::parse(o_.run_json)) {
+        Fail("--resume: " + CheckpointDir(o_.out) +
+             " was written by a run with other options (model, data, batch or seed): " + saved.run);
+      }
+      state = saved;
+      sampler.Restore({state.epoch, state.position});
+    });
+    if (root) {
+      std::fprintf(stderr, "resumed from %s at step %lld\n", CheckpointDir(o_.out).c_str(),
+                   static_cast<long long>(state.step));
     }
-    if (nlohmann::json::parse(saved.run) != nlohmann::json::parse(o_.run_json)) {
-      Fail("--resume: " + CheckpointDir(o_.out) +
-           " was written by a run with other options (model, data, batch or seed): " + saved.run);
-    }
-    state = saved;
-    sampler.Restore({state.epoch, state.position});
-    std::fprintf(stderr, "resumed from %s at step %lld\n", CheckpointDir(o_.out).c_str(),
-                 static_cast<long long>(state.step));
   }
-  MetricsLog metrics(JoinPath(o_.out, "metrics.jsonl"), o_.resume ? state.step : -1);
+  std::optional<MetricsLog> metrics;
+  if (root) metrics.emplace(JoinPath(o_.out, "metrics.jsonl"), o_.resume ? state.step : -1);
   StopSignals signals;
   const bool tty = ::isatty(2);
 
-  std::vector<int32_t> in(static_cast<size_t>(B) * T), tgt(in.size());
+  std::vector<int32_t> in(static_cast<size_t>(rows) * T), tgt(in.size());
   std::vector<uint8_t> mask(in.size());
   TrainSummary sum;
   const int64_t start_step = state.step;
   const auto t_start = std::chrono::steady_clock::now();
   double window_tokens = 0, window_s = 0, last_loss = NAN;
   int64_t saved_step = state.step;
-  while (state.step < o_.steps && !g_stop) {
+  // A signal to any rank stops them all: the ranks agree on it in each step's last sum.
+  bool stop = comm_.SumOne(g_stop ? 1 : 0) > 0;
+  while (state.step < o_.steps && !stop) {
     const auto t0 = std::chrono::steady_clock::now();
     const int64_t step = state.step + 1;
     if (o_.before_step) o_.before_step(step);
     params_.ZeroGrads();
-    double aux_sum = 0;
-    // Each micro-batch is normalised by its own target count, then averaged over micro-batches.
-    double loss_sum = 0;
+    // Each micro-batch is normalised by its own target count over all ranks, then averaged
+    // over micro-batches; sums[0] is this rank's share of the loss, sums[1] of the aux loss.
+    double sums[3] = {0, 0, 0};
     int64_t tokens = 0;
     for (int micro = 0; micro < o_.grad_accum; ++micro) {
       sampler.Next(B, in.data(), tgt.data(), mask.data());
       double count = 0;
       for (uint8_t m : mask) count += m;
+      if (ranks > 1) count = comm_.SumOne(count);
       const float scale = count > 0 ? static_cast<float>(1.0 / (count * o_.grad_accum)) : 0.0f;
       const double total =
           model_.ForwardBackward(in.data(), tgt.data(), mask.data(), scale,
                                  StepSeed(o_.seed, step, micro), 1.0 / o_.grad_accum);
-      aux_sum += model_.last_aux_loss();
-      loss_sum += count > 0 ? total / count : 0.0;
+      sums[1] += model_.last_aux_loss() / ranks;
+      sums[0] += count > 0 ? total / count : 0.0;
       tokens += static_cast<int64_t>(B) * T;
     }
-    const double loss = loss_sum / o_.grad_accum;
+    sync_.Sum(params_);
+    sums[2] = g_stop ? 1 : 0;
+    comm_.Sum(sums, 3);
+    stop = sums[2] > 0;
+    const double loss = sums[0] / o_.grad_accum, aux_sum = sums[1];
     if (!std::isfinite(loss)) {
       FailRuntime("non-finite loss at step " + std::to_string(step) +
                   "; the last good checkpoint is in " + CheckpointDir(o_.out));
@@ -177,17 +205,22 @@ TrainSummary Trainer::Run() {
         {"step", step},      {"loss", loss},           {"lr", lr},
         {"grad_norm", norm}, {"tokens", state.tokens}, {"tokens_per_s", tokens / dt}};
     if (aux_sum != 0) line["aux_loss"] = aux_sum;
+    if (ranks > 1) {
+      line["ranks"] = ranks;
+      line["sync_s"] = sync_.seconds();
+      line["sync_bytes"] = sync_.value_bytes() + sync_.index_bytes();
+    }
     if (o_.add_metrics) o_.add_metrics(line);
-    if (o_.stop_after > 0 && step - start_step >= o_.stop_after) g_stop = 1;
-    const bool last = step == o_.steps || g_stop;
+    if (o_.stop_after > 0 && step - start_step >= o_.stop_after) stop = true;
+    const bool last = step == o_.steps || stop;
     if ((o_.eval_every > 0 && step % o_.eval_every == 0) || (last && val_ != nullptr)) {
       if (val_ != nullptr) {
         sum.val_loss = Evaluate(*val_);
         line["val_loss"] = sum.val_loss;
       }
     }
-    if (step % o_.log_every == 0 || last || line.contains("val_loss")) {
-      metrics.Write(line.dump());
+    if (root && (step % o_.log_every == 0 || last || line.contains("val_loss"))) {
+      metrics->Write(line.dump());
       const double eta =
           window_s / window_tokens * static_cast<double>(o_.steps - step) * B * T * o_.grad_accum;
       std::fprintf(stderr, "%sstep %lld/%lld | loss %.4f | lr %.2e | %.0f tokens/s | ETA %s%s",
@@ -204,15 +237,19 @@ TrainSummary Trainer::Run() {
       saved_step = step;
     }
   }
-  if (g_stop) {
-    // A signal that lands after this step's `last` was read still gets its checkpoint.
+  if (stop) {
+    // A stop agreed after this step's `last` was read still gets its checkpoint.
     if (state.step > saved_step) Save(state);
-    std::fprintf(stderr, "\nstopped by signal at step %lld; checkpoint saved in %s\n",
-                 static_cast<long long>(state.step), CheckpointDir(o_.out).c_str());
+    if (root) {
+      std::fprintf(stderr, "\nstopped by signal at step %lld; checkpoint saved in %s\n",
+                   static_cast<long long>(state.step), CheckpointDir(o_.out).c_str());
+    }
     sum.stopped_by_signal = true;
   }
-  save_artifact_(o_.out);
-  WriteLossCurve(metrics.path(), JoinPath(o_.out, "loss.svg"), o_.title);
+  if (root) {
+    save_artifact_(o_.out);
+    WriteLossCurve(metrics->path(), JoinPath(o_.out, "loss.svg"), o_.title);
+  }
   sum.steps = state.step;
   sum.final_loss = last_loss;
   sum.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();

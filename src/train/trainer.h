@@ -10,6 +10,8 @@
 
 #include "data/sampler.h"
 #include "data/token_cache.h"
+#include "dist/comm.h"
+#include "dist/grad_sync.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
 #include "train/train_model.h"
@@ -17,7 +19,7 @@
 namespace tinylora {
 
 struct TrainerOptions {
-  int batch_size = 4;  // sequences per micro-batch (B)
+  int batch_size = 4;  // sequences per micro-batch (B), over all ranks: B / ranks on each
   int seq_len = 256;   // tokens per sequence (T)
   int grad_accum = 1;  // micro-batches per optimizer step
   int64_t steps = 0;   // optimizer steps (total, including resumed ones)
@@ -38,6 +40,12 @@ struct TrainerOptions {
   // metrics line (e.g. routing statistics).
   std::function<void(int64_t step)> before_step;
   std::function<void(nlohmann::json& line)> add_metrics;
+  // The ranks this run is split over (null: WorldComm()). Each reads its B / ranks rows of
+  // every micro-batch; the loss is normalised by the count of loss tokens over all ranks and
+  // the gradients are summed (dist/grad_sync.h) before clipping and AdamW, so every rank holds
+  // the parameters one process would. Rank 0 alone writes metrics, checkpoints, progress and
+  // the result.
+  Comm* comm = nullptr;
 };
 
 struct TrainSummary {
@@ -54,7 +62,8 @@ class Trainer {
           const TrainerOptions& options, std::function<void(const std::string& dir)> save_artifact);
   AdamW& optimizer() { return adam_; }
   TrainSummary Run();
-  // Mean masked loss over (at most eval_batches micro-batches of) `data`.
+  // Mean masked loss over (at most eval_batches micro-batches of) `data`, the micro-batches
+  // dealt out over the ranks and the sums reduced.
   double Evaluate(const TokenCache& data);
 
  private:
@@ -67,6 +76,8 @@ class Trainer {
   TrainerOptions o_;
   std::function<void(const std::string&)> save_artifact_;
   AdamW adam_;
+  Comm& comm_;
+  GradSync sync_;
 };
 
 }  // namespace tinylora

@@ -12,11 +12,15 @@ enum class ExitCode : int { kOk = 0, kRuntime = 1, kBadInput = 2 };
 
 class Error : public std::runtime_error {
  public:
-  Error(ExitCode code, const std::string& message) : std::runtime_error(message), code_(code) {}
+  Error(ExitCode code, const std::string& message, bool agreed = false)
+      : std::runtime_error(message), code_(code), agreed_(agreed) {}
   ExitCode code() const { return code_; }
+  // Raised on every rank of a distributed run at once (dist/comm.h Agree): rank 0 reports it.
+  bool agreed() const { return agreed_; }
 
  private:
   ExitCode code_;
+  bool agreed_;
 };
 
 // Bad input: exit 2.
