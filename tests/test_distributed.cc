@@ -65,10 +65,14 @@ std::vector<nlohmann::json> Lines(const std::string& metrics) {
   return out;
 }
 
-// Per-step losses within 1e-6 relative, and every tensor of the two files within 1e-3 of its
-// largest magnitude: summation order is all that differs. (Measured: 1.5e-5 to 1.9e-4 on LoRA B
-// and q_proj after 12 AdamW steps — Adam's m/√v turns float noise in near-zero gradients into
-// full-size steps; the issue asks 1e-5, not yet met: see the stop note.)
+// Per-step losses within 1e-6 relative, gradient norms within 1e-5, and every tensor of the two
+// files within 1e-4 in norm (‖Δp‖ / ‖p‖) and 1e-3 element-wise (max |Δp| / max |p|):
+// summation order is all that differs. The issue's 1e-5 element-wise does not hold on this
+// data, for a reason of AdamW's, not of the reduction: an element whose first gradient is
+// ~9e-8, near eps = 1e-8, moves by lr · g / (|g| + eps), so the 1e-9 by which two summation
+// orders of that tiny sum differ moves it by 3e-6 (measured: layers.1 gate_proj lora_B [245],
+// 3.03e-6 after step 1, then carried unchanged; 1.9e-4 of max |p|). On other data the same
+// run differs by 1e-6 of max |p|.
 void ExpectSameTraining(const std::string& one, const std::string& two, const std::string& file) {
   const auto a = Lines(one + "/metrics.jsonl"), b = Lines(two + "/metrics.jsonl");
   ASSERT_EQ(a.size(), b.size());
@@ -76,6 +80,9 @@ void ExpectSameTraining(const std::string& one, const std::string& two, const st
   for (size_t i = 0; i < a.size(); ++i) {
     const double la = a[i]["loss"], lb = b[i]["loss"];
     EXPECT_NEAR(la, lb, 1e-6 * std::abs(la)) << "step " << i + 1;
+    // The summed gradient's norm: a reduction that scaled it (AdamW would not notice) fails.
+    const double ga = a[i]["grad_norm"], gb = b[i]["grad_norm"];
+    EXPECT_NEAR(ga, gb, 1e-5 * ga) << "step " << i + 1;
     EXPECT_FALSE(a[i].contains("ranks"));
     EXPECT_EQ(b[i].value("ranks", 0), 2);
   }
@@ -89,12 +96,17 @@ void ExpectSameTraining(const std::string& one, const std::string& two, const st
     std::vector<float> x(static_cast<size_t>(t.numel())), y(x.size());
     ASSERT_TRUE(WidenToF32(t.dtype, fa.Data(t), t.numel(), x.data()));
     ASSERT_TRUE(WidenToF32(u->dtype, fb.Data(*u), u->numel(), y.data()));
-    double max_p = 0, max_d = 0;
+    double max_p = 0, max_d = 0, sum_p = 0, sum_d = 0;
+    size_t at = 0;
     for (size_t k = 0; k < x.size(); ++k) {
+      const double d = std::abs(static_cast<double>(x[k]) - y[k]);
       max_p = std::max(max_p, std::abs(static_cast<double>(x[k])));
-      max_d = std::max(max_d, std::abs(static_cast<double>(x[k]) - y[k]));
+      sum_p += static_cast<double>(x[k]) * x[k];
+      sum_d += d * d;
+      if (d > max_d) max_d = d, at = k;
     }
-    EXPECT_LE(max_d, 1e-3 * max_p) << t.name;
+    EXPECT_LE(std::sqrt(sum_d), 1e-4 * std::sqrt(sum_p)) << t.name;
+    EXPECT_LE(max_d, 1e-3 * max_p) << t.name << " [" << at << "] " << x[at] << " vs " << y[at];
   }
 }
 
