@@ -83,6 +83,11 @@ void ExpectSameTraining(const std::string& one, const std::string& two, const st
     // The summed gradient's norm: a reduction that scaled it (AdamW would not notice) fails.
     const double ga = a[i]["grad_norm"], gb = b[i]["grad_norm"];
     EXPECT_NEAR(ga, gb, 1e-5 * ga) << "step " << i + 1;
+    ASSERT_EQ(a[i].contains("aux_loss"), b[i].contains("aux_loss"));
+    if (a[i].contains("aux_loss")) {  // the routing losses: the global batch's on every rank
+      const double xa = a[i]["aux_loss"], xb = b[i]["aux_loss"];
+      EXPECT_NEAR(xa, xb, 1e-6 * std::abs(xa)) << "step " << i + 1;
+    }
     EXPECT_FALSE(a[i].contains("ranks"));
     EXPECT_EQ(b[i].value("ranks", 0), 2);
   }
@@ -141,11 +146,11 @@ void ExpectLoraEquivalence(const std::vector<std::string>& extra) {
 TEST(Distributed, TwoRanksTrainTheLoraOneProcessTrains) { ExpectLoraEquivalence({}); }
 
 // Hard routing over 8 leaves: each rank's half of the batch reaches different leaves, and the
-// union of touched leaves is what is summed. (--balance 0: its node statistics are not yet
-// summed over the ranks.)
+// union of touched leaves is what is summed; the balance and hardening losses are the global
+// batch's (their statistics summed over the ranks before backward).
 TEST(Distributed, TwoRanksTrainTheTreeOneProcessTrains) {
   ExpectLoraEquivalence(
-      {"--tree-depth", "3", "--routing", "hard", "--hardening", "0", "--balance", "0"});
+      {"--tree-depth", "3", "--routing", "hard", "--hardening", "0.01", "--balance", "0.05"});
 }
 
 TEST(Distributed, TwoRanksPretrainAsOneProcess) {

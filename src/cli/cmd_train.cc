@@ -291,6 +291,7 @@ TrainResult RunTrain(const LoraTrainOptions& lo) {
   nlohmann::json last_routing;
   if (tree) {
     model.SetRouting(lo.routing != "hard", aux);
+    if (comm.size() > 1) model.SetStatsSum([&comm](double* v, int64_t n) { comm.Sum(v, n); });
     if (lo.routing == "soft-then-hard") {
       t.before_step = [&model, aux, hard_from](int64_t step) {
         model.SetRouting(step < hard_from, aux);

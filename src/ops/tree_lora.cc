@@ -174,34 +174,62 @@ RoutingStats ComputeRoutingStats(const Routing& rt) {
   return st;
 }
 
-double RouterAuxLoss(const Routing& rt, const AuxLoss& aux) {
-  if (rt.N == 0 || rt.depth == 0) return 0.0;
-  const int d = rt.depth, M = (1 << d) - 1;
-  double loss = 0;
-  if (aux.hardening > 0) {
-    double h = 0;
-    if (rt.soft) {
-      for (float z : rt.z) h += Entropy(z);
-      h /= static_cast<double>(rt.N) * M;
-    } else {
-      for (float z : rt.path_z) h += Entropy(z);
-      h /= static_cast<double>(rt.N) * d;
-    }
-    loss += aux.hardening * h;
+namespace {
+
+// What the auxiliary losses are means of: per node along the hard paths its visits, right turns
+// and Σσ, and the decisions' count (visits), Σ entropy and the tokens, over the global batch
+// when aux.sum is given.
+struct RoutingTotals {
+  std::vector<double> count, right, sig;
+  double visits = 0, entropy = 0, tokens = 0;
+};
+
+RoutingTotals Totals(const Routing& rt, const AuxLoss& aux) {
+  RoutingTotals t;
+  t.visits = NodeStats(rt, &t.count, &t.right, &t.sig);
+  t.tokens = static_cast<double>(rt.N);
+  for (float z : rt.soft ? rt.z : rt.path_z) t.entropy += Entropy(z);
+  if (aux.sum != nullptr && (aux.balance > 0 || aux.hardening > 0)) {
+    const size_t M = t.count.size();
+    std::vector<double> all(3 * M + 3);
+    std::copy(t.count.begin(), t.count.end(), all.begin());
+    std::copy(t.right.begin(), t.right.end(), all.begin() + static_cast<int64_t>(M));
+    std::copy(t.sig.begin(), t.sig.end(), all.begin() + 2 * static_cast<int64_t>(M));
+    all[3 * M] = t.visits, all[3 * M + 1] = t.entropy, all[3 * M + 2] = t.tokens;
+    (*aux.sum)(all.data(), static_cast<int64_t>(all.size()));
+    std::copy(all.begin(), all.begin() + static_cast<int64_t>(M), t.count.begin());
+    std::copy(all.begin() + static_cast<int64_t>(M), all.begin() + 2 * static_cast<int64_t>(M),
+              t.right.begin());
+    std::copy(all.begin() + 2 * static_cast<int64_t>(M), all.begin() + 3 * static_cast<int64_t>(M),
+              t.sig.begin());
+    t.visits = all[3 * M], t.entropy = all[3 * M + 1], t.tokens = all[3 * M + 2];
   }
+  return t;
+}
+
+double AuxLossOf(const Routing& rt, const AuxLoss& aux, const RoutingTotals& t) {
+  const int d = rt.depth, M = (1 << d) - 1;
+  if (t.visits == 0) return 0.0;
+  double loss = 0;
+  if (aux.hardening > 0) loss += aux.hardening * t.entropy / (rt.soft ? t.tokens * M : t.visits);
   if (aux.balance > 0) {
-    std::vector<double> count, right, sig;
-    const double visits = NodeStats(rt, &count, &right, &sig);
     double b = 0;
     for (int m = 0; m < M; ++m) {
-      const double c = count[static_cast<size_t>(m)];
+      const double c = t.count[static_cast<size_t>(m)];
       if (c == 0) continue;
-      const double fr = right[static_cast<size_t>(m)] / c, pr = sig[static_cast<size_t>(m)] / c;
-      b += c / visits * 2.0 * (fr * pr + (1 - fr) * (1 - pr));
+      const double fr = t.right[static_cast<size_t>(m)] / c, pr = t.sig[static_cast<size_t>(m)] / c;
+      b += c / t.visits * 2.0 * (fr * pr + (1 - fr) * (1 - pr));
     }
     loss += aux.balance * b;
   }
   return aux.scale * loss;
+}
+
+}  // namespace
+
+double RouterAuxLoss(const Routing& rt, const AuxLoss& aux) {
+  if (rt.N == 0 || rt.depth == 0) return 0.0;
+  return AuxLossOf(rt, aux, Totals(rt, aux));
 }
 
 double RouterBackward(GemmFn gemm, const RouterWeights& r, const float* x, const Routing& rt,
@@ -212,8 +240,10 @@ double RouterBackward(GemmFn gemm, const RouterWeights& r, const float* x, const
   std::vector<float> dzp(static_cast<size_t>(N * d), 0.0f);
   std::vector<int32_t> path(static_cast<size_t>(N * d));
   // balance: each visit of node m moves σ by λ·2·(f_R − f_L) / visits
-  std::vector<double> count, right, sig;
-  const double visits = NodeStats(rt, &count, &right, &sig);
+  const RoutingTotals totals = Totals(rt, aux);
+  const std::vector<double>& count = totals.count;
+  const std::vector<double>& right = totals.right;
+  const double visits = totals.visits;
   for (int64_t n = 0; n < N; ++n) {
     int node = 0;
     for (int k = 0; k < d; ++k) {
@@ -257,7 +287,7 @@ double RouterBackward(GemmFn gemm, const RouterWeights& r, const float* x, const
         }
       }
       if (aux.hardening > 0) {
-        const double k = aux.scale * aux.hardening / (static_cast<double>(N) * M);
+        const double k = aux.scale * aux.hardening / (totals.tokens * M);
         for (int m = 0; m < M; ++m) {
           const double s = Sigmoid(z[m]);
           dzn[m] += static_cast<float>(k * (-z[m] * s * (1 - s)));
@@ -277,7 +307,7 @@ double RouterBackward(GemmFn gemm, const RouterWeights& r, const float* x, const
       }
     }
     gemm(false, false, n, c, M, 1.0f, dz.data(), M, r.W, c, 1.0f, dx, c);
-    return RouterAuxLoss(rt, aux);
+    return AuxLossOf(rt, aux, totals);
   }
   // Hard: only the visited nodes have a gradient. Group the N·d visits by node (counting
   // sort), then each visited node's row of dW sums its visits' dz·x in token order.
@@ -319,7 +349,7 @@ double RouterBackward(GemmFn gemm, const RouterWeights& r, const float* x, const
       for (int64_t i = 0; i < C; ++i) dxn[i] += w * wr[i];
     }
   }
-  return RouterAuxLoss(rt, aux);
+  return AuxLossOf(rt, aux, totals);
 }
 
 void TreeLoraForwardHard(GemmFn gemm, const LoraWeights& l, float s, const float* x, int64_t /*N*/,

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "ops/gemm.h"
@@ -109,6 +110,9 @@ struct AuxLoss {
   double hardening = 0;  // h: mean binary entropy of the routing decisions
   double balance = 0;    // λ: Switch-style balance over each node's two children
   double scale = 1;
+  // Data-parallel training: sums values (n) in place over the ranks, so that the losses'
+  // means and each node's visit fractions are those of the global batch (null: one process).
+  const std::function<void(double* values, int64_t n)>* sum = nullptr;
 };
 // The router's backward: turns the projections' dgate / dprobs and the auxiliary losses into
 // dW, db (added) and dx (N, C) (added). Returns the auxiliary loss (already scaled).

@@ -221,6 +221,7 @@ void TrainModel::RouteBackward(int l, const float* xn, float* dxn) {
   // every adapted projection of the block has added its dgate / dprobs by now
   AuxLoss aux = aux_;
   aux.scale = aux_weight_ / c_.n_layers;
+  if (stats_sum_) aux.sum = &stats_sum_;
   aux_loss_ += RouterBackward(ops_.gemm, *router, xn, routing_[static_cast<size_t>(l)], aux, dxn);
 }
 

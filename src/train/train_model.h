@@ -7,6 +7,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "adapters/lora.h"
@@ -43,6 +44,9 @@ class TrainModel : private BlockBackwardSteps {
 
   // Tree adapters: soft or hard routing from now on, and the auxiliary losses' weights.
   void SetRouting(bool soft, const AuxLoss& aux);
+  // Data-parallel training: how the routers' statistics are summed over the ranks in backward
+  // (AuxLoss::sum), so the auxiliary losses are the global batch's. Empty: one process.
+  void SetStatsSum(std::function<void(double* values, int64_t n)> sum) { stats_sum_ = sum; }
   // The auxiliary routing loss of the last ForwardBackward (scaled as it entered the gradient).
   double last_aux_loss() const { return aux_loss_; }
   // The routing of block l in the last forward (tree adapters).
@@ -100,6 +104,7 @@ class TrainModel : private BlockBackwardSteps {
   bool soft_ = false;
   GateKind gate_ = GateKind::kPath;
   AuxLoss aux_;
+  std::function<void(double*, int64_t)> stats_sum_;
   double aux_weight_ = 1.0, aux_loss_ = 0.0;
   std::vector<Routing> routing_;  // (L) when the adapter is a tree
   TreeScratch tree_scratch_;

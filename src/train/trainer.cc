@@ -168,7 +168,7 @@ TrainSummary Trainer::Run() {
       const double total =
           model_.ForwardBackward(in.data(), tgt.data(), mask.data(), scale,
                                  StepSeed(o_.seed, step, micro), 1.0 / o_.grad_accum);
-      sums[1] += model_.last_aux_loss() / ranks;
+      sums[1] += model_.last_aux_loss() / ranks;  // the global batch's on every rank
       sums[0] += count > 0 ? total / count : 0.0;
       tokens += static_cast<int64_t>(B) * T;
     }
