@@ -2,14 +2,22 @@
 // against one process with the same global batch (LoRA, a tree whose ranks touch different
 // leaves, pretraining), and bad input reported once.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
 
 #include "formats/safetensors.h"
 #include "test_util.h"
+#include "util/error.h"
 #include "util/file.h"
 
 namespace tinylora {
@@ -73,7 +81,8 @@ std::vector<nlohmann::json> Lines(const std::string& metrics) {
 // orders of that tiny sum differ moves it by 3e-6 (measured: layers.1 gate_proj lora_B [245],
 // 3.03e-6 after step 1, then carried unchanged; 1.9e-4 of max |p|). On other data the same
 // run differs by 1e-6 of max |p|.
-void ExpectSameTraining(const std::string& one, const std::string& two, const std::string& file) {
+void ExpectSameTraining(const std::string& one, const std::string& two, const std::string& file,
+                        bool one_vs_two_ranks = true) {
   const auto a = Lines(one + "/metrics.jsonl"), b = Lines(two + "/metrics.jsonl");
   ASSERT_EQ(a.size(), b.size());
   ASSERT_GE(a.size(), 12u);
@@ -88,8 +97,10 @@ void ExpectSameTraining(const std::string& one, const std::string& two, const st
       const double xa = a[i]["aux_loss"], xb = b[i]["aux_loss"];
       EXPECT_NEAR(xa, xb, 1e-6 * std::abs(xa)) << "step " << i + 1;
     }
-    EXPECT_FALSE(a[i].contains("ranks"));
-    EXPECT_EQ(b[i].value("ranks", 0), 2);
+    if (one_vs_two_ranks) {
+      EXPECT_FALSE(a[i].contains("ranks"));
+      EXPECT_EQ(b[i].value("ranks", 0), 2);
+    }
   }
   EXPECT_LT(a.back()["loss"].get<double>(), a.front()["loss"].get<double>() - 0.1);  // learns
   SafetensorsFile fa(one + "/" + file), fb(two + "/" + file);
@@ -165,6 +176,147 @@ TEST(Distributed, TwoRanksPretrainAsOneProcess) {
   const auto r2 = RunMpi(2, two);
   ASSERT_EQ(r2.exit_code, 0) << r2.err;
   ExpectSameTraining(s.tmp / "one", s.tmp / "two", "model.safetensors");
+}
+
+std::vector<std::string> LoraArgs(const RunSetup& s, const std::string& out) {
+  std::vector<std::string> args = {"train", "--model",   s.model,     "--rank",
+                                   "4",     "--targets", "all-linear"};
+  for (const auto& a : Common(s, out)) args.push_back(a);
+  return args;
+}
+
+// A run stopped at step 6 and resumed on 2 ranks is the uninterrupted 2-rank run, bit for bit;
+// resumed on 1 process (the same global batch) it is that run up to summation order.
+TEST(Distributed, ResumesOnTheSameOrAnotherRankCount) {
+  RunSetup s;
+  auto r = RunMpi(2, LoraArgs(s, s.tmp / "full"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto part = LoraArgs(s, s.tmp / "part");
+  part.insert(part.end(), {"--stop-after", "6"});
+  r = RunMpi(2, part);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_EQ(std::system(("cp -r " + s.tmp / "part " + s.tmp / "part1").c_str()), 0);
+  auto resume2 = LoraArgs(s, s.tmp / "part"), resume1 = LoraArgs(s, s.tmp / "part1");
+  resume2.push_back("--resume");
+  resume1.push_back("--resume");
+  r = RunMpi(2, resume2);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(ReadTextFile(s.tmp / "part/adapter_model.safetensors"),
+            ReadTextFile(s.tmp / "full/adapter_model.safetensors"));
+  const auto a = Lines(s.tmp / "full/metrics.jsonl"), b = Lines(s.tmp / "part/metrics.jsonl");
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i]["loss"], b[i]["loss"]) << i + 1;
+  r = RunCli(resume1);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ExpectSameTraining(s.tmp / "full", s.tmp / "part1", "adapter_model.safetensors",
+                     /*one_vs_two_ranks=*/false);
+}
+
+// mpirun started in the background, its output in OUT.stdout / OUT.stderr.
+pid_t SpawnMpi(int np, const std::vector<std::string>& args, const std::string& out) {
+  std::vector<std::string> argv = {"mpirun", "--allow-run-as-root", "--oversubscribe",
+                                   "-np",    std::to_string(np),    TINYLORA_BINARY};
+  argv.insert(argv.end(), args.begin(), args.end());
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::freopen((out + ".stdout").c_str(), "w", stdout);
+    ::freopen((out + ".stderr").c_str(), "w", stderr);
+    std::vector<char*> v;
+    for (auto& a : argv) v.push_back(a.data());
+    v.push_back(nullptr);
+    ::execvp(v[0], v.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+// Waits (at most `seconds`) for `pid`: its wait status, or -1 when it is still running.
+int WaitFor(pid_t pid, double seconds) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  for (int status = 0; std::chrono::steady_clock::now() < end;) {
+    if (::waitpid(pid, &status, WNOHANG) == pid) return status;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return -1;
+}
+
+void WaitForFile(const std::string& path) {
+  for (int i = 0; i < 1500 && !FileExists(path); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_TRUE(FileExists(path)) << path;
+}
+
+// The tinylora process of rank `rank` whose command line names `out`.
+pid_t RankProcess(int rank, const std::string& out) {
+  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::string cmd, env;
+    try {
+      cmd = ReadTextFile(e.path() / "cmdline");
+      env = ReadTextFile(e.path() / "environ");
+    } catch (const Error&) {
+      continue;
+    }
+    std::replace(cmd.begin(), cmd.end(), '\0', ' ');
+    std::replace(env.begin(), env.end(), '\0', '\n');
+    if (cmd.find(TINYLORA_BINARY) == 0 && cmd.find(out) != std::string::npos &&
+        ("\n" + env).find("\nOMPI_COMM_WORLD_RANK=" + std::to_string(rank) + "\n") !=
+            std::string::npos) {
+      return static_cast<pid_t>(std::stol(name));
+    }
+  }
+  return -1;
+}
+
+std::vector<std::string> LongRun(const RunSetup& s, const std::string& out) {
+  auto args = LoraArgs(s, out);
+  args[std::find(args.begin(), args.end(), "--steps") - args.begin() + 1] = "1000000";
+  args.insert(args.end(), {"--save-every", "20", "--log-every", "100"});
+  return args;
+}
+
+// A rank killed mid-run ends the run within seconds (mpirun stops the others), and the last
+// checkpoint still resumes.
+TEST(Distributed, AKilledRankEndsTheRunAndTheCheckpointResumes) {
+  RunSetup s;
+  const std::string out = s.tmp / "killed";
+  const pid_t mpirun = SpawnMpi(2, LongRun(s, out), out);
+  WaitForFile(out + "/checkpoint/state.json");
+  const pid_t victim = RankProcess(1, out);
+  ASSERT_GT(victim, 0);
+  ::kill(victim, SIGKILL);
+  const int status = WaitFor(mpirun, 20);
+  ASSERT_NE(status, -1) << "mpirun still runs 20 s after a rank was killed";
+  EXPECT_FALSE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  auto resume = LoraArgs(s, out);
+  resume[std::find(resume.begin(), resume.end(), "--steps") - resume.begin() + 1] = std::to_string(
+      nlohmann::json::parse(ReadTextFile(out + "/checkpoint/state.json"))["step"].get<int>() + 2);
+  resume.push_back("--resume");
+  const auto r = RunCli(resume);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+}
+
+// SIGTERM to mpirun, which forwards it: the ranks agree to stop at one step, rank 0 saves once
+// and reports, and every rank exits 0 (mpirun itself then exits 1, its way after a signal).
+TEST(Distributed, SigtermStopsEveryRankAtOneStepAndSavesOnce) {
+  RunSetup s;
+  const std::string out = s.tmp / "term";
+  const pid_t mpirun = SpawnMpi(2, LongRun(s, out), out);
+  WaitForFile(out + "/checkpoint/state.json");
+  ::kill(mpirun, SIGTERM);
+  const int status = WaitFor(mpirun, 20);
+  ASSERT_NE(status, -1) << "mpirun still runs 20 s after SIGTERM";
+  const std::string err = ReadTextFile(out + ".stderr");
+  EXPECT_TRUE(ErrorLines(err).empty()) << err;
+  EXPECT_EQ(err.find("returned\na non-zero exit code"), std::string::npos) << err;
+  const auto result = nlohmann::json::parse(ReadTextFile(out + ".stdout"));
+  EXPECT_TRUE(result["stopped_by_signal"].get<bool>());
+  size_t said = 0;
+  for (size_t at = 0; (at = err.find("stopped by signal", at)) != std::string::npos; ++at) ++said;
+  EXPECT_EQ(said, 1u) << err;
+  const auto state = nlohmann::json::parse(ReadTextFile(out + "/checkpoint/state.json"));
+  EXPECT_EQ(state["step"], result["steps"]);
 }
 
 // Bad input met by every rank: one error line (rank 0's), exit 2.
