@@ -317,5 +317,24 @@ TEST(Training, ScheduleWarmsUpThenDecays) {
   EXPECT_NEAR(s.At(110), 0.1, 1e-12);
 }
 
+// The trainer finds a non-finite gradient through the norm (it passes over the gradients once):
+// an inf or NaN anywhere, dense or in a segment, makes the norm non-finite, and the tensor is
+// named.
+TEST(Training, NonFiniteGradientMakesTheNormNonFiniteAndIsNamed) {
+  for (float bad : {INFINITY, NAN}) {
+    ParamBlock p;
+    p.Add("dense", {4, 3});
+    p.Add("bank", {8, 3}, /*segments=*/4);
+    p.Allocate(/*with_grads=*/true);
+    p.grad(0)[5] = 2.0f;
+    p.SegmentGrad(1, 2)[1] = 3.0f;
+    EXPECT_NEAR(GradNorm(p), std::sqrt(13.0), 1e-12);
+    EXPECT_EQ(FirstNonFiniteGrad(p), "");
+    p.SegmentGrad(1, 3)[4] = bad;
+    EXPECT_FALSE(std::isfinite(GradNorm(p)));
+    EXPECT_EQ(FirstNonFiniteGrad(p), "bank");
+  }
+}
+
 }  // namespace
 }  // namespace tinylora

@@ -181,12 +181,14 @@ TrainSummary Trainer::Run() {
       FailRuntime("non-finite loss at step " + std::to_string(step) +
                   "; the last good checkpoint is in " + CheckpointDir(o_.out));
     }
-    const std::string bad = FirstNonFiniteGrad(params_);
-    if (!bad.empty()) {
-      FailRuntime("non-finite gradient in tensor '" + bad + "' at step " + std::to_string(step) +
-                  "; the last good checkpoint is in " + CheckpointDir(o_.out));
-    }
+    // A non-finite gradient makes the norm (Σ g² in double) non-finite: only then is the
+    // tensor looked for, so a step passes over its gradients once here, not twice.
     const double norm = GradNorm(params_);
+    if (!std::isfinite(norm)) {
+      FailRuntime("non-finite gradient in tensor '" + FirstNonFiniteGrad(params_) + "' at step " +
+                  std::to_string(step) + "; the last good checkpoint is in " +
+                  CheckpointDir(o_.out));
+    }
     const double lr = o_.schedule.At(step);
     adam_.Step(o_.adam, lr, step, ClipScale(norm, o_.grad_clip));  // clipping folded in
 
