@@ -575,6 +575,15 @@ TEST(Backward, DropoutAndResidualAdd) {
   EXPECT_EQ(again, y);  // the same key draws the same mask
   DropoutForward(78, 0.25, x.data(), n, again.data());
   EXPECT_NE(again, y);
+  // A slice from element k (a rank's rows) draws the whole array's mask there, and its
+  // backward the same.
+  const int64_t k = 1234;
+  std::vector<float> part(static_cast<size_t>(n - k)), dpart(part.size(), 0.0f);
+  DropoutForward(77, 0.25, x.data() + k, n - k, part.data(), k);
+  EXPECT_EQ(part, std::vector<float>(y.begin() + k, y.end()));
+  DropoutBackwardAdd(77, 0.25, g.data() + k, n - k, dpart.data(), k);
+  for (int64_t i = k; i < n; ++i)
+    ASSERT_EQ(dpart[static_cast<size_t>(i - k)] == 0.0f, y[i] == 0.0f);
   std::vector<float> small(x.begin(), x.begin() + 50);
   auto loss = [&] {
     std::vector<float> out(50);

@@ -154,7 +154,10 @@ void ExpectLoraEquivalence(const std::vector<std::string>& extra) {
               1e-6 * a[5]["val_loss"].get<double>());
 }
 
-TEST(Distributed, TwoRanksTrainTheLoraOneProcessTrains) { ExpectLoraEquivalence({}); }
+// With LoRA dropout: each rank draws, for its rows, the masks one process draws for them.
+TEST(Distributed, TwoRanksTrainTheLoraOneProcessTrains) {
+  ExpectLoraEquivalence({"--dropout", "0.1"});
+}
 
 // Hard routing over 8 leaves: each rank's half of the batch reaches different leaves, and the
 // union of touched leaves is what is summed; the balance and hardening losses are the global

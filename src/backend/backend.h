@@ -48,8 +48,9 @@ struct Ops {
   void (*swiglu_backward)(const float* dout, const float* gate, const float* up, int64_t n,
                           float* dgate, float* dup);
   void (*add)(const float* a, const float* b, int64_t n, float* out);
-  void (*dropout)(uint64_t key, double p, const float* x, int64_t n, float* out);
-  void (*dropout_backward_add)(uint64_t key, double p, const float* dout, int64_t n, float* dx);
+  void (*dropout)(uint64_t key, double p, const float* x, int64_t n, float* out, int64_t first);
+  void (*dropout_backward_add)(uint64_t key, double p, const float* dout, int64_t n, float* dx,
+                               int64_t first);
   // attention
   void (*attention_cached)(const AttentionShape& s, const AttentionRun* runs, int64_t n_runs,
                            const float* q, float* att);

@@ -134,7 +134,7 @@ float* TrainModel::WeightGrad(int l, Module m) const {
 bool TrainModel::Dropout(int l, Module m, const float* x, int64_t in, float* out) const {
   const double p = adapter_ ? adapter_->config().dropout : 0.0;
   if (p <= 0 || seed_ == 0) return false;
-  ops_.dropout(DropoutKey(l, m), p, x, N_ * in, out);
+  ops_.dropout(DropoutKey(l, m), p, x, N_ * in, out, first_row_ * T_ * in);
   return true;
 }
 
@@ -189,7 +189,8 @@ void TrainModel::ProjectBackward(int l, Module m, const float* x, const float* d
                          dx_lora, tree_scratch_);
   }
   if (dropout) {  // dx += mask/(1-p) ∘ dx_lora, the mask regenerated from the same key
-    ops_.dropout_backward_add(DropoutKey(l, m), adapter_->config().dropout, dxdrop_, n, dx);
+    ops_.dropout_backward_add(DropoutKey(l, m), adapter_->config().dropout, dxdrop_, n, dx,
+                              first_row_ * T_ * lw->in);
   }
 }
 

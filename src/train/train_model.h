@@ -44,6 +44,9 @@ class TrainModel : private BlockBackwardSteps {
 
   // Tree adapters: soft or hard routing from now on, and the auxiliary losses' weights.
   void SetRouting(bool soft, const AuxLoss& aux);
+  // Data-parallel training: this model's B rows are rows [row, row + B) of the batch one
+  // process would hold, so the dropout masks are that process's (0: one process).
+  void SetFirstRow(int64_t row) { first_row_ = row; }
   // Data-parallel training: how the routers' statistics are summed over the ranks in backward
   // (AuxLoss::sum), so the auxiliary losses are the global batch's. Empty: one process.
   void SetStatsSum(std::function<void(double* values, int64_t n)> sum) { stats_sum_ = sum; }
@@ -105,6 +108,7 @@ class TrainModel : private BlockBackwardSteps {
   GateKind gate_ = GateKind::kPath;
   AuxLoss aux_;
   std::function<void(double*, int64_t)> stats_sum_;
+  int64_t first_row_ = 0;
   double aux_weight_ = 1.0, aux_loss_ = 0.0;
   std::vector<Routing> routing_;  // (L) when the adapter is a tree
   TreeScratch tree_scratch_;

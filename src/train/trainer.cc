@@ -116,6 +116,7 @@ TrainSummary Trainer::Run() {
     sampler_holder.emplace(train_, T, o_.seed, Shard{comm_.rank(), ranks});
   });
   BatchSampler& sampler = *sampler_holder;
+  model_.SetFirstRow(static_cast<int64_t>(comm_.rank()) * rows);
   TrainState state;
   state.run = o_.run_json;
   if (o_.resume) {
