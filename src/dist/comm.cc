@@ -23,6 +23,9 @@ class LocalComm final : public Comm {
   void Sum(float*, int64_t) override {}
   void Sum(double*, int64_t) override {}
   std::vector<int64_t> AllGather(const std::vector<int64_t>& mine) override { return mine; }
+  void StartSum(float*, int64_t) override {}
+  void Progress() override {}
+  void WaitAll() override {}
   void Broadcast(std::string*) override {}
   void Barrier() override {}
 };
@@ -58,9 +61,32 @@ class MpiComm final : public Comm {
     text->resize(static_cast<size_t>(n));
     Check(MPI_Bcast(text->data(), Count(n), MPI_CHAR, 0, MPI_COMM_WORLD), "MPI_Bcast");
   }
+  void StartSum(float* data, int64_t n) override {
+    for (int64_t i = 0; i < n; i += kPiece) {
+      pending_.emplace_back();
+      Check(MPI_Iallreduce(MPI_IN_PLACE, data + i, static_cast<int>(std::min(kPiece, n - i)),
+                           MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &pending_.back()),
+            "MPI_Iallreduce");
+    }
+  }
+  void Progress() override {
+    if (pending_.empty()) return;
+    int done = 0;
+    Check(
+        MPI_Testall(static_cast<int>(pending_.size()), pending_.data(), &done, MPI_STATUSES_IGNORE),
+        "MPI_Testall");
+  }
+  void WaitAll() override {
+    if (pending_.empty()) return;
+    Check(MPI_Waitall(static_cast<int>(pending_.size()), pending_.data(), MPI_STATUSES_IGNORE),
+          "MPI_Waitall");
+    pending_.clear();
+  }
   void Barrier() override { Check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
 
  private:
+  static constexpr int64_t kPiece = std::numeric_limits<int>::max();
+  std::vector<MPI_Request> pending_;
   static int Count(int64_t n) {
     if (n > std::numeric_limits<int>::max()) FailRuntime("MPI: a message of over 2^31 elements");
     return static_cast<int>(n);
@@ -74,7 +100,6 @@ class MpiComm final : public Comm {
   }
   template <typename T>
   void SumT(T* data, int64_t n, MPI_Datatype type) {
-    constexpr int64_t kPiece = std::numeric_limits<int>::max();
     for (int64_t i = 0; i < n; i += kPiece) {
       Check(MPI_Allreduce(MPI_IN_PLACE, data + i, static_cast<int>(std::min(kPiece, n - i)), type,
                           MPI_SUM, MPI_COMM_WORLD),

@@ -24,6 +24,11 @@ class Comm {
   virtual void Sum(double* data, int64_t n) = 0;
   // Every rank's `mine`, concatenated in rank order.
   virtual std::vector<int64_t> AllGather(const std::vector<int64_t>& mine) = 0;
+  // Starts summing `data` (n) in place without waiting (MPI_Iallreduce): it is summed once
+  // WaitAll() returns, and must not be touched before. Progress() lets started sums move on.
+  virtual void StartSum(float* data, int64_t n) = 0;
+  virtual void Progress() = 0;
+  virtual void WaitAll() = 0;
   // Root's `text`, on every rank.
   virtual void Broadcast(std::string* text) = 0;
   virtual void Barrier() = 0;

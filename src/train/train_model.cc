@@ -298,6 +298,7 @@ double TrainModel::ForwardBackward(const int32_t* inputs, const int32_t* targets
     BlockBackward(ops_, shape_, w_.layers[static_cast<size_t>(l)], l, N, pos_.data(), rope_, *this,
                   a.block, d_, g ? g->attn_norm : nullptr, g ? g->mlp_norm : nullptr, dx_out,
                   dx_in);
+    if (block_done_) block_done_(l);
     std::swap(dx_out, dx_in);
   }
   if (grads_ != nullptr) ops_.scatter_add_rows(dx_out, inputs, N, C, grads_->embed);

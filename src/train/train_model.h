@@ -47,6 +47,9 @@ class TrainModel : private BlockBackwardSteps {
   // Data-parallel training: this model's B rows are rows [row, row + B) of the batch one
   // process would hold, so the dropout masks are that process's (0: one process).
   void SetFirstRow(int64_t row) { first_row_ = row; }
+  // Called with each block's index once its backward is done (its gradients final for this
+  // micro-batch), last block first; empty: nothing is called.
+  void SetBlockDone(std::function<void(int layer)> fn) { block_done_ = std::move(fn); }
   // Data-parallel training: how the routers' statistics are summed over the ranks in backward
   // (AuxLoss::sum), so the auxiliary losses are the global batch's. Empty: one process.
   void SetStatsSum(std::function<void(double* values, int64_t n)> sum) { stats_sum_ = sum; }
@@ -109,6 +112,7 @@ class TrainModel : private BlockBackwardSteps {
   AuxLoss aux_;
   std::function<void(double*, int64_t)> stats_sum_;
   int64_t first_row_ = 0;
+  std::function<void(int)> block_done_;
   double aux_weight_ = 1.0, aux_loss_ = 0.0;
   std::vector<Routing> routing_;  // (L) when the adapter is a tree
   TreeScratch tree_scratch_;

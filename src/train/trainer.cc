@@ -161,6 +161,10 @@ TrainSummary Trainer::Run() {
     double sums[3] = {0, 0, 0};
     int64_t tokens = 0;
     for (int micro = 0; micro < o_.grad_accum; ++micro) {
+      // The last micro-batch's blocks start their gradients' sums as their backward ends.
+      if (ranks > 1 && micro == o_.grad_accum - 1) {
+        model_.SetBlockDone([this](int l) { sync_.BlockDone(params_, l); });
+      }
       sampler.Next(B, in.data(), tgt.data(), mask.data());
       double count = 0;
       for (uint8_t m : mask) count += m;
@@ -173,6 +177,7 @@ TrainSummary Trainer::Run() {
       sums[0] += count > 0 ? total / count : 0.0;
       tokens += static_cast<int64_t>(B) * T;
     }
+    model_.SetBlockDone(nullptr);
     sync_.Sum(params_);
     sums[2] = g_stop ? 1 : 0;
     comm_.Sum(sums, 3);
