@@ -1,5 +1,3 @@
-#define TL_RO 4
-#define TL_CHAINS 2
 // Highway kernels for the memory-bound side of MatMul and for batch-invariant products: W is
 // streamed once per group of up to 4 rows of x, each output element summed in a fixed order.
 // Compiled for each SIMD target and dispatched at run time.
