@@ -7,8 +7,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
-#include <exception>
 #include <limits>
 
 #include "util/error.h"
@@ -26,8 +24,6 @@ class LocalComm final : public Comm {
   void StartSum(float*, int64_t) override {}
   void Progress() override {}
   void WaitAll() override {}
-  void Broadcast(std::string*) override {}
-  void Barrier() override {}
 };
 
 // MPI's world. Large counts go in pieces of at most INT_MAX elements (MPI's count is an int).
@@ -55,12 +51,6 @@ class MpiComm final : public Comm {
           "MPI_Allgatherv");
     return all;
   }
-  void Broadcast(std::string* text) override {
-    int64_t n = static_cast<int64_t>(text->size());
-    Check(MPI_Bcast(&n, 1, MPI_INT64_T, 0, MPI_COMM_WORLD), "MPI_Bcast");
-    text->resize(static_cast<size_t>(n));
-    Check(MPI_Bcast(text->data(), Count(n), MPI_CHAR, 0, MPI_COMM_WORLD), "MPI_Bcast");
-  }
   void StartSum(float* data, int64_t n) override {
     for (int64_t i = 0; i < n; i += kPiece) {
       pending_.emplace_back();
@@ -82,7 +72,6 @@ class MpiComm final : public Comm {
           "MPI_Waitall");
     pending_.clear();
   }
-  void Barrier() override { Check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
 
  private:
   static constexpr int64_t kPiece = std::numeric_limits<int>::max();
@@ -138,8 +127,7 @@ void Comm::Agree(const std::function<void()>& fn) {
     if (offers[r] < first) first = offers[r], first_code = offers[r + 1];
   }
   if (first == size_) return;
-  // Its message reaches rank 0 (which reports it) through a broadcast from rank `first`:
-  // gathering every rank's text would cost more than the one line needs.
+  // Its message reaches every rank (rank 0 reports it): only rank `first` offers its bytes.
   std::string text = message;
   if (first != 0) {
     std::vector<int64_t> bytes;

@@ -29,9 +29,6 @@ class Comm {
   virtual void StartSum(float* data, int64_t n) = 0;
   virtual void Progress() = 0;
   virtual void WaitAll() = 0;
-  // Root's `text`, on every rank.
-  virtual void Broadcast(std::string* text) = 0;
-  virtual void Barrier() = 0;
 
   // Runs `fn` on every rank and agrees on how it went: when it threw tinylora::Error on any
   // rank, every rank throws the lowest such rank's error (marked agreed()), so that one rank
