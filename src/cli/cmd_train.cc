@@ -231,16 +231,6 @@ nlohmann::json RoutingJson(const std::vector<RoutingStats>& blocks) {
 
 }  // namespace
 
-// Several ranks: the batch splits over them, or one clear error.
-int RowsPerRank(const CommonTrainOptions& o) {
-  const int ranks = WorldComm().size();
-  if (o.batch_size % ranks != 0) {
-    Fail("--batch-size " + std::to_string(o.batch_size) + " does not split over " +
-         std::to_string(ranks) + " ranks: give a multiple of " + std::to_string(ranks));
-  }
-  return o.batch_size / ranks;
-}
-
 TrainResult RunTrain(const LoraTrainOptions& lo) {
   const CommonTrainOptions& o = lo.common;
   Comm& comm = WorldComm();
@@ -251,7 +241,7 @@ TrainResult RunTrain(const LoraTrainOptions& lo) {
   int rows = 0;
   comm.Agree([&] {  // what every rank checks before the data is touched
     SetThreads(o.threads);
-    rows = RowsPerRank(o);
+    rows = RowsPerRank(o.batch_size, WorldComm());
     base = ModelWeights::Load(lo.model, lo.quantize.Get(lo.bf16));
     CheckSeqLen(o.seq_len, base->config);  // before tokenising any data
     tokenizer = base->TokenizerModel("it is needed to tokenise --data");
@@ -291,7 +281,6 @@ TrainResult RunTrain(const LoraTrainOptions& lo) {
   nlohmann::json last_routing;
   if (tree) {
     model.SetRouting(lo.routing != "hard", aux);
-    if (comm.size() > 1) model.SetStatsSum([&comm](double* v, int64_t n) { comm.Sum(v, n); });
     if (lo.routing == "soft-then-hard") {
       t.before_step = [&model, aux, hard_from](int64_t step) {
         model.SetRouting(step < hard_from, aux);
@@ -347,7 +336,7 @@ TrainResult RunPretrain(const PretrainOptions& po) {
   int rows = 0;
   WorldComm().Agree([&] {
     SetThreads(o.threads);
-    rows = RowsPerRank(o);
+    rows = RowsPerRank(o.batch_size, WorldComm());
     if (!po.tokenizer.empty()) {
       if (!FileExists(po.tokenizer)) Fail(po.tokenizer + ": tokenizer file not found");
       tok_bytes = ReadTextFile(po.tokenizer);

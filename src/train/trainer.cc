@@ -102,21 +102,31 @@ void Trainer::Save(const TrainState& state) {
   if (comm_.root()) SaveCheckpoint(o_.out, params_, adam_, state, save_artifact_);
 }
 
+int RowsPerRank(int batch_size, const Comm& comm) {
+  if (batch_size % comm.size() != 0) {
+    Fail("--batch-size " + std::to_string(batch_size) + " does not split over " +
+         std::to_string(comm.size()) + " ranks: give a multiple of " + std::to_string(comm.size()));
+  }
+  return batch_size / comm.size();
+}
+
 TrainSummary Trainer::Run() {
   const int B = o_.batch_size, T = o_.seq_len, ranks = comm_.size();
-  const int rows = B / ranks;  // this rank's
   const bool root = comm_.root();
+  int rows = 0;  // this rank's
   std::optional<BatchSampler> sampler_holder;
   comm_.Agree([&] {
-    if (B % ranks != 0 || model_.B() != rows) {
-      Fail("--batch-size " + std::to_string(B) + " does not split over " + std::to_string(ranks) +
-           " ranks: give a multiple of " + std::to_string(ranks));
+    rows = RowsPerRank(B, comm_);
+    if (model_.B() != rows) {
+      FailRuntime("the training model holds " + std::to_string(model_.B()) +
+                  " rows of a micro-batch, not this rank's " + std::to_string(rows));
     }
     if (root) MakeDirectories(o_.out);
     sampler_holder.emplace(train_, T, o_.seed, Shard{comm_.rank(), ranks});
   });
   BatchSampler& sampler = *sampler_holder;
   model_.SetFirstRow(static_cast<int64_t>(comm_.rank()) * rows);
+  if (ranks > 1) model_.SetStatsSum([this](double* v, int64_t n) { comm_.Sum(v, n); });
   TrainState state;
   state.run = o_.run_json;
   if (o_.resume) {

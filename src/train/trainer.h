@@ -54,6 +54,10 @@ struct TrainSummary {
   bool stopped_by_signal = false;
 };
 
+// The rows of a global batch of `batch_size` sequences each of comm's ranks holds; Error
+// (exit 2) when the ranks do not divide it.
+int RowsPerRank(int batch_size, const Comm& comm);
+
 class Trainer {
  public:
   // `save_artifact(dir)` writes the trained result (adapter or model files) into `dir`: used
