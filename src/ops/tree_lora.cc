@@ -124,27 +124,6 @@ void RouteSoft(GemmFn gemm, const RouterWeights& r, const float* x, int64_t N, R
 
 namespace {
 
-// Per node along the hard paths: visits, right turns, Σσ. Returns Σ visits (= N·d).
-double NodeStats(const Routing& rt, std::vector<double>* count, std::vector<double>* right,
-                 std::vector<double>* sig) {
-  const int d = rt.depth, M = (1 << d) - 1;
-  count->assign(static_cast<size_t>(M), 0.0);
-  right->assign(static_cast<size_t>(M), 0.0);
-  sig->assign(static_cast<size_t>(M), 0.0);
-  for (int64_t n = 0; n < rt.N; ++n) {
-    int node = 0;
-    for (int k = 0; k < d; ++k) {
-      const float z = rt.path_z[static_cast<size_t>(n * d + k)];
-      const int bit = z >= 0.0f ? 1 : 0;
-      (*count)[static_cast<size_t>(node)] += 1;
-      (*right)[static_cast<size_t>(node)] += bit;
-      (*sig)[static_cast<size_t>(node)] += Sigmoid(z);
-      node = 2 * node + 1 + bit;
-    }
-  }
-  return static_cast<double>(rt.N) * d;
-}
-
 double Entropy(double z) {
   const double s = Sigmoid(z);
   const double a = s > 0 ? -s * std::log(s) : 0.0, b = s < 1 ? -(1 - s) * std::log(1 - s) : 0.0;
@@ -176,49 +155,62 @@ RoutingStats ComputeRoutingStats(const Routing& rt) {
 
 namespace {
 
-// What the auxiliary losses are means of: per node along the hard paths its visits, right turns
-// and Σσ, and the decisions' count (visits), Σ entropy and the tokens, over the global batch
-// when aux.sum is given.
-struct RoutingTotals {
-  std::vector<double> count, right, sig;
-  double visits = 0, entropy = 0, tokens = 0;
-};
-
-RoutingTotals Totals(const Routing& rt, const AuxLoss& aux) {
-  RoutingTotals t;
-  t.visits = NodeStats(rt, &t.count, &t.right, &t.sig);
-  t.tokens = static_cast<double>(rt.N);
-  for (float z : rt.soft ? rt.z : rt.path_z) t.entropy += Entropy(z);
-  if (aux.sum != nullptr && (aux.balance > 0 || aux.hardening > 0)) {
-    const size_t M = t.count.size();
-    std::vector<double> all(3 * M + 3);
-    std::copy(t.count.begin(), t.count.end(), all.begin());
-    std::copy(t.right.begin(), t.right.end(), all.begin() + static_cast<int64_t>(M));
-    std::copy(t.sig.begin(), t.sig.end(), all.begin() + 2 * static_cast<int64_t>(M));
-    all[3 * M] = t.visits, all[3 * M + 1] = t.entropy, all[3 * M + 2] = t.tokens;
-    (*aux.sum)(all.data(), static_cast<int64_t>(all.size()));
-    std::copy(all.begin(), all.begin() + static_cast<int64_t>(M), t.count.begin());
-    std::copy(all.begin() + static_cast<int64_t>(M), all.begin() + 2 * static_cast<int64_t>(M),
-              t.right.begin());
-    std::copy(all.begin() + 2 * static_cast<int64_t>(M), all.begin() + 3 * static_cast<int64_t>(M),
-              t.sig.begin());
-    t.visits = all[3 * M], t.entropy = all[3 * M + 1], t.tokens = all[3 * M + 2];
+// What the auxiliary losses are means of, in one array so that data-parallel training sums it
+// over the ranks in one call (aux.sum; then it is the global batch's): per node along the hard
+// paths its visits, right turns and Σσ, then the decisions on those paths (Σ visits = N·d), their
+// Σ entropy (soft routing: every node's; 0 without a hardening loss) and the tokens.
+class RoutingTotals {
+ public:
+  RoutingTotals(const Routing& rt, const AuxLoss& aux)
+      : M_((1 << rt.depth) - 1), v_(3 * static_cast<size_t>(M_) + 3, 0.0) {
+    const int d = rt.depth;
+    for (int64_t n = 0; n < rt.N; ++n) {
+      int node = 0;
+      for (int k = 0; k < d; ++k) {
+        const float z = rt.path_z[static_cast<size_t>(n * d + k)];
+        const int bit = z >= 0.0f ? 1 : 0;
+        v_[static_cast<size_t>(node)] += 1;
+        v_[static_cast<size_t>(M_ + node)] += bit;
+        v_[static_cast<size_t>(2 * M_ + node)] += Sigmoid(z);
+        node = 2 * node + 1 + bit;
+      }
+    }
+    double entropy = 0;  // only the hardening loss needs it
+    if (aux.hardening > 0)
+      for (float z : rt.soft ? rt.z : rt.path_z) entropy += Entropy(z);
+    v_[3 * static_cast<size_t>(M_)] = static_cast<double>(rt.N) * d;
+    v_[3 * static_cast<size_t>(M_) + 1] = entropy;
+    v_[3 * static_cast<size_t>(M_) + 2] = static_cast<double>(rt.N);
+    if (aux.sum != nullptr && (aux.balance > 0 || aux.hardening > 0)) {
+      (*aux.sum)(v_.data(), static_cast<int64_t>(v_.size()));
+    }
   }
-  return t;
-}
+  double count(int m) const { return v_[static_cast<size_t>(m)]; }
+  double right(int m) const { return v_[static_cast<size_t>(M_ + m)]; }
+  double sig(int m) const { return v_[static_cast<size_t>(2 * M_ + m)]; }
+  double visits() const { return v_[3 * static_cast<size_t>(M_)]; }
+  double entropy() const { return v_[3 * static_cast<size_t>(M_) + 1]; }
+  double tokens() const { return v_[3 * static_cast<size_t>(M_) + 2]; }
+
+ private:
+  int M_;
+  std::vector<double> v_;
+};
 
 double AuxLossOf(const Routing& rt, const AuxLoss& aux, const RoutingTotals& t) {
   const int d = rt.depth, M = (1 << d) - 1;
-  if (t.visits == 0) return 0.0;
+  if (t.visits() == 0) return 0.0;
   double loss = 0;
-  if (aux.hardening > 0) loss += aux.hardening * t.entropy / (rt.soft ? t.tokens * M : t.visits);
+  if (aux.hardening > 0) {
+    loss += aux.hardening * t.entropy() / (rt.soft ? t.tokens() * M : t.visits());
+  }
   if (aux.balance > 0) {
     double b = 0;
     for (int m = 0; m < M; ++m) {
-      const double c = t.count[static_cast<size_t>(m)];
+      const double c = t.count(m);
       if (c == 0) continue;
-      const double fr = t.right[static_cast<size_t>(m)] / c, pr = t.sig[static_cast<size_t>(m)] / c;
-      b += c / t.visits * 2.0 * (fr * pr + (1 - fr) * (1 - pr));
+      const double fr = t.right(m) / c, pr = t.sig(m) / c;
+      b += c / t.visits() * 2.0 * (fr * pr + (1 - fr) * (1 - pr));
     }
     loss += aux.balance * b;
   }
@@ -229,7 +221,7 @@ double AuxLossOf(const Routing& rt, const AuxLoss& aux, const RoutingTotals& t) 
 
 double RouterAuxLoss(const Routing& rt, const AuxLoss& aux) {
   if (rt.N == 0 || rt.depth == 0) return 0.0;
-  return AuxLossOf(rt, aux, Totals(rt, aux));
+  return AuxLossOf(rt, aux, RoutingTotals(rt, aux));
 }
 
 double RouterBackward(GemmFn gemm, const RouterWeights& r, const float* x, const Routing& rt,
@@ -240,10 +232,8 @@ double RouterBackward(GemmFn gemm, const RouterWeights& r, const float* x, const
   std::vector<float> dzp(static_cast<size_t>(N * d), 0.0f);
   std::vector<int32_t> path(static_cast<size_t>(N * d));
   // balance: each visit of node m moves σ by λ·2·(f_R − f_L) / visits
-  const RoutingTotals totals = Totals(rt, aux);
-  const std::vector<double>& count = totals.count;
-  const std::vector<double>& right = totals.right;
-  const double visits = totals.visits;
+  const RoutingTotals totals(rt, aux);
+  const double visits = totals.visits();
   for (int64_t n = 0; n < N; ++n) {
     int node = 0;
     for (int k = 0; k < d; ++k) {
@@ -259,8 +249,7 @@ double RouterBackward(GemmFn gemm, const RouterWeights& r, const float* x, const
         if (aux.hardening > 0) g += aux.scale * aux.hardening / visits * (-z * s * (1 - s));
       }
       if (aux.balance > 0) {
-        const double c = count[static_cast<size_t>(node)];
-        const double fr = right[static_cast<size_t>(node)] / c;
+        const double fr = totals.right(node) / totals.count(node);
         g += aux.scale * aux.balance * 2.0 * (fr - (1 - fr)) / visits * s * (1 - s);
       }
       dzp[v] = static_cast<float>(g);
@@ -287,7 +276,7 @@ double RouterBackward(GemmFn gemm, const RouterWeights& r, const float* x, const
         }
       }
       if (aux.hardening > 0) {
-        const double k = aux.scale * aux.hardening / (totals.tokens * M);
+        const double k = aux.scale * aux.hardening / (totals.tokens() * M);
         for (int m = 0; m < M; ++m) {
           const double s = Sigmoid(z[m]);
           dzn[m] += static_cast<float>(k * (-z[m] * s * (1 - s)));
