@@ -8,6 +8,14 @@ bench_model() {  # name preset [dtype]: $dir/name, written by `init` unless alre
   [ -f "$dir/$1/model.safetensors" ] ||
     build/tinylora init --preset "$2" --dtype "${3:-f32}" --out "$dir/$1" --force >/dev/null
 }
+wait_port() {  # PORT: until something listens there on loopback (60 s)
+  for _ in $(seq 600); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "error: nothing listens on port $1 after 60 s" >&2
+  return 1
+}
 bf16_kernel_here() {  # KERNEL: a BF16 kernel of ops/gemm_bf16.h this CPU has (needs tiny-f32)
   local out
   out=$(TINYLORA_BF16_KERNEL=$1 build/bench/bench_train "$dir/tiny-f32" --steps 0 --bf16 2>&1 || true)

@@ -46,10 +46,7 @@ for shape in $shapes; do
   build/tinylora serve "${args[@]}" 2>"$dir/serve.log" &
   pid=$!
   trap 'kill $pid 2>/dev/null || true' EXIT
-  for _ in $(seq 600); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    sleep 0.1
-  done
+  wait_port "$port"
   for scenario in $scenarios; do
     case $scenario in
       base) models=- ;;

@@ -51,14 +51,6 @@ for k in $(seq 0 15); do
     build/tinylora export-lora --model "$base" --adapter "$adapters/lora_$k" --out "$adapters/lora_$k.gguf" >/dev/null
 done
 
-wait_port() {  # PORT: until something listens there (60 s)
-  for _ in $(seq 600); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "error: nothing listens on port $1 after 60 s" >&2
-  return 1
-}
 run_load() {  # SCENARIO C [bench_serve flags]: one JSON line
   local scenario=$1 c=$2 models
   shift 2

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
@@ -132,18 +133,32 @@ std::vector<std::string> Common(const RunSetup& s, const std::string& out) {
           "--threads",    "1",    "--val-fraction", "0.1", "--eval-every", "6"};
 }
 
-void ExpectLoraEquivalence(const std::vector<std::string>& extra) {
-  RunSetup s;
+// A rank-4 all-linear LoRA on the setup's model, plus `extra`, into `out`.
+std::vector<std::string> LoraArgs(const RunSetup& s, const std::string& out,
+                                  const std::vector<std::string>& extra = {}) {
   std::vector<std::string> args = {"train", "--model",   s.model,     "--rank",
                                    "4",     "--targets", "all-linear"};
   args.insert(args.end(), extra.begin(), extra.end());
-  auto one = args, two = args;
-  for (const auto& a : Common(s, s.tmp / "one")) one.push_back(a);
-  for (const auto& a : Common(s, s.tmp / "two")) two.push_back(a);
-  const auto r1 = RunCli(one);
+  for (const auto& a : Common(s, out)) args.push_back(a);
+  return args;
+}
+
+// make(DIR) run by one process into tmp/one and by 2 ranks into tmp/two, both succeeding; *two
+// is the 2-rank run's result.
+void RunOneThenTwo(const RunSetup& s,
+                   const std::function<std::vector<std::string>(const std::string&)>& make,
+                   test::CliResult* two) {
+  const auto r1 = RunCli(make(s.tmp / "one"));
   ASSERT_EQ(r1.exit_code, 0) << r1.err;
-  const auto r2 = RunMpi(2, two);
-  ASSERT_EQ(r2.exit_code, 0) << r2.err;
+  *two = RunMpi(2, make(s.tmp / "two"));
+  ASSERT_EQ(two->exit_code, 0) << two->err;
+}
+
+void ExpectLoraEquivalence(const std::vector<std::string>& extra) {
+  RunSetup s;
+  test::CliResult r2;
+  ASSERT_NO_FATAL_FAILURE(RunOneThenTwo(
+      s, [&](const std::string& out) { return LoraArgs(s, out, extra); }, &r2));
   // One result line and one summary, from rank 0 only.
   EXPECT_EQ(std::count(r2.out.begin(), r2.out.end(), '\n'), 1) << r2.out;
   ExpectSameTraining(s.tmp / "one", s.tmp / "two", "adapter_model.safetensors");
@@ -169,23 +184,17 @@ TEST(Distributed, TwoRanksTrainTheTreeOneProcessTrains) {
 
 TEST(Distributed, TwoRanksPretrainAsOneProcess) {
   RunSetup s;
-  std::vector<std::string> args = {"pretrain", "--config", s.tmp / "config.json", "--tokenizer",
-                                   s.tokenizer};
-  auto one = args, two = args;
-  for (const auto& a : Common(s, s.tmp / "one")) one.push_back(a);
-  for (const auto& a : Common(s, s.tmp / "two")) two.push_back(a);
-  const auto r1 = RunCli(one);
-  ASSERT_EQ(r1.exit_code, 0) << r1.err;
-  const auto r2 = RunMpi(2, two);
-  ASSERT_EQ(r2.exit_code, 0) << r2.err;
+  test::CliResult r2;
+  ASSERT_NO_FATAL_FAILURE(RunOneThenTwo(
+      s,
+      [&](const std::string& out) {
+        std::vector<std::string> args = {"pretrain", "--config", s.tmp / "config.json",
+                                         "--tokenizer", s.tokenizer};
+        for (const auto& a : Common(s, out)) args.push_back(a);
+        return args;
+      },
+      &r2));
   ExpectSameTraining(s.tmp / "one", s.tmp / "two", "model.safetensors");
-}
-
-std::vector<std::string> LoraArgs(const RunSetup& s, const std::string& out) {
-  std::vector<std::string> args = {"train", "--model",   s.model,     "--rank",
-                                   "4",     "--targets", "all-linear"};
-  for (const auto& a : Common(s, out)) args.push_back(a);
-  return args;
 }
 
 // A run stopped at step 6 and resumed on 2 ranks is the uninterrupted 2-rank run, bit for bit;
