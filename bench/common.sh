@@ -8,6 +8,12 @@ bench_model() {  # name preset [dtype]: $dir/name, written by `init` unless alre
   [ -f "$dir/$1/model.safetensors" ] ||
     build/tinylora init --preset "$2" --dtype "${3:-f32}" --out "$dir/$1" --force >/dev/null
 }
+bench_fortunes_vocab() {  # $dir/fortunes and a 32 000-piece tokenizer trained on them, $dir/tok32k
+  [ -f "$dir/fortunes/en.train.jsonl" ] || build/tinylora data fortunes --out "$dir/fortunes" >/dev/null
+  [ -f "$dir/tok32k/tokenizer.model" ] ||
+    build/tinylora tokenizer train --data "$dir/fortunes" --out "$dir/tok32k" --vocab-size 32000 \
+      >/dev/null
+}
 wait_port() {  # PORT: until something listens there on loopback (60 s)
   for _ in $(seq 600); do
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0

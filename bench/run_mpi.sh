@@ -18,9 +18,7 @@ while [ $# -gt 0 ]; do
     *) echo "usage: bench/run_mpi.sh [--shapes L] [--steps N]" >&2; exit 2 ;;
   esac
 done
-[ -f "$dir/fortunes/en.train.jsonl" ] || build/tinylora data fortunes --out "$dir/fortunes" >/dev/null
-[ -f "$dir/tok32k/tokenizer.model" ] ||
-  build/tinylora tokenizer train --data "$dir/fortunes" --out "$dir/tok32k" --vocab-size 32000 >/dev/null
+bench_fortunes_vocab
 summarise() {  # OUT LABEL...: one JSON line from OUT/metrics.jsonl
   /usr/bin/python3 - "$@" <<'PY'
 import json, sys

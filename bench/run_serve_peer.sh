@@ -34,10 +34,7 @@ port=${TINYLORA_BENCH_PORT:-18181}
 max_c=$(tr ' ' '\n' <<<"$concurrency" | sort -n | tail -1)
 
 # The base with a vocabulary, its GGUF file, and the adapters in both layouts.
-[ -f "$dir/tok32k/tokenizer.model" ] || {
-  build/tinylora data fortunes --out "$dir/fortunes" >/dev/null
-  build/tinylora tokenizer train --data "$dir/fortunes" --out "$dir/tok32k" --vocab-size 32000 >/dev/null
-}
+bench_fortunes_vocab
 base=$dir/tinyllama-vocab-bf16
 [ -f "$base/model.safetensors" ] ||
   build/tinylora init --preset tinyllama --tokenizer "$dir/tok32k/tokenizer.model" --dtype bf16 \
