@@ -239,7 +239,7 @@ int Main(int argc, char** argv) {
 }  // namespace tinylora
 
 int main(int argc, char** argv) {
-  tinylora::UsePassiveWaitPolicy(argv);
+  tinylora::UseWaitPolicy(tinylora::WaitPolicy::kShortSpin, argv);  // as generate and serve
   try {
     return tinylora::Main(argc, argv);
   } catch (const tinylora::Error& e) {

@@ -226,7 +226,7 @@ int Main(int argc, char** argv) {
 }  // namespace tinylora
 
 int main(int argc, char** argv) {
-  tinylora::UsePassiveWaitPolicy(argv);
+  tinylora::UseWaitPolicy(tinylora::WaitPolicy::kPassive, argv);  // as train
   try {
     return tinylora::Main(argc, argv);
   } catch (const tinylora::Error& e) {

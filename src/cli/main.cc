@@ -88,7 +88,12 @@ int Run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  tinylora::UsePassiveWaitPolicy(argv);
+  // generate and serve spend their time in decode: a short spin (util/wait_policy.h).
+  const std::string command = argc > 1 ? argv[1] : "";
+  tinylora::UseWaitPolicy(command == "generate" || command == "serve"
+                              ? tinylora::WaitPolicy::kShortSpin
+                              : tinylora::WaitPolicy::kPassive,
+                          argv);
   tinylora::InitDistributed(&argc, &argv);
   const int code = Run(argc, argv);
   tinylora::FinalizeDistributed();
