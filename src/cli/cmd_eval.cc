@@ -8,6 +8,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "capacity/fact_bits.h"
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "data/sources.h"
@@ -31,11 +32,54 @@ double TokenLoss(const float* logits, int vocab, int target) {
   return std::log(sum) + mx - logits[target];
 }
 
+// The routing of the tokens the model has seen, when its adapter is a tree; else null.
+nlohmann::json RoutingJson(const LlamaModel& model, const Adapter* adapter) {
+  if (adapter == nullptr || adapter->depth() == 0) return nullptr;
+  nlohmann::json usage = nlohmann::json::array();
+  double entropy = 0, decided = 0;
+  const std::vector<RoutingStats> stats = model.routing_stats();
+  for (const RoutingStats& s : stats) {
+    usage.push_back(s.usage);
+    entropy += s.entropy / static_cast<double>(stats.size());
+    decided += s.decided / static_cast<double>(stats.size());
+  }
+  return {{"entropy", entropy}, {"decided", decided}, {"leaf_usage", usage}};
+}
+
+// eval --facts: the bits the model (and adapter) store about the probes' people.
+EvalResult RunFactsEval(const EvalOptions& o, ModelWeights& weights) {
+  const std::vector<Probe> probes = ReadProbes(o.facts);
+  Tokenizer tok(weights.TokenizerModel("--facts needs the model's tokenizer"),
+                weights.tokenizer_name);
+  if (o.bf16) weights.PrepareBf16(/*backward=*/false);
+  std::unique_ptr<Adapter> adapter;
+  if (!o.adapter.empty()) adapter = Adapter::Load(o.adapter, weights.config, /*with_grads=*/false);
+  LlamaModel model(weights, adapter.get());
+  const FactBits bits = MeasureFactBits(model, tok, probes);
+  std::fprintf(stderr, "eval: %lld people in %.1f s, %.1f bits stored\n",
+               static_cast<long long>(bits.people), bits.seconds, bits.bits);
+  EvalResult r;
+  r.seconds = bits.seconds;
+  nlohmann::json attrs = nlohmann::json::object();
+  for (int a = 0; a < kNumAttrs; ++a) {
+    const AttrBits& x = bits.attr[static_cast<size_t>(a)];
+    attrs[AttrName(static_cast<Attr>(a))] = {
+        {"cross_entropy_bits", x.cross_entropy_bits},
+        {"entropy_bits", AttrEntropyBits(static_cast<Attr>(a))},
+        {"bits", x.bits},
+        {"recall", x.recall}};
+  }
+  r.facts = {{"people", bits.people}, {"bits", bits.bits}, {"attributes", attrs}};
+  r.routing = RoutingJson(model, adapter.get());
+  return r;
+}
+
 }  // namespace
 
 EvalResult RunEval(const EvalOptions& o) {
   SetThreads(o.threads);
   auto weights = ModelWeights::Load(o.model, o.quantize.Get(o.bf16));
+  if (!o.facts.empty()) return RunFactsEval(o, *weights);
   const LlamaConfig& c = weights->config;
   std::vector<int> ids;
   std::string source;
@@ -117,22 +161,14 @@ EvalResult RunEval(const EvalOptions& o) {
   r.loss = total_loss / static_cast<double>(scored);
   r.ppl = std::exp(r.loss);
   r.seconds = seconds;
-  if (adapter && adapter->depth() > 0) {  // how the tree routed these tokens, per block
-    nlohmann::json usage = nlohmann::json::array();
-    double entropy = 0, decided = 0;
-    const std::vector<RoutingStats> stats = model.routing_stats();
-    for (const RoutingStats& s : stats) {
-      usage.push_back(s.usage);
-      entropy += s.entropy / static_cast<double>(stats.size());
-      decided += s.decided / static_cast<double>(stats.size());
-    }
-    r.routing = {{"entropy", entropy}, {"decided", decided}, {"leaf_usage", usage}};
-  }
+  r.routing = RoutingJson(model, adapter.get());  // how a tree routed these tokens, per block
   return r;
 }
 
 nlohmann::json EvalResult::ToJson() const {
-  nlohmann::json out = {{"tokens", tokens}, {"loss", loss}, {"ppl", ppl}};
+  nlohmann::json out = facts.is_null()
+                           ? nlohmann::json{{"tokens", tokens}, {"loss", loss}, {"ppl", ppl}}
+                           : nlohmann::json{{"facts", facts}};
   if (!routing.is_null()) out["routing"] = routing;
   return out;
 }
@@ -149,13 +185,20 @@ void AddEvalCommand(CLI::App& app) {
   auto* t = cmd->add_option("--token-ids", o->token_ids,
                             "a file of whitespace-separated token ids (no BOS added)");
   d->excludes(t);
+  auto* f =
+      cmd->add_option("--facts", o->facts,
+                      "probe.jsonl of `data facts`: the bits of knowledge stored about its people "
+                      "(Allen-Zhu & Li), instead of the loss");
+  f->excludes(d);
+  f->excludes(t);
   cmd->add_option("--context", o->context, "window length in tokens (default: the model's context)")
       ->check(kNonNegative);
   AddBf16Flag(cmd, &o->bf16, "the BF16 base's matrix products, as train --bf16 computes them,");
   AddQuantizeFlags(cmd, &o->quantize);
   AddThreadsOption(cmd, &o->threads);
   cmd->callback([o]() {
-    if (o->data.empty() && o->token_ids.empty()) Fail("eval: give --data FILE or --token-ids FILE");
+    if (o->data.empty() && o->token_ids.empty() && o->facts.empty())
+      Fail("eval: give --data FILE, --token-ids FILE or --facts FILE");
     std::cout << RunEval(*o).ToJson().dump() << "\n";
   });
 }

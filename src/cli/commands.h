@@ -86,6 +86,7 @@ TrainResult RunPretrain(const PretrainOptions& o);
 // ---- eval -------------------------------------------------------------------------------
 struct EvalOptions {
   std::string model, adapter, data, token_ids;
+  std::string facts;  // probe.jsonl of `data facts`: the bits stored instead of the loss
   int context = 0;
   int threads = 0;
   bool bf16 = false;  // the BF16 base's products in BF16 (ops/gemm_bf16)
@@ -95,6 +96,8 @@ struct EvalResult {
   int64_t tokens = 0;
   double loss = 0, ppl = 0, seconds = 0;
   nlohmann::json routing;  // null, or {entropy, decided, leaf_usage: per block tokens per leaf}
+  nlohmann::json
+      facts;  // --facts: {people, bits, per attribute {cross_entropy_bits, bits, recall}}
   nlohmann::json ToJson() const;  // the line `eval` prints
 };
 EvalResult RunEval(const EvalOptions& o);
