@@ -315,5 +315,50 @@ TEST(FactBits, AMemorisedPopulationStoresItsEntropyAndTheBaseStoresNone) {
       << r.err;
 }
 
+// The experiment's smallest scale end to end: every variant's row, bits never above the facts'
+// entropy nor below 0, the plot and the table; a second run reuses every stage.
+TEST(Experiment, CapacityAtTheTestScaleReportsEveryVariant) {
+  TempDir tmp;
+  const std::vector<std::string> args = {"experiment", "capacity",   "--scale", "test",
+                                         "--work-dir", tmp / "work", "--out",   tmp / "out"};
+  const auto r = RunCli(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto report = nlohmann::json::parse(ReadTextFile(tmp / "out/report.json"));
+  const double facts_bits = report["facts_bits"];
+  EXPECT_NEAR(facts_bits, 6 * 46.5916, 0.01);
+  std::vector<std::string> ids;
+  for (const auto& v : report["variants"]) {
+    ids.push_back(v["id"]);
+    EXPECT_GE(v["bits_mean"].get<double>(), 0.0) << v["id"];
+    EXPECT_LE(v["bits_mean"].get<double>(), facts_bits) << v["id"];
+    ASSERT_EQ(v["per_seed"].size(), 1u);
+    for (int a = 0; a < kNumDrawnAttrs; ++a) {
+      const auto& x = v["per_seed"][0]["attributes"][AttrName(static_cast<Attr>(a))];
+      EXPECT_LE(x["bits"].get<double>(), 6 * x["entropy_bits"].get<double>() + 1e-9);
+    }
+    EXPECT_GT(v["decode_tokens_per_s"].get<double>(), 0.0);
+    if (v["kind"] != "base") {
+      EXPECT_GT(v["params"].get<double>(), 0.0);
+      EXPECT_LE(v["active_params"].get<double>(), v["params"].get<double>());
+    }
+  }
+  // The test scale: LoRA ranks 1 and 2, one tree of depth 1 (its dense comparator, rank 2, is
+  // the rank-2 LoRA).
+  EXPECT_EQ(ids, (std::vector<std::string>{"base", "lora-r1", "lora-r2", "tree-d1"}));
+  const auto& tree = report["variants"][3];
+  EXPECT_LT(tree["active_params"].get<double>(), tree["params"].get<double>());
+  EXPECT_FALSE(report["variants"][3]["per_seed"][0]["routing"].is_null());
+  const std::string md = ReadTextFile(tmp / "out/report.md");
+  for (const auto& id : ids) EXPECT_NE(md.find("| " + id + " |"), std::string::npos) << id;
+  EXPECT_NE(ReadTextFile(tmp / "out/capacity.svg").find("<polyline"), std::string::npos);
+  // Again: nothing is built, the report is the same.
+  const std::vector<std::string> again = {"experiment", "capacity",   "--scale", "test",
+                                          "--work-dir", tmp / "work", "--out",   tmp / "out2"};
+  const auto r2 = RunCli(again);
+  ASSERT_EQ(r2.exit_code, 0) << r2.err;
+  EXPECT_EQ(r2.err.find("built "), std::string::npos) << r2.err;
+  EXPECT_EQ(ReadTextFile(tmp / "out2/report.md"), md);
+}
+
 }  // namespace
 }  // namespace tinylora

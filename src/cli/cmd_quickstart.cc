@@ -71,14 +71,6 @@ struct QuickstartOptions {
   int threads = 0;
 };
 
-std::string DefaultWorkDir() {
-  const char* xdg = std::getenv("XDG_CACHE_HOME");
-  if (xdg != nullptr && xdg[0] == '/') return JoinPath(xdg, "tinylora");
-  const char* home = std::getenv("HOME");
-  if (home == nullptr || home[0] == '\0') Fail("quickstart: HOME is not set; give --work-dir DIR");
-  return JoinPath(JoinPath(home, ".cache"), "tinylora");
-}
-
 double LoadAverage() {
   double l = -1;
   if (std::FILE* f = std::fopen("/proc/loadavg", "r")) {
@@ -186,21 +178,6 @@ void BuildData(const std::string& root, int64_t max_docs, int64_t eval_docs,
   WriteFileAtomic(JoinPath(dir, "prompts.json"), prompts.dump(2) + "\n");
 }
 
-// A training stage keeps its result, metrics.jsonl and loss.svg; the checkpoint (optimizer
-// moments, only for --resume) is dropped.
-void DropCheckpoint(const std::string& dir) {
-  std::error_code ec;
-  fs::remove_all(JoinPath(dir, "checkpoint"), ec);
-  fs::remove_all(JoinPath(dir, "checkpoint.old"), ec);
-}
-
-void CheckFinished(const TrainResult& r, const std::string& what) {
-  if (r.summary.stopped_by_signal) {
-    FailRuntime("stopped by a signal while " + what +
-                "; the stage is not kept and the next run builds it again");
-  }
-}
-
 struct Variant {
   std::string id, label;  // "base" / "lora" / "tree", and the table's words
   std::string adapter;    // adapter directory, empty for the base
@@ -299,15 +276,6 @@ std::string OneLine(std::string s) {
   return out;
 }
 
-std::string Timestamp() {
-  const std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  localtime_r(&now, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y%m%d-%H%M%S", &tm);
-  return buf;
-}
-
 void CopyInto(const std::string& from, const std::string& to_dir) {
   MakeDirectories(to_dir);
   fs::copy_file(from, JoinPath(to_dir, fs::path(from).filename().string()),
@@ -325,15 +293,9 @@ void RunQuickstart(const QuickstartOptions& o) {
   const int batch = o.batch_size > 0 ? o.batch_size : sc.batch_size;
   const int seq = o.seq_len > 0 ? o.seq_len : sc.seq_len;
   const int64_t eval_docs = o.eval_docs >= 0 ? o.eval_docs : sc.eval_docs;
-  const std::string work = o.work_dir.empty() ? DefaultWorkDir() : o.work_dir;
+  const std::string work = o.work_dir.empty() ? DefaultWorkDir("quickstart") : o.work_dir;
   StageCache cache(JoinPath(work, "stages"));
-  std::string run_dir = o.out;
-  if (run_dir.empty()) {
-    const std::string stamp = JoinPath(JoinPath(work, "runs"), Timestamp());
-    run_dir = stamp;
-    for (int i = 2; fs::exists(run_dir); ++i) run_dir = stamp + "-" + std::to_string(i);
-  }
-  MakeDirectories(run_dir);
+  const std::string run_dir = RunDir(work, o.out);
   std::vector<std::string> langs;
   for (const FortuneLanguage& l : FortuneLanguages()) langs.push_back(l.code);
   std::fprintf(stderr,

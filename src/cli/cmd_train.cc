@@ -231,6 +231,13 @@ nlohmann::json RoutingJson(const std::vector<RoutingStats>& blocks) {
 
 }  // namespace
 
+void CheckFinished(const TrainResult& r, const std::string& what) {
+  if (r.summary.stopped_by_signal) {
+    FailRuntime("stopped by a signal while " + what +
+                "; the stage is not kept and the next run builds it again");
+  }
+}
+
 TrainResult RunTrain(const LoraTrainOptions& lo) {
   const CommonTrainOptions& o = lo.common;
   Comm& comm = WorldComm();

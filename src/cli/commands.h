@@ -82,6 +82,9 @@ struct TrainResult {
 };
 TrainResult RunTrain(const LoraTrainOptions& o);
 TrainResult RunPretrain(const PretrainOptions& o);
+// A pipeline's stage of training must finish: a run a signal stopped is a FailRuntime naming
+// `what` (the stage is then not kept, and the next run builds it again).
+void CheckFinished(const TrainResult& r, const std::string& what);
 
 // ---- eval -------------------------------------------------------------------------------
 struct EvalOptions {

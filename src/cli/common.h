@@ -40,6 +40,7 @@ void AddTokenizerCommand(CLI::App& app);
 void AddTrainCommands(CLI::App& app);
 void AddMergeCommand(CLI::App& app);
 void AddDataCommand(CLI::App& app);
+void AddExperimentCommand(CLI::App& app);
 void AddQuickstartCommand(CLI::App& app);
 void AddServeCommand(CLI::App& app);
 

@@ -39,6 +39,7 @@ int Run(int argc, char** argv) {
   AddTrainCommands(app);
   AddMergeCommand(app);
   AddDataCommand(app);
+  AddExperimentCommand(app);
   AddQuantizeCommand(app);
   AddExportLoraCommand(app);
   AddServeCommand(app);

@@ -7,7 +7,9 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 
 #include "data/token_cache.h"
@@ -105,6 +107,36 @@ Stage StageCache::Get(const std::string& name, const nlohmann::json& inputs,
   }
   FsyncDirectory(root_);
   return st;
+}
+
+std::string DefaultWorkDir(const std::string& command) {
+  const char* xdg = std::getenv("XDG_CACHE_HOME");
+  if (xdg != nullptr && xdg[0] == '/') return JoinPath(xdg, "tinylora");
+  const char* home = std::getenv("HOME");
+  if (home == nullptr || home[0] == '\0') Fail(command + ": HOME is not set; give --work-dir DIR");
+  return JoinPath(JoinPath(home, ".cache"), "tinylora");
+}
+
+std::string RunDir(const std::string& work, const std::string& out) {
+  std::string dir = out;
+  if (dir.empty()) {
+    const std::time_t now = std::time(nullptr);
+    std::tm tm{};
+    localtime_r(&now, &tm);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y%m%d-%H%M%S", &tm);
+    const std::string stamp = JoinPath(JoinPath(work, "runs"), buf);
+    dir = stamp;
+    for (int i = 2; std::filesystem::exists(dir); ++i) dir = stamp + "-" + std::to_string(i);
+  }
+  MakeDirectories(dir);
+  return dir;
+}
+
+void DropCheckpoint(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::remove_all(JoinPath(dir, "checkpoint"), ec);
+  std::filesystem::remove_all(JoinPath(dir, "checkpoint.old"), ec);
 }
 
 }  // namespace tinylora

@@ -39,4 +39,13 @@ class StageCache {
   std::string root_;
 };
 
+// Where a pipeline (quickstart, experiment) keeps its stages and runs by default:
+// $XDG_CACHE_HOME/tinylora or ~/.cache/tinylora. Error naming `command` when HOME is unset.
+std::string DefaultWorkDir(const std::string& command);
+// `out`, created, or else a fresh WORK/runs/YYYYmmdd-HHMMSS[-N].
+std::string RunDir(const std::string& work, const std::string& out);
+// A training stage keeps its result, metrics.jsonl and loss.svg; the checkpoint (optimizer
+// moments, only for --resume) is dropped.
+void DropCheckpoint(const std::string& dir);
+
 }  // namespace tinylora

@@ -9,6 +9,7 @@
 
 #include "util/error.h"
 #include "util/file.h"
+#include "util/svg_plot.h"
 
 namespace tinylora {
 
@@ -55,48 +56,13 @@ void WriteLossCurve(const std::string& metrics_path, const std::string& svg_path
     if (j.contains("val_loss") && j["val_loss"].is_number())
       val.push_back({step, j["val_loss"].get<double>()});
   }
-  const double W = 640, H = 400, left = 60, right = 20, top = 40, bottom = 50;
-  double x0 = 0, x1 = 1, y0 = 1e30, y1 = -1e30;
-  for (const auto* s : {&train, &val}) {
-    for (auto [x, y] : *s) {
-      x1 = std::max(x1, x);
-      if (std::isfinite(y)) y0 = std::min(y0, y), y1 = std::max(y1, y);
-    }
-  }
-  if (y0 > y1) y0 = 0, y1 = 1;
-  if (y1 - y0 < 1e-9) y1 = y0 + 1;
-  auto X = [&](double x) { return left + (x - x0) / (x1 - x0) * (W - left - right); };
-  auto Y = [&](double y) { return top + (y1 - y) / (y1 - y0) * (H - top - bottom); };
-  std::ostringstream svg;
-  svg.precision(5);
-  svg << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H
-      << "\" font-family=\"sans-serif\" font-size=\"12\">\n"
-      << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-      << "<text x=\"" << W / 2 << "\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">" << title
-      << "</text>\n";
-  for (int k = 0; k <= 4; ++k) {  // axes ticks
-    const double yv = y0 + (y1 - y0) * k / 4, xv = x0 + (x1 - x0) * k / 4;
-    svg << "<line x1=\"" << left << "\" x2=\"" << W - right << "\" y1=\"" << Y(yv) << "\" y2=\""
-        << Y(yv) << "\" stroke=\"#ddd\"/>\n"
-        << "<text x=\"" << left - 6 << "\" y=\"" << Y(yv) + 4 << "\" text-anchor=\"end\">" << yv
-        << "</text>\n"
-        << "<text x=\"" << X(xv) << "\" y=\"" << H - bottom + 18 << "\" text-anchor=\"middle\">"
-        << static_cast<int64_t>(xv) << "</text>\n";
-  }
-  svg << "<text x=\"" << W / 2 << "\" y=\"" << H - 12 << "\" text-anchor=\"middle\">step</text>\n";
-  auto polyline = [&](const std::vector<std::pair<double, double>>& s, const char* color,
-                      const char* label, int row) {
-    if (s.empty()) return;
-    svg << "<polyline fill=\"none\" stroke=\"" << color << "\" stroke-width=\"1.5\" points=\"";
-    for (auto [x, y] : s)
-      if (std::isfinite(y)) svg << X(x) << "," << Y(y) << " ";
-    svg << "\"/>\n<text x=\"" << W - right - 4 << "\" y=\"" << top + 14 * row
-        << "\" text-anchor=\"end\" fill=\"" << color << "\">" << label << "</text>\n";
-  };
-  polyline(train, "#1f77b4", "train loss", 1);
-  polyline(val, "#d62728", "validation loss", 2);
-  svg << "</svg>\n";
-  WriteFileAtomic(svg_path, svg.str());
+  PlotAxes axes;
+  axes.title = title;
+  axes.x_label = "step";
+  axes.integer_x = true;
+  WriteLinePlot(
+      svg_path, axes,
+      {PlotSeries{"train loss", "#1f77b4", train}, PlotSeries{"validation loss", "#d62728", val}});
 }
 
 }  // namespace tinylora
