@@ -212,6 +212,26 @@ TEST(Quickstart, RunsEveryStageThenReusesThem) {
   size_t dirs = 0;
   for ([[maybe_unused]] const auto& e : fs::directory_iterator(stages)) ++dirs;
   EXPECT_EQ(dirs, d1.size() + 2);  // the new tree and its evaluation beside the old ones
+
+  // ---- fourth run, --seeds 2: seed 1's stages reused, both adapters trained on seed 2 too,
+  // and the losses of both seeds in the report
+  std::vector<std::string> args4 = Args(work, tmp / "run4", 2);
+  args4.insert(args4.end(), {"--seeds", "2"});
+  const test::CliResult r4 = RunCli(args4);
+  ASSERT_EQ(r4.exit_code, 0) << r4.err;
+  const auto res4 = nlohmann::json::parse(ReadTextFile(tmp / "run4/results.json"));
+  for (const char* v : {"lora", "tree"}) {
+    for (const char* lang : {"en", "de", "es", "it"}) {
+      const auto& x = res4["seeds"][v][lang];
+      ASSERT_EQ(x["losses"].size(), 2u) << v << " " << lang;
+      EXPECT_EQ(x["losses"][0].get<double>(), by[v][lang]["loss"].get<double>()) << v << lang;
+      EXPECT_NE(x["losses"][0].get<double>(), x["losses"][1].get<double>()) << v << lang;
+      const double a = x["losses"][0], b = x["losses"][1];
+      EXPECT_NEAR(x["mean"].get<double>(), (a + b) / 2, 1e-12);
+      EXPECT_NEAR(x["sd"].get<double>(), std::abs(a - b) / std::sqrt(2.0), 1e-12);
+    }
+  }
+  EXPECT_NE(ReadTextFile(tmp / "run4/results.md").find("Over 2 seeds (1 … 2)"), std::string::npos);
 }
 
 TEST(Quickstart, BadInputIsOneErrorLine) {

@@ -1,6 +1,8 @@
 // tinylora experiment capacity: how many bits of knowledge LoRA and trees of LoRA leaves store
 // per parameter (issue: the seed's claim, measured in bits). Per seed, cached stages:
-//   facts       `data facts`: N target people × E exposures, and a disjoint base population
+//   base-data   the base population's biographies (`data facts`'s base.jsonl), apart from
+//               the target's so that every N and E of a seed shares one base
+//   facts       `data facts`: N target people × E exposures, their probes
 //   tokenizer   trained on the base population's biographies
 //   base        a small Llama pretrained from scratch on the base population (one pass): it
 //               learns the format and the distributions of values, none of the target facts
@@ -97,6 +99,8 @@ struct CapacityOptions {
   std::string scale = "small", work_dir, out;
   int64_t people = 0;
   int exposures = 0;
+  std::string targets;  // empty: the scale's
+  double lr = 0;        // 0: the scale's
   int seeds = 1;
   uint64_t seed = 1;
   int threads = 0;
@@ -116,7 +120,7 @@ int SmallestSide(const LlamaConfig& c, const std::string& targets) {
   std::stringstream ss(targets);
   for (std::string t; std::getline(ss, t, ',');) {
     for (int k = 0; k < kNumModules; ++k) {
-      if (t != ModuleName(static_cast<Module>(k))) continue;
+      if (t != "all-linear" && t != ModuleName(static_cast<Module>(k))) continue;
       const auto [out, in] = ModuleShape(c, static_cast<Module>(k));
       m = std::min({m, out, in});
     }
@@ -199,6 +203,8 @@ void RunCapacity(const CapacityOptions& o) {
     CapacityScale s = CapacityScales().at(o.scale);
     if (o.people > 0) s.people = o.people;
     if (o.exposures > 0) s.exposures = o.exposures;
+    if (!o.targets.empty()) s.targets = o.targets;
+    if (o.lr > 0) s.lr = o.lr;
     return s;
   }();
   const LlamaConfig base_config = BaseConfig(sc);
@@ -239,30 +245,41 @@ void RunCapacity(const CapacityOptions& o) {
   for (int k = 0; k < o.seeds; ++k) {
     const uint64_t seed = o.seed + static_cast<uint64_t>(k);
     std::fprintf(stderr, "\nseed %llu\n", static_cast<unsigned long long>(seed));
-    const nlohmann::json facts_in = {{"people", sc.people},
-                                     {"exposures", sc.exposures},
-                                     {"base_people", sc.base_people},
-                                     {"base_exposures", sc.base_exposures},
-                                     {"seed", seed}};
-    const Stage facts = get("facts", facts_in, [&](const std::string& dir) {
-      FactsOptions f;
-      f.people = sc.people;
-      f.exposures = sc.exposures;
-      f.base_people = sc.base_people;
-      f.base_exposures = sc.base_exposures;
-      f.seed = seed;
-      f.out = dir;
-      WriteFacts(f);
-    });
-    const Stage tok =
-        get("tokenizer", {{"facts", facts.key}, {"vocab", sc.vocab}}, [&](const std::string& dir) {
-          TokenizerTrainOptions t;
-          t.data = {JoinPath(facts.dir, "base.jsonl")};
-          t.out = dir;
-          t.vocab_size = sc.vocab;
-          t.threads = o.threads;
-          RunTokenizerTrain(t);
+    // The base's population apart from the target's, so every N and E shares one base.
+    const Stage base_data = get(
+        "base-data",
+        {{"base_people", sc.base_people}, {"base_exposures", sc.base_exposures}, {"seed", seed}},
+        [&](const std::string& dir) {
+          FactsOptions f;
+          f.people = 1;  // the target files of this stage are not used
+          f.exposures = 1;
+          f.base_people = sc.base_people;
+          f.base_exposures = sc.base_exposures;
+          f.seed = seed;
+          f.out = dir;
+          WriteFacts(f);
         });
+    const Stage facts =
+        get("facts", {{"people", sc.people}, {"exposures", sc.exposures}, {"seed", seed}},
+            [&](const std::string& dir) {
+              FactsOptions f;
+              f.people = sc.people;
+              f.exposures = sc.exposures;
+              f.seed = seed;
+              f.out = dir;
+              f.write_base = false;
+              WriteFacts(f);
+            });
+    const std::string base_jsonl = JoinPath(base_data.dir, "base.jsonl");
+    const Stage tok = get("tokenizer", {{"base_data", base_data.key}, {"vocab", sc.vocab}},
+                          [&](const std::string& dir) {
+                            TokenizerTrainOptions t;
+                            t.data = {base_jsonl};
+                            t.out = dir;
+                            t.vocab_size = sc.vocab;
+                            t.threads = o.threads;
+                            RunTokenizerTrain(t);
+                          });
     const std::string config_json = ConfigToJson(base_config);
     const Stage base = get("base",
                            {{"facts", facts.key},
@@ -276,7 +293,7 @@ void RunCapacity(const CapacityOptions& o) {
                              PretrainOptions p;
                              p.config_file = cfg;
                              p.tokenizer = JoinPath(tok.dir, "tokenizer.model");
-                             schedule(p.common, JoinPath(facts.dir, "base.jsonl"), seed);
+                             schedule(p.common, base_jsonl, seed);
                              p.common.lr = 3e-3;
                              p.common.out = dir;
                              CheckFinished(RunPretrain(p), "pretraining the base");
@@ -462,6 +479,10 @@ void AddExperimentCommand(CLI::App& app) {
       ->check(CLI::Range(int64_t{1}, int64_t{1'000'000}));
   cmd->add_option("--exposures", o->exposures, "renderings of each person (default: the scale's)")
       ->check(CLI::Range(1, 10000));
+  cmd->add_option("--targets", o->targets,
+                  "the adapted projections, as train --targets (default: the scale's)");
+  cmd->add_option("--lr", o->lr, "every adapter's learning rate (default: the scale's)")
+      ->check(kPositive);
   cmd->add_option("--seeds", o->seeds, "run every configuration on K seeds (mean ± spread)")
       ->check(CLI::Range(1, 100));
   cmd->add_option("--seed", o->seed, "the first seed");

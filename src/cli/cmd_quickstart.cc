@@ -68,6 +68,7 @@ struct QuickstartOptions {
   int batch_size = 0, seq_len = 0, vocab_size = 0;  // 0: the scale's
   int rank = 8, tree_depth = 2;
   uint64_t seed = 1;
+  int seeds = 1;  // > 1: the adapters again on seeds seed+1 … seed+K−1, mean ± spread of losses
   int threads = 0;
 };
 
@@ -314,7 +315,7 @@ void RunQuickstart(const QuickstartOptions& o) {
   std::vector<Stage> stages;
   int n = 0;
   auto header = [&](const std::string& what) {
-    std::fprintf(stderr, "\n[%d/%d] %s\n", ++n, kStages, what.c_str());
+    std::fprintf(stderr, "\n[%d/%d] %s\n", ++n, kStages + (o.seeds > 1 ? 1 : 0), what.c_str());
   };
   auto footer = [&](const Stage& st) {
     stages.push_back(st);
@@ -476,6 +477,47 @@ void RunQuickstart(const QuickstartOptions& o) {
   }
   std::fprintf(stderr, "  %s in %.1f s\n", eval_cached ? "cached, built" : "done", eval_seconds);
 
+  // 6b. more seeds of the two adapters (their initialisation, dropout and data order; the same
+  // base and data): held-out loss per language only.
+  std::map<std::string, std::map<std::string, std::vector<double>>> seed_losses;  // id, lang
+  for (size_t i = 1; i < variants.size(); ++i) {
+    for (const std::string& l : langs)
+      seed_losses[variants[i].id][l].push_back(evals[i]["languages"][l]["loss"].get<double>());
+  }
+  if (o.seeds > 1) {
+    header("training and evaluating the LoRA and the tree on " + std::to_string(o.seeds - 1) +
+           " more seeds");
+    for (int k = 1; k < o.seeds; ++k) {
+      for (int depth : {0, o.tree_depth}) {
+        const std::string id = depth == 0 ? "lora" : "tree";
+        LoraTrainOptions lo = adapter_options(depth);
+        lo.common.seed = o.seed + static_cast<uint64_t>(k);
+        const Stage st = train_adapter(
+            id, lo, "training the " + id + " of seed " + std::to_string(lo.common.seed));
+        const Stage ev = get(
+            "loss-" + id,
+            {{"base", base.key}, {"adapter", st.key}, {"data", data.key}, {"context", kContext}},
+            [&](const std::string& dir) {
+              nlohmann::json losses = nlohmann::json::object();
+              for (const std::string& l : langs) {
+                EvalOptions eo;
+                eo.model = base.dir;
+                eo.adapter = st.dir;
+                eo.data = dfile(l + ".eval.jsonl");
+                eo.context = kContext;
+                eo.threads = o.threads;
+                losses[l] = RunEval(eo).loss;
+              }
+              WriteFileAtomic(JoinPath(dir, "loss.json"), losses.dump() + "\n");
+            });
+        footer(ev);
+        const nlohmann::json losses =
+            nlohmann::json::parse(ReadTextFile(JoinPath(ev.dir, "loss.json")));
+        for (const std::string& l : langs) seed_losses[id][l].push_back(losses[l].get<double>());
+      }
+    }
+  }
+
   // 7. report
   header("writing the report to " + run_dir);
   const std::vector<std::pair<std::string, const Stage*>> trained = {
@@ -526,6 +568,31 @@ void RunQuickstart(const QuickstartOptions& o) {
   md += "\nActive / token counts adapter parameters one token uses (one leaf per projection plus " +
         std::to_string(o.tree_depth) +
         " router rows per block); the frozen base is the same for all three.\n";
+
+  nlohmann::json seeds_json = nlohmann::json::object();
+  if (o.seeds > 1) {
+    md += "\nOver " + std::to_string(o.seeds) + " seeds (" + std::to_string(o.seed) + " … " +
+          std::to_string(o.seed + static_cast<uint64_t>(o.seeds) - 1) +
+          ") of each adapter (its initialisation, dropout and data order; the same base): mean ± "
+          "sample standard deviation of the held-out loss.\n\n| variant |";
+    for (const std::string& l : langs) md += " " + l + " |";
+    md += "\n| --- |";
+    for (size_t i = 0; i < langs.size(); ++i) md += " --- |";
+    md += "\n";
+    for (size_t i = 1; i < variants.size(); ++i) {
+      md += "| " + variants[i].label + " |";
+      for (const std::string& l : langs) {
+        const std::vector<double>& x = seed_losses[variants[i].id][l];
+        double mean = 0, var = 0;
+        for (double v : x) mean += v / static_cast<double>(x.size());
+        for (double v : x) var += (v - mean) * (v - mean) / static_cast<double>(x.size() - 1);
+        md += " " + Fmt("%.4f", mean) + " ± " + Fmt("%.4f", std::sqrt(var)) + " |";
+        seeds_json[variants[i].id][l] = {{"losses", x}, {"mean", mean}, {"sd", std::sqrt(var)}};
+      }
+      md += "\n";
+    }
+    std::cout << nlohmann::json{{"seeds", seeds_json}}.dump() << "\n";
+  }
 
   // Leaf usage per language: each block's share of the tokens per leaf, averaged over blocks.
   const nlohmann::json& tree_eval = evals[2];
@@ -591,9 +658,11 @@ void RunQuickstart(const QuickstartOptions& o) {
                               {"rank", o.rank},
                               {"tree_depth", o.tree_depth},
                               {"seed", o.seed},
+                              {"seeds", o.seeds},
                               {"context", kContext}}},
                             {"variants", nlohmann::json::array()},
                             {"tree_leaf_usage", usage_json},
+                            {"seeds", seeds_json},
                             {"samples", samples},
                             {"stages", stage_json},
                             {"seconds", total},
@@ -648,6 +717,10 @@ void AddQuickstartCommand(CLI::App& app) {
   cmd->add_option("--tree-depth", o->tree_depth, "depth of the tree (2^D leaves)")
       ->check(CLI::Range(1, 6));
   cmd->add_option("--seed", o->seed, "seed of every stage");
+  cmd->add_option("--seeds", o->seeds,
+                  "train and score the LoRA and the tree on K seeds (seed, seed+1, …): their "
+                  "losses' mean ± spread in the report")
+      ->check(CLI::Range(1, 20));
   AddThreadsOption(cmd, &o->threads);
   cmd->callback([o]() { RunQuickstart(*o); });
 }

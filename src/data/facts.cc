@@ -366,7 +366,8 @@ FactsResult WriteFacts(const FactsOptions& o) {
       static_cast<double>(base_n) * base_e > 5e7)
     Fail("--people × --exposures: at most 50 000 000 biographies per population");
   const std::vector<Person> people = DrawPeople(o.people, o.seed, Population::kTarget);
-  const std::vector<Person> base = DrawPeople(base_n, o.seed, Population::kBase);
+  const std::vector<Person> base =
+      o.write_base ? DrawPeople(base_n, o.seed, Population::kBase) : std::vector<Person>{};
   MakeDirectories(o.out);
   FactsResult res;
   res.people = o.people;
@@ -389,8 +390,10 @@ FactsResult WriteFacts(const FactsOptions& o) {
   WriteFileAtomic(JoinPath(o.out, "probe.jsonl"), probes);
   WriteFileAtomic(JoinPath(o.out, "train.jsonl"),
                   Exposures(people, o.exposures, o.seed, Population::kTarget, &res.train_docs));
-  WriteFileAtomic(JoinPath(o.out, "base.jsonl"),
-                  Exposures(base, base_e, o.seed, Population::kBase, &res.base_docs));
+  if (o.write_base) {
+    WriteFileAtomic(JoinPath(o.out, "base.jsonl"),
+                    Exposures(base, base_e, o.seed, Population::kBase, &res.base_docs));
+  }
 
   nlohmann::json attrs = nlohmann::json::object();
   for (int a = 0; a < kNumAttrs; ++a) {

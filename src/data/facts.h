@@ -69,6 +69,7 @@ struct FactsOptions {
   int base_exposures = 0;   // renderings of each base person (0: as `exposures`)
   uint64_t seed = 1;
   std::string out;
+  bool write_base = true;  // false: no base.jsonl (a pipeline that keeps the base's apart)
 };
 struct FactsResult {
   int64_t people = 0, base_people = 0, train_docs = 0, base_docs = 0;
@@ -77,8 +78,8 @@ struct FactsResult {
 // Writes OUT/people.jsonl (the target people's facts), OUT/train.jsonl (people × exposures
 // biographies, shuffled), OUT/probe.jsonl (one more rendering per target person, with its
 // value spans: what the bits are measured on), OUT/base.jsonl (the base population's
-// biographies) and OUT/entropy.json (every attribute's values and bits). Each file is written
-// whole or not at all.
+// biographies, unless !write_base) and OUT/entropy.json (every attribute's values and bits). Each
+// file is written whole or not at all.
 FactsResult WriteFacts(const FactsOptions& o);
 
 // The key of person i's probe rendering (never one of the training exposures' keys).
