@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -358,6 +359,23 @@ TEST(Experiment, CapacityAtTheTestScaleReportsEveryVariant) {
   ASSERT_EQ(r2.exit_code, 0) << r2.err;
   EXPECT_EQ(r2.err.find("built "), std::string::npos) << r2.err;
   EXPECT_EQ(ReadTextFile(tmp / "out2/report.md"), md);
+  // Other people: new facts and adapters, the same base population, tokenizer and base.
+  const auto r3 = RunCli({"experiment", "capacity", "--scale", "test", "--people", "4",
+                          "--work-dir", tmp / "work", "--out", tmp / "out3"});
+  ASSERT_EQ(r3.exit_code, 0) << r3.err;
+  std::map<std::string, int> stages;
+  for (const auto& e : std::filesystem::directory_iterator(tmp / "work/stages")) {
+    const std::string n = e.path().filename().string();
+    ++stages[n.substr(0, n.rfind('-'))];
+  }
+  EXPECT_EQ(stages["base-data"], 1);
+  EXPECT_EQ(stages["tokenizer"], 1);
+  EXPECT_EQ(stages["base"], 1);
+  EXPECT_EQ(stages["facts"], 2);
+  EXPECT_EQ(stages["adapter-lora-r1"], 2);
+  EXPECT_NEAR(
+      nlohmann::json::parse(ReadTextFile(tmp / "out3/report.json"))["facts_bits"].get<double>(),
+      4 * 46.5916, 0.01);
 }
 
 }  // namespace

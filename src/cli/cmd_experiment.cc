@@ -56,8 +56,8 @@ const std::map<std::string, CapacityScale>& CapacityScales() {
   static const std::map<std::string, CapacityScale> s = {
       {"test", {6, 40, 60, 10, 600, 64, 128, 2, 4, 2, 320, 2, "v_proj", 1, {1, 2}, {1}, 1e-2}},
       {"small",
-       {1000,
-        40,
+       {500,
+        100,
         4000,
         10,
         2000,
@@ -68,13 +68,13 @@ const std::map<std::string, CapacityScale>& CapacityScales() {
         2,
         320,
         4,
-        "v_proj",
+        "all-linear",
         1,
         {1, 2, 4},
         {1, 2, 3, 4},
         1e-2}},
       {"large",
-       {4000,
+       {2000,
         100,
         16000,
         10,
@@ -86,7 +86,7 @@ const std::map<std::string, CapacityScale>& CapacityScales() {
         2,
         320,
         4,
-        "q_proj,v_proj",
+        "all-linear",
         1,
         {1, 2, 4, 8},
         {1, 2, 3, 4, 5, 6},
@@ -282,10 +282,10 @@ void RunCapacity(const CapacityOptions& o) {
                           });
     const std::string config_json = ConfigToJson(base_config);
     const Stage base = get("base",
-                           {{"facts", facts.key},
+                           {{"base_data", base_data.key},
                             {"tokenizer", tok.key},
                             {"config", config_json},
-                            {"lr", sc.lr},
+                            {"lr", 3e-3},
                             {"batch", sc.batch}},
                            [&](const std::string& dir) {
                              const std::string cfg = dir + ".config.json";
