@@ -4,7 +4,7 @@
 # knowledge stored per parameter. A wrapper over `tinylora experiment capacity` that keeps its
 # stages under the bench directory, so a second run (or more seeds) reuses what is built.
 #   bench/capacity.sh [--seeds K] [--scale small|large] [other experiment capacity flags]
-# The default, one seed at scale small, takes about 90 minutes on 2 cores; --seeds 3 about
+# The default, one seed at scale small, takes about 50 minutes on 2 cores; --seeds 3 about
 # three times that: run it in the background. The report (report.md, report.json,
 # capacity.svg) goes to $dir/capacity/runs/TIMESTAMP; its path is on stdout.
 set -euo pipefail

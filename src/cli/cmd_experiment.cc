@@ -51,7 +51,7 @@ struct CapacityScale {
   double lr;
 };
 
-// test: seconds, for CI; small: the default (about 90 minutes for one seed on 2 cores).
+// test: seconds, for CI; small: the default (46 minutes for one seed on 2 Zen 4 cores).
 const std::map<std::string, CapacityScale>& CapacityScales() {
   static const std::map<std::string, CapacityScale> s = {
       {"test", {6, 40, 60, 10, 600, 64, 128, 2, 4, 2, 320, 2, "v_proj", 1, {1, 2}, {1}, 1e-2}},
@@ -473,7 +473,7 @@ void AddExperimentCommand(CLI::App& app) {
       "capacity",
       "bits of knowledge stored per parameter: LoRA ranks, trees of LoRA leaves and their "
       "dense comparators on synthetic biographies (stages cached)");
-  cmd->add_option("--scale", o->scale, "test (seconds) | small (default, ~90 min) | large")
+  cmd->add_option("--scale", o->scale, "test (seconds) | small (default, ~50 min) | large")
       ->check(CLI::IsMember({"test", "small", "large"}));
   cmd->add_option("--people", o->people, "target people (default: the scale's)")
       ->check(CLI::Range(int64_t{1}, int64_t{1'000'000}));
