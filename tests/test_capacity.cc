@@ -38,6 +38,7 @@ TEST(Facts, ValuesAreDistinctAndTheEntropyIsTheirCount) {
   double total = 0;
   for (int a = 0; a < kNumAttrs; ++a) total += AttrEntropyBits(static_cast<Attr>(a));
   EXPECT_NEAR(total, 46.59, 0.01);
+  EXPECT_NEAR(PersonEntropyBits(), total, 1e-12);
   EXPECT_EQ(ValueText(Attr::kBirthDate, 0), "January 1, 1900");
   EXPECT_EQ(ValueText(Attr::kBirthDate, NumValues(Attr::kBirthDate) - 1), "December 28, 2099");
   // The companies' cities: between 0 and log2 200 bits.
@@ -149,13 +150,6 @@ TEST(Facts, EveryTemplateParsesBackToItsFacts) {
   EXPECT_FALSE(ParseBiography(b.text.substr(0, b.text.size() - 1), people[0].name, &q, &why));
 }
 
-std::vector<nlohmann::json> JsonLines(const std::string& path) {
-  std::vector<nlohmann::json> out;
-  std::istringstream in(ReadTextFile(path));
-  for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line));
-  return out;
-}
-
 TEST(Facts, DataFactsWritesTheFilesDeterministically) {
   TempDir tmp;
   auto run = [&](const std::string& out, const std::string& seed) {
@@ -174,9 +168,9 @@ TEST(Facts, DataFactsWritesTheFilesDeterministically) {
   const auto result = nlohmann::json::parse(r.out);
   EXPECT_EQ(result["train_docs"], 120);
   EXPECT_EQ(result["base_docs"], 60);
-  const auto people = JsonLines(tmp / "a/people.jsonl");
-  const auto train = JsonLines(tmp / "a/train.jsonl");
-  const auto probes = JsonLines(tmp / "a/probe.jsonl");
+  const auto people = test::ReadJsonLines(tmp / "a/people.jsonl");
+  const auto train = test::ReadJsonLines(tmp / "a/train.jsonl");
+  const auto probes = test::ReadJsonLines(tmp / "a/probe.jsonl");
   ASSERT_EQ(people.size(), 30u);
   ASSERT_EQ(probes.size(), 30u);
   ASSERT_EQ(train.size(), 120u);
@@ -215,7 +209,7 @@ TEST(Facts, DataFactsWritesTheFilesDeterministically) {
     }
   }
   // The base population shares no name with the target one.
-  for (const auto& d : JsonLines(tmp / "a/base.jsonl")) {
+  for (const auto& d : test::ReadJsonLines(tmp / "a/base.jsonl")) {
     const std::string text = d["text"];
     for (const auto& p : people) EXPECT_NE(text.find(p["name"].get<std::string>()), 0u);
   }

@@ -67,13 +67,6 @@ std::vector<std::string> ErrorLines(const std::string& err) {
   return out;
 }
 
-std::vector<nlohmann::json> Lines(const std::string& metrics) {
-  std::vector<nlohmann::json> out;
-  std::istringstream in(ReadTextFile(metrics));
-  for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line));
-  return out;
-}
-
 // Per-step losses within 1e-6 relative, gradient norms within 1e-5, and every tensor of the two
 // files within 1e-4 in norm (‖Δp‖ / ‖p‖) and 1e-3 element-wise (max |Δp| / max |p|):
 // summation order is all that differs. The 1e-5 element-wise does not hold on this
@@ -84,7 +77,8 @@ std::vector<nlohmann::json> Lines(const std::string& metrics) {
 // run differs by 1e-6 of max |p|.
 void ExpectSameTraining(const std::string& one, const std::string& two, const std::string& file,
                         bool one_vs_two_ranks = true) {
-  const auto a = Lines(one + "/metrics.jsonl"), b = Lines(two + "/metrics.jsonl");
+  const auto a = test::ReadJsonLines(one + "/metrics.jsonl"),
+             b = test::ReadJsonLines(two + "/metrics.jsonl");
   ASSERT_EQ(a.size(), b.size());
   ASSERT_GE(a.size(), 12u);
   for (size_t i = 0; i < a.size(); ++i) {
@@ -163,7 +157,8 @@ void ExpectLoraEquivalence(const std::vector<std::string>& extra) {
   EXPECT_EQ(std::count(r2.out.begin(), r2.out.end(), '\n'), 1) << r2.out;
   ExpectSameTraining(s.tmp / "one", s.tmp / "two", "adapter_model.safetensors");
   // Validation is split over the ranks and reduced: the same loss.
-  const auto a = Lines(s.tmp / "one/metrics.jsonl"), b = Lines(s.tmp / "two/metrics.jsonl");
+  const auto a = test::ReadJsonLines(s.tmp / "one/metrics.jsonl"),
+             b = test::ReadJsonLines(s.tmp / "two/metrics.jsonl");
   ASSERT_TRUE(a[5].contains("val_loss"));
   EXPECT_NEAR(a[5]["val_loss"].get<double>(), b[5]["val_loss"].get<double>(),
               1e-6 * a[5]["val_loss"].get<double>());
@@ -215,7 +210,8 @@ TEST(Distributed, ResumesOnTheSameOrAnotherRankCount) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(ReadTextFile(s.tmp / "part/adapter_model.safetensors"),
             ReadTextFile(s.tmp / "full/adapter_model.safetensors"));
-  const auto a = Lines(s.tmp / "full/metrics.jsonl"), b = Lines(s.tmp / "part/metrics.jsonl");
+  const auto a = test::ReadJsonLines(s.tmp / "full/metrics.jsonl"),
+             b = test::ReadJsonLines(s.tmp / "part/metrics.jsonl");
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i]["loss"], b[i]["loss"]) << i + 1;
   r = RunCli(resume1);

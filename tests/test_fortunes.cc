@@ -14,13 +14,6 @@
 namespace tinylora {
 namespace {
 
-std::vector<nlohmann::json> Lines(const std::string& path) {
-  std::vector<nlohmann::json> out;
-  std::istringstream in(ReadTextFile(path));
-  for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line));
-  return out;
-}
-
 TEST(Fortunes, SplitsCleansAndDecodes) {
   bool latin1 = true;
   auto e = SplitFortunes("first\r\n%\n\n%\n  _\b_\bHi there\n\n%\nlast one", &latin1);
@@ -54,18 +47,18 @@ TEST(Fortunes, PreparesEveryLanguageWithAFixedSplit) {
   EXPECT_EQ(stats[0].collections, 1);  // the link to it/italia and the .dat are skipped
   EXPECT_EQ(stats[0].train, 23);       // entries 9 and 19 are held out
   EXPECT_EQ(stats[0].val, 2);
-  const auto val = Lines(tmp / "out/en.val.jsonl");
+  const auto val = test::ReadJsonLines(tmp / "out/en.val.jsonl");
   EXPECT_EQ(val[0]["text"], "entry 9");
   EXPECT_EQ(val[1]["text"], "entry 19");
   EXPECT_EQ(val[0]["lang"], "en");
   EXPECT_EQ(val[0]["source"], "wisdom");
-  const auto de = Lines(tmp / "out/de.train.jsonl");
+  const auto de = test::ReadJsonLines(tmp / "out/de.train.jsonl");
   EXPECT_EQ(de[0]["text"], "Grüß Gott");
   EXPECT_EQ(stats[1].latin1_files, 1);
-  const auto es = Lines(tmp / "out/es.train.jsonl");
+  const auto es = test::ReadJsonLines(tmp / "out/es.train.jsonl");
   EXPECT_EQ(es[0]["text"], "el arte á");
   EXPECT_EQ(es[0]["source"], "es/arte.fortunes");
-  EXPECT_EQ(Lines(tmp / "out/it.train.jsonl").size(), 2u);
+  EXPECT_EQ(test::ReadJsonLines(tmp / "out/it.train.jsonl").size(), 2u);
 }
 
 TEST(Fortunes, MissingPackageNamesIt) {

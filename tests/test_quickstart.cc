@@ -26,15 +26,6 @@ using test::RunCli;
 
 const char* kFortunes = "/usr/share/games/fortunes";
 
-std::vector<nlohmann::json> JsonLines(const std::string& text) {
-  std::vector<nlohmann::json> out;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) {
-    if (!line.empty()) out.push_back(nlohmann::json::parse(line));
-  }
-  return out;
-}
-
 // stage name → its directory (the one complete directory NAME-<16 hex digits>).
 std::map<std::string, std::string> StageDirs(const std::string& root) {
   std::map<std::string, std::string> dirs;
@@ -111,7 +102,7 @@ TEST(Quickstart, RunsEveryStageThenReusesThem) {
   // The base learned: every logged loss finite; the validation loss (fixed windows, unlike
   // the training batches) falls from its first evaluation to its last, and far below the
   // ln(vocab) of the untrained model.
-  const auto base_metrics = JsonLines(ReadTextFile(JoinPath(d1["base"], "metrics.jsonl")));
+  const auto base_metrics = test::ReadJsonLines(JoinPath(d1["base"], "metrics.jsonl"));
   std::vector<double> val;
   for (const auto& m : base_metrics) {
     EXPECT_TRUE(std::isfinite(m["loss"].get<double>())) << m;
@@ -175,7 +166,7 @@ TEST(Quickstart, RunsEveryStageThenReusesThem) {
   EXPECT_GT(res["variants"][0]["decode_tokens_per_s"].get<double>(), 0);
 
   // stdout: JSON lines only, the last naming the run folder and every stage as built.
-  const auto out1 = JsonLines(r1.out);
+  const auto out1 = test::ParseJsonLines(r1.out);
   ASSERT_FALSE(out1.empty());
   EXPECT_EQ(out1.back()["run_dir"], run1);
   for (const auto& st : out1.back()["stages"]) EXPECT_FALSE(st["cached"].get<bool>()) << st;
@@ -186,7 +177,7 @@ TEST(Quickstart, RunsEveryStageThenReusesThem) {
   ASSERT_EQ(r2.exit_code, 0) << r2.err;
   EXPECT_EQ(r2.err.find("step 1/"), std::string::npos) << "retrained:\n" << r2.err;
   EXPECT_NE(r2.err.find("cached"), std::string::npos);
-  const auto out2 = JsonLines(r2.out);
+  const auto out2 = test::ParseJsonLines(r2.out);
   ASSERT_FALSE(out2.empty());
   for (const auto& st : out2.back()["stages"]) EXPECT_TRUE(st["cached"].get<bool>()) << st;
   EXPECT_EQ(StageDirs(stages), d1);
@@ -197,7 +188,7 @@ TEST(Quickstart, RunsEveryStageThenReusesThem) {
   // ---- third run, another tree depth: only the tree and its evaluation are rebuilt
   const test::CliResult r3 = RunCli(Args(work, tmp / "run3", 1));
   ASSERT_EQ(r3.exit_code, 0) << r3.err;
-  const auto out3 = JsonLines(r3.out);
+  const auto out3 = test::ParseJsonLines(r3.out);
   ASSERT_FALSE(out3.empty());
   std::map<std::string, bool> cached;
   for (const auto& st : out3.back()["stages"])

@@ -111,6 +111,17 @@ void ExpectGradientsMatch(const ParamBlock& params, const SafetensorsFile& expec
   }
 }
 
+std::vector<nlohmann::json> ParseJsonLines(const std::string& text) {
+  std::vector<nlohmann::json> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+std::vector<nlohmann::json> ReadJsonLines(const std::string& path) {
+  return ParseJsonLines(ReadTextFile(path));
+}
+
 std::string FixturePath(const std::string& name) {
   return std::string(TINYLORA_FIXTURES) + "/" + name;
 }

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <hwy/targets.h>
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -49,6 +50,9 @@ CliResult RunCommand(const std::vector<std::string>& argv);
 
 void WriteFile(const std::string& path, const std::string& bytes);
 std::string FixturePath(const std::string& name);  // tests/fixtures/NAME
+// Every line of `text` (of the file at `path`) as JSON; a line that is not JSON throws.
+std::vector<nlohmann::json> ParseJsonLines(const std::string& text);
+std::vector<nlohmann::json> ReadJsonLines(const std::string& path);
 
 // A float64 tensor of a reference fixture (a test failure, and empty, when absent).
 std::vector<double> ReadF64(const SafetensorsFile& f, const std::string& name);

@@ -159,23 +159,11 @@ LlamaConfig BaseConfig(const CapacityScale& sc) {
   return c;
 }
 
-double Mean(const std::vector<double>& x) {
-  double s = 0;
-  for (double v : x) s += v;
-  return x.empty() ? 0 : s / static_cast<double>(x.size());
-}
-double Spread(const std::vector<double>& x) {  // sample standard deviation (0 for one seed)
-  if (x.size() < 2) return 0;
-  const double m = Mean(x);
-  double s = 0;
-  for (double v : x) s += (v - m) * (v - m);
-  return std::sqrt(s / static_cast<double>(x.size() - 1));
-}
 std::string MeanSpread(const std::vector<double>& x, const char* f) {
   char a[64], b[64];
   std::snprintf(a, sizeof a, f, Mean(x));
   if (x.size() < 2) return a;
-  std::snprintf(b, sizeof b, f, Spread(x));
+  std::snprintf(b, sizeof b, f, SampleStdDev(x));
   return std::string(a) + " ± " + b;
 }
 
@@ -366,18 +354,13 @@ void RunCapacity(const CapacityOptions& o) {
   }
 
   // The report: one row per variant, mean ± spread over the seeds.
-  const double entropy_per_person = [] {
-    double h = 0;
-    for (int a = 0; a < kNumDrawnAttrs; ++a) h += AttrEntropyBits(static_cast<Attr>(a));
-    return h;
-  }();
   nlohmann::json report = {{"scale", o.scale},
                            {"people", sc.people},
                            {"exposures", sc.exposures},
                            {"seeds", o.seeds},
                            {"targets", sc.targets},
                            {"leaf_rank", sc.leaf_rank},
-                           {"facts_bits", entropy_per_person * static_cast<double>(sc.people)},
+                           {"facts_bits", PersonEntropyBits() * static_cast<double>(sc.people)},
                            {"variants", nlohmann::json::array()}};
   std::ostringstream md;
   md << "| variant | trainable params | active params / token | bits stored | bits / param | "
@@ -414,7 +397,7 @@ void RunCapacity(const CapacityOptions& o) {
                           {"params", params},
                           {"active_params", active},
                           {"bits_mean", Mean(bits)},
-                          {"bits_spread", Spread(bits)},
+                          {"bits_spread", SampleStdDev(bits)},
                           {"bits_per_param", Mean(per_param)},
                           {"bits_per_active_param", Mean(per_active)},
                           {"decode_tokens_per_s", Mean(decode)},

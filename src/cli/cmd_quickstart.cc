@@ -583,11 +583,9 @@ void RunQuickstart(const QuickstartOptions& o) {
       md += "| " + variants[i].label + " |";
       for (const std::string& l : langs) {
         const std::vector<double>& x = seed_losses[variants[i].id][l];
-        double mean = 0, var = 0;
-        for (double v : x) mean += v / static_cast<double>(x.size());
-        for (double v : x) var += (v - mean) * (v - mean) / static_cast<double>(x.size() - 1);
-        md += " " + Fmt("%.4f", mean) + " ± " + Fmt("%.4f", std::sqrt(var)) + " |";
-        seeds_json[variants[i].id][l] = {{"losses", x}, {"mean", mean}, {"sd", std::sqrt(var)}};
+        const double mean = Mean(x), sd = SampleStdDev(x);
+        md += " " + Fmt("%.4f", mean) + " ± " + Fmt("%.4f", sd) + " |";
+        seeds_json[variants[i].id][l] = {{"losses", x}, {"mean", mean}, {"sd", sd}};
       }
       md += "\n";
     }

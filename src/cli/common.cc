@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 
@@ -110,5 +111,19 @@ CLI::Validator Bound(bool strict) {
 }  // namespace
 
 const CLI::Validator kPositive = Bound(true), kNonNegative = Bound(false);
+
+double Mean(const std::vector<double>& x) {
+  double s = 0;
+  for (double v : x) s += v;
+  return x.empty() ? 0 : s / static_cast<double>(x.size());
+}
+
+double SampleStdDev(const std::vector<double>& x) {
+  if (x.size() < 2) return 0;
+  const double m = Mean(x);
+  double s = 0;
+  for (double v : x) s += (v - m) * (v - m);
+  return std::sqrt(s / static_cast<double>(x.size() - 1));
+}
 
 }  // namespace tinylora

@@ -24,6 +24,11 @@ void AddQuantizeFlags(CLI::App* cmd, QuantizeFlags* q);
 // range to the largest double.
 extern const CLI::Validator kPositive, kNonNegative;
 
+// The mean of x (0 when empty) and its sample standard deviation (0 below two values): the
+// spread over seeds in the quickstart's and the experiments' reports.
+double Mean(const std::vector<double>& x);
+double SampleStdDev(const std::vector<double>& x);
+
 inline double Seconds() {
   using namespace std::chrono;
   return duration<double>(steady_clock::now().time_since_epoch()).count();

@@ -217,6 +217,12 @@ double AttrEntropyBits(Attr a) {
   return a == Attr::kWorkCity ? 0.0 : std::log2(static_cast<double>(NumValues(a)));
 }
 
+double PersonEntropyBits() {
+  double h = 0;
+  for (int a = 0; a < kNumAttrs; ++a) h += AttrEntropyBits(static_cast<Attr>(a));
+  return h;
+}
+
 double WorkCityMarginalBits() {
   std::map<int, int> count;
   for (int c : ThePools().company_city) ++count[c];
@@ -401,8 +407,8 @@ FactsResult WriteFacts(const FactsOptions& o) {
     attrs[AttrName(attr)] = {{"values", NumValues(attr)},
                              {"bits", AttrEntropyBits(attr)},
                              {"templates", NumTemplates(attr)}};
-    res.bits_per_person += AttrEntropyBits(attr);
   }
+  res.bits_per_person = PersonEntropyBits();
   attrs["work_city"]["marginal_bits"] = WorkCityMarginalBits();
   attrs["work_city"]["follows"] = "employer";
   const nlohmann::json entropy = {

@@ -32,6 +32,8 @@ std::string ValueText(Attr a, int value);  // "March 3, 1987", "Velmaton", ...
 // Bits of information in the attribute of one person: log2 NumValues for the five drawn
 // uniformly; 0 for the work city (given the employer it is determined).
 double AttrEntropyBits(Attr a);
+// One person's bits: the sum over the attributes (46.59).
+double PersonEntropyBits();
 // The work city's entropy before the employer is known: that of the companies' cities.
 double WorkCityMarginalBits();
 int NumTemplates(Attr a);
